@@ -1,0 +1,142 @@
+// Types for stoma-native. They restate Stoma's store and adapter shapes
+// (from @homegrower-club/stoma 0.1.0-rc.5) so this package needs no runtime
+// or type dependency on Stoma; __test__/types.ts checks they stay assignable.
+
+export type CircuitState = 'closed' | 'open' | 'half-open'
+
+export interface CircuitBreakerSnapshot {
+  state: CircuitState
+  failureCount: number
+  successCount: number
+  /** Epoch ms of the most recent failure; 0 if none. */
+  lastFailureTime: number
+  /** Epoch ms of the most recent state transition. */
+  lastStateChange: number
+}
+
+export interface RateLimitStore {
+  increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
+  destroy?(): void
+}
+
+export interface CircuitBreakerStore {
+  getState(key: string): Promise<CircuitBreakerSnapshot>
+  recordSuccess(key: string): Promise<CircuitBreakerSnapshot>
+  recordFailure(key: string): Promise<CircuitBreakerSnapshot>
+  transition(key: string, to: CircuitState): Promise<CircuitBreakerSnapshot>
+  reset(key: string): Promise<void>
+  destroy?(): void
+}
+
+export interface CacheStore {
+  get(key: string): Promise<Response | null>
+  put(key: string, response: Response, ttlSeconds: number): Promise<void>
+  delete(key: string): Promise<boolean>
+  destroy?(): void
+}
+
+export interface GatewayAdapter {
+  rateLimitStore?: RateLimitStore
+  circuitBreakerStore?: CircuitBreakerStore
+  cacheStore?: CacheStore
+  waitUntil?: (promise: Promise<unknown>) => void
+  dispatchBinding?: (service: string, request: Request) => Promise<Response>
+}
+
+export interface MemoryRateLimitStoreOptions {
+  /** Most keys held at once (default 100,000); beyond it new keys fail closed. */
+  maxKeys?: number
+  /** Share one state with every store of this name in the process. */
+  name?: string
+}
+
+export interface MemoryCircuitBreakerStoreOptions {
+  /** Most circuits held at once (default 10,000); the least recently used is forgotten. */
+  maxKeys?: number
+  name?: string
+}
+
+export interface MemoryCacheStoreOptions {
+  /** Most entries held (default 10,000); least recently used evicted first. */
+  maxEntries?: number
+  /** Most bytes held, counting keys, headers, bodies and 96 bytes per entry (default 64 MiB). */
+  maxBytes?: number
+  name?: string
+}
+
+/** Fixed-window counters kept natively, bounded, O(1) at capacity. */
+export declare class MemoryRateLimitStore implements RateLimitStore {
+  constructor(options?: MemoryRateLimitStoreOptions | number)
+  increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
+  /** Number of keys held. */
+  readonly size: number
+  /** Forget every counter. */
+  reset(): void
+  /** Release the store; later calls reject. */
+  destroy(): void
+}
+
+/** Circuit state kept natively with Stoma's transitions, bounded by key count. */
+export declare class MemoryCircuitBreakerStore implements CircuitBreakerStore {
+  constructor(options?: MemoryCircuitBreakerStoreOptions)
+  getState(key: string): Promise<CircuitBreakerSnapshot>
+  recordSuccess(key: string): Promise<CircuitBreakerSnapshot>
+  recordFailure(key: string): Promise<CircuitBreakerSnapshot>
+  transition(key: string, to: CircuitState): Promise<CircuitBreakerSnapshot>
+  reset(key: string): Promise<void>
+  /** Number of circuits held. */
+  readonly size: number
+  /** Remove every circuit. */
+  clear(): void
+  destroy(): void
+}
+
+/** Responses kept natively, bounded by entries and bytes, evicted LRU. */
+export declare class MemoryCacheStore implements CacheStore {
+  constructor(options?: MemoryCacheStoreOptions)
+  get(key: string): Promise<Response | null>
+  put(key: string, response: Response, ttlSeconds: number): Promise<void>
+  delete(key: string): Promise<boolean>
+  /** Number of entries held. */
+  readonly size: number
+  /** Bytes charged against maxBytes. */
+  readonly bytes: number
+  /** Remove every entry. */
+  clear(): void
+  destroy(): void
+}
+
+export interface MemoryAdapterOptions {
+  /** Share one native state with every adapter of this name in the process, worker threads included. */
+  name?: string
+  rateLimit?: { maxKeys?: number }
+  circuitBreaker?: { maxKeys?: number }
+  cache?: { maxEntries?: number; maxBytes?: number }
+  waitUntil?: (promise: Promise<unknown>) => void
+}
+
+export interface MemoryGatewayAdapter extends GatewayAdapter {
+  rateLimitStore: MemoryRateLimitStore
+  circuitBreakerStore: MemoryCircuitBreakerStore
+  cacheStore: MemoryCacheStore
+}
+
+export declare function memoryAdapter(options?: MemoryAdapterOptions): MemoryGatewayAdapter
+export declare function nodeAdapter(options?: MemoryAdapterOptions): MemoryGatewayAdapter
+export declare function bunAdapter(options?: MemoryAdapterOptions): MemoryGatewayAdapter
+export declare function denoAdapter(options?: MemoryAdapterOptions): MemoryGatewayAdapter
+
+/** Native memory stores plus a waitUntil that collects background work for waitAll(). */
+export declare class TestAdapter implements MemoryGatewayAdapter {
+  constructor(options?: Omit<MemoryAdapterOptions, 'waitUntil'>)
+  rateLimitStore: MemoryRateLimitStore
+  circuitBreakerStore: MemoryCircuitBreakerStore
+  cacheStore: MemoryCacheStore
+  waitUntil: (promise: Promise<unknown>) => void
+  /** Await until nothing is pending, including work queued while waiting. */
+  waitAll(): Promise<void>
+  /** Forget pending background work. */
+  reset(): void
+}
+
+export declare function createTestAdapter(options?: Omit<MemoryAdapterOptions, 'waitUntil'>): TestAdapter

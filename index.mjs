@@ -1,0 +1,15 @@
+// ESM entry: the same objects as the CommonJS entry, so both share one state.
+import stomaNative from './index.js'
+
+export const {
+  memoryAdapter,
+  nodeAdapter,
+  bunAdapter,
+  denoAdapter,
+  TestAdapter,
+  createTestAdapter,
+  MemoryRateLimitStore,
+  MemoryCircuitBreakerStore,
+  MemoryCacheStore,
+} = stomaNative
+export default stomaNative

@@ -1,0 +1,252 @@
+'use strict'
+// The in-memory stores: thin JS shells over the native state in
+// `src/memory/`. Every operation runs synchronously and returns an
+// already-settled Promise; bad arguments reject with TypeError/RangeError.
+
+const native = require('../native.js')
+const { checkKey, checkSeconds, positiveInteger, optionsObject, optionalName } = require('./validate.js')
+const { checkResponse, responseParts, buildResponse } = require('./response.js')
+
+const DEFAULT_RATE_LIMIT_KEYS = 100_000
+const DEFAULT_CIRCUIT_KEYS = 10_000
+const DEFAULT_CACHE_ENTRIES = 10_000
+const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+
+function destroyedError(store) {
+  return new Error(`${store}: the store was destroyed`)
+}
+
+/**
+ * Fixed-window rate-limit counters, bounded by `maxKeys` (100,000). When
+ * full of live windows a new key fails closed (`count` is
+ * `Number.MAX_SAFE_INTEGER`); expired keys are reclaimed at O(1) cost.
+ * Stores built with the same `name` share one state across worker threads.
+ */
+class MemoryRateLimitStore {
+  #native
+  #increment
+  #resetAt
+
+  constructor(options) {
+    const opts = typeof options === 'number' ? { maxKeys: options } : optionsObject('MemoryRateLimitStore', options)
+    const maxKeys = positiveInteger('MemoryRateLimitStore', opts.maxKeys, 'maxKeys', DEFAULT_RATE_LIMIT_KEYS)
+    this.#native = new native.NativeMemoryRateLimitStore(maxKeys, optionalName('MemoryRateLimitStore', opts.name))
+    const bound = this.#native.bindIncrement()
+    this.#increment = bound.call
+    this.#resetAt = bound.out
+  }
+
+  increment(key, windowSeconds) {
+    try {
+      if (typeof key !== 'string' || typeof windowSeconds !== 'number' || !(windowSeconds >= 0) || windowSeconds === Infinity) {
+        checkKey('MemoryRateLimitStore', key)
+        checkSeconds('MemoryRateLimitStore', windowSeconds, 'windowSeconds')
+      }
+      const count = this.#increment(key, windowSeconds * 1000)
+      return Promise.resolve({ count, resetAt: this.#resetAt[0] })
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** Number of keys held. */
+  get size() {
+    return this.#native.size
+  }
+
+  /** Forget every counter (shared by every store of the same name). */
+  reset() {
+    this.#native.reset()
+  }
+
+  /** Release this store; later calls reject. */
+  destroy() {
+    this.#native.destroy()
+    this.#increment = () => {
+      throw destroyedError('MemoryRateLimitStore')
+    }
+  }
+}
+
+const CIRCUIT_STATES = ['closed', 'open', 'half-open']
+const GET_STATE = 0
+const RECORD_SUCCESS = 1
+const RECORD_FAILURE = 2
+const TRANSITION = 3
+
+function circuitStateCode(to) {
+  if (typeof to !== 'string') {
+    throw new TypeError(`MemoryCircuitBreakerStore: to must be a string ("closed", "open" or "half-open"), got ${typeof to}`)
+  }
+  const code = CIRCUIT_STATES.indexOf(to)
+  if (code < 0) {
+    throw new RangeError(`MemoryCircuitBreakerStore: to must be "closed", "open" or "half-open", got ${JSON.stringify(to)}`)
+  }
+  return code
+}
+
+/**
+ * Circuit-breaker state per key with Stoma's transitions, bounded by
+ * `maxKeys` (10,000; the least recently used circuit is forgotten beyond
+ * that). Updates are atomic across worker threads sharing a `name`.
+ */
+class MemoryCircuitBreakerStore {
+  #native
+  #operate
+  #out
+
+  constructor(options) {
+    const opts = optionsObject('MemoryCircuitBreakerStore', options)
+    const maxKeys = positiveInteger('MemoryCircuitBreakerStore', opts.maxKeys, 'maxKeys', DEFAULT_CIRCUIT_KEYS)
+    this.#native = new native.NativeMemoryCircuitBreakerStore(maxKeys, optionalName('MemoryCircuitBreakerStore', opts.name))
+    const bound = this.#native.bindOperations()
+    this.#operate = bound.call
+    this.#out = bound.out
+  }
+
+  #run(op, key, to) {
+    try {
+      if (typeof key !== 'string') checkKey('MemoryCircuitBreakerStore', key)
+      this.#operate(op, key, to)
+      const out = this.#out
+      return Promise.resolve({
+        state: CIRCUIT_STATES[out[0]],
+        failureCount: out[1],
+        successCount: out[2],
+        lastFailureTime: out[3],
+        lastStateChange: out[4],
+      })
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  getState(key) {
+    return this.#run(GET_STATE, key)
+  }
+
+  recordSuccess(key) {
+    return this.#run(RECORD_SUCCESS, key)
+  }
+
+  recordFailure(key) {
+    return this.#run(RECORD_FAILURE, key)
+  }
+
+  transition(key, to) {
+    let code
+    try {
+      code = circuitStateCode(to)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return this.#run(TRANSITION, key, code)
+  }
+
+  reset(key) {
+    try {
+      checkKey('MemoryCircuitBreakerStore', key)
+      this.#native.reset(key)
+      return Promise.resolve()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** Number of circuits held. */
+  get size() {
+    return this.#native.size
+  }
+
+  /** Remove every circuit. */
+  clear() {
+    this.#native.clear()
+  }
+
+  /** Release this store; later calls reject. */
+  destroy() {
+    this.#native.destroy()
+    this.#operate = () => {
+      throw destroyedError('MemoryCircuitBreakerStore')
+    }
+  }
+}
+
+/**
+ * Cached responses kept natively (status, headers in order, body bytes),
+ * bounded by `maxEntries` (10,000) and `maxBytes` (64 MiB) with LRU eviction.
+ * `get` answers a fresh `Response` or null once the TTL has passed.
+ */
+class MemoryCacheStore {
+  #native
+  #hit = new Float64Array(2)
+
+  constructor(options) {
+    const opts = optionsObject('MemoryCacheStore', options)
+    const maxEntries = positiveInteger('MemoryCacheStore', opts.maxEntries, 'maxEntries', DEFAULT_CACHE_ENTRIES)
+    const maxBytes = positiveInteger('MemoryCacheStore', opts.maxBytes, 'maxBytes', DEFAULT_CACHE_BYTES)
+    this.#native = new native.NativeMemoryCacheStore(maxEntries, maxBytes, optionalName('MemoryCacheStore', opts.name))
+  }
+
+  get(key) {
+    try {
+      checkKey('MemoryCacheStore', key)
+      const stored = this.#native.get(key, this.#hit)
+      if (stored === null) return Promise.resolve(null)
+      const headerBytes = this.#hit[1]
+      const headers = headerBytes === 0 ? '' : stored.toString('utf8', 0, headerBytes)
+      return Promise.resolve(buildResponse(this.#hit[0], headers, stored.subarray(headerBytes)))
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  async put(key, response, ttlSeconds) {
+    checkKey('MemoryCacheStore', key)
+    checkResponse('MemoryCacheStore', response)
+    checkSeconds('MemoryCacheStore', ttlSeconds, 'ttlSeconds')
+    const { status, headers, body } = await responseParts(response)
+    this.#native.put(key, status, headers, body, ttlSeconds * 1000)
+  }
+
+  delete(key) {
+    try {
+      checkKey('MemoryCacheStore', key)
+      return Promise.resolve(this.#native.delete(key))
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** Number of entries held. */
+  get size() {
+    return this.#native.size
+  }
+
+  /** Bytes charged against maxBytes. */
+  get bytes() {
+    return this.#native.bytes
+  }
+
+  /** Remove every entry. */
+  clear() {
+    this.#native.clear()
+  }
+
+  /** Release this store; later calls reject. */
+  destroy() {
+    this.#native.destroy()
+  }
+}
+
+module.exports = {
+  MemoryRateLimitStore,
+  MemoryCircuitBreakerStore,
+  MemoryCacheStore,
+  DEFAULTS: {
+    rateLimitMaxKeys: DEFAULT_RATE_LIMIT_KEYS,
+    circuitBreakerMaxKeys: DEFAULT_CIRCUIT_KEYS,
+    cacheMaxEntries: DEFAULT_CACHE_ENTRIES,
+    cacheMaxBytes: DEFAULT_CACHE_BYTES,
+  },
+}

@@ -1,0 +1,59 @@
+'use strict'
+// Turning a Response into the parts the native stores keep, and back.
+// Headers cross as one string, `name\0value\0name\0value…` (NUL cannot occur
+// in a header name or value), in the order `Headers#forEach` yields them.
+
+const { describe } = require('./validate.js')
+
+// Statuses whose Response must not carry a body.
+const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304])
+
+function isResponse(value) {
+  return (
+    value !== null &&
+    typeof value === 'object' &&
+    typeof value.status === 'number' &&
+    typeof value.arrayBuffer === 'function' &&
+    value.headers !== null &&
+    typeof value.headers === 'object' &&
+    typeof value.headers.forEach === 'function'
+  )
+}
+
+function checkResponse(store, value) {
+  if (!isResponse(value)) {
+    throw new TypeError(`${store}: response must be a Response, got ${describe(value)}`)
+  }
+}
+
+function joinHeaders(headers) {
+  const parts = []
+  headers.forEach((value, name) => {
+    parts.push(name, value)
+  })
+  return parts.join('\0')
+}
+
+function splitHeaders(joined) {
+  if (joined === '') return []
+  const parts = joined.split('\0')
+  const pairs = new Array(parts.length >> 1)
+  for (let i = 0; i < pairs.length; i++) pairs[i] = [parts[2 * i], parts[2 * i + 1]]
+  return pairs
+}
+
+/** Reads a Response into `{ status, headers, body }` for a native store. */
+async function responseParts(response) {
+  const body = new Uint8Array(await response.arrayBuffer())
+  return { status: response.status, headers: joinHeaders(response.headers), body }
+}
+
+/** Builds a fresh Response from stored parts; null-body statuses get none. */
+function buildResponse(status, joinedHeaders, body) {
+  return new Response(NULL_BODY_STATUSES.has(status) ? null : body, {
+    status,
+    headers: splitHeaders(joinedHeaders),
+  })
+}
+
+module.exports = { checkResponse, responseParts, buildResponse, joinHeaders, splitHeaders }

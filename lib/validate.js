@@ -1,0 +1,58 @@
+'use strict'
+// Argument checks shared by every store. They throw the JS error classes a
+// caller expects (TypeError for a wrong type, RangeError for a bad value),
+// naming the argument; the stores turn the throw into a rejected Promise.
+
+function describe(value) {
+  if (value === null) return 'null'
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value)
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'undefined') return String(value)
+  return typeof value
+}
+
+function checkKey(store, key, name = 'key') {
+  if (typeof key !== 'string') {
+    throw new TypeError(`${store}: ${name} must be a string, got ${describe(key)}`)
+  }
+}
+
+/** A duration in seconds: a finite number >= 0 (fractions allowed). */
+function checkSeconds(store, value, name) {
+  if (typeof value !== 'number') {
+    throw new TypeError(`${store}: ${name} must be a number, got ${describe(value)}`)
+  }
+  if (!(value >= 0) || value === Infinity) {
+    throw new RangeError(`${store}: ${name} must be a finite number >= 0, got ${describe(value)}`)
+  }
+}
+
+/** An optional positive integer option, or `fallback` when absent. */
+function positiveInteger(store, value, name, fallback) {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number') {
+    throw new TypeError(`${store}: ${name} must be a number, got ${describe(value)}`)
+  }
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new RangeError(`${store}: ${name} must be a positive integer, got ${describe(value)}`)
+  }
+  return value
+}
+
+/** An options argument: undefined or a plain object. */
+function optionsObject(store, value, name = 'options') {
+  if (value === undefined || value === null) return {}
+  if (typeof value !== 'object') {
+    throw new TypeError(`${store}: ${name} must be an object, got ${describe(value)}`)
+  }
+  return value
+}
+
+function optionalName(store, value) {
+  if (value === undefined) return undefined
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new TypeError(`${store}: name must be a non-empty string, got ${describe(value)}`)
+  }
+  return value
+}
+
+module.exports = { describe, checkKey, checkSeconds, positiveInteger, optionsObject, optionalName }

@@ -1,0 +1,133 @@
+//! Wall-clock time in epoch milliseconds.
+//!
+//! Every store reports `resetAt`, `lastFailureTime` and expiry instants as
+//! epoch milliseconds, the same unit as JavaScript's `Date.now()`, so values
+//! written by Stoma's JS stores and by ours compare directly.
+//!
+//! Reading the precise clock costs ~22 ns here, a tenth of a whole
+//! rate-limit call; the kernel's coarse clock costs ~6 ns but lags by up to
+//! one tick (4 ms). [`Now`] reads the coarse clock first and the precise one
+//! only when the answer depends on it, so results are exactly those of
+//! `Date.now()` while most calls skip the precise read.
+
+use std::cell::Cell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, like `Date.now()`.
+///
+/// A clock set before 1970 reads as 0 rather than panicking.
+pub fn now_ms() -> i64 {
+  SystemTime::now()
+    .duration_since(UNIX_EPOCH)
+    .map(|d| d.as_millis() as i64)
+    .unwrap_or(0)
+}
+
+/// How far the coarse clock may trail the precise one: two 4 ms ticks, with
+/// room to spare for a late tick.
+const COARSE_SLACK_MS: i64 = 10;
+
+#[cfg(target_os = "linux")]
+fn coarse_ms() -> i64 {
+  let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+  // SAFETY: `ts` is a valid, writable timespec.
+  if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+    return now_ms();
+  }
+  ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_ms() -> i64 {
+  now_ms()
+}
+
+/// "Now" for one call, read lazily: the coarse clock up front, the precise
+/// clock at most once and only if needed.
+pub struct Now {
+  coarse: i64,
+  precise: Cell<Option<i64>>,
+}
+
+impl Now {
+  pub fn read() -> Self {
+    Now {
+      coarse: coarse_ms(),
+      precise: Cell::new(None),
+    }
+  }
+
+  /// A fixed instant, for tests.
+  pub fn at(ms: i64) -> Self {
+    Now {
+      coarse: ms,
+      precise: Cell::new(Some(ms)),
+    }
+  }
+
+  /// The precise time, as `Date.now()` would answer.
+  pub fn ms(&self) -> i64 {
+    match self.precise.get() {
+      Some(ms) => ms,
+      None => {
+        let ms = now_ms().max(self.coarse);
+        self.precise.set(Some(ms));
+        ms
+      }
+    }
+  }
+
+  /// Whether now is strictly before `instant`, without a precise read when
+  /// `instant` is comfortably in the future.
+  pub fn is_before(&self, instant: i64) -> bool {
+    if self.precise.get().is_none() && instant > self.coarse + COARSE_SLACK_MS {
+      return true;
+    }
+    self.ms() < instant
+  }
+}
+
+/// Converts a JS duration in milliseconds (validated as finite and
+/// non-negative by the JS layer) into whole milliseconds, rounding up so a
+/// fractional window never ends early, and saturating at 2^53 ms so that
+/// arithmetic on instants cannot overflow.
+pub fn duration_ms(ms: f64) -> i64 {
+  const MAX: f64 = (1u64 << 53) as f64;
+  if ms.is_nan() || ms <= 0.0 {
+    0
+  } else {
+    ms.ceil().min(MAX) as i64
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn durations_round_up_and_saturate() {
+    assert_eq!(duration_ms(1500.2), 1501);
+    assert_eq!(duration_ms(0.0), 0);
+    assert_eq!(duration_ms(-5.0), 0);
+    assert_eq!(duration_ms(f64::NAN), 0);
+    assert_eq!(duration_ms(f64::INFINITY), 1i64 << 53);
+  }
+
+  #[test]
+  fn coarse_clock_trails_the_precise_one_within_the_slack() {
+    for _ in 0..1000 {
+      let coarse = coarse_ms();
+      let precise = now_ms();
+      assert!(coarse <= precise + 1 && precise - coarse <= COARSE_SLACK_MS, "{coarse} vs {precise}");
+    }
+  }
+
+  #[test]
+  fn now_answers_like_the_precise_clock() {
+    let now = Now::read();
+    let precise = now_ms();
+    assert!(now.is_before(precise + 60_000));
+    assert!(!now.is_before(now.ms()));
+    assert!(now.ms() <= precise + 1);
+  }
+}

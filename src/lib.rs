@@ -1,0 +1,20 @@
+//! stoma-native: the storage behind Stoma's `rateLimit`, `cache` and
+//! `circuitBreaker` policies, implemented in Rust and exposed to Node.js,
+//! Bun and Deno through napi-rs.
+//!
+//! The crate is laid out as one module per backend over a few shared pieces:
+//!
+//! - [`clock`]    — wall-clock milliseconds, the unit every store speaks.
+//! - [`errors`]   — how failures (including panics) become JS exceptions.
+//! - [`fastcall`] — raw N-API functions for the per-request calls.
+//! - [`memory`]   — in-process stores, called synchronously from JS.
+//!
+//! The JavaScript layer (`lib/*.js`) wraps the classes exported here into the
+//! exact shapes Stoma's policies expect (Promise-returning stores, real
+//! `Response` objects) and builds the `GatewayAdapter` bundles.
+
+pub mod clock;
+pub mod errors;
+pub mod fastcall;
+pub mod memory;
+

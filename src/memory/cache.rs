@@ -1,0 +1,261 @@
+//! Cached responses, bounded by entry count and by bytes, evicted LRU.
+//!
+//! Stoma's `InMemoryCacheStore` is unbounded unless `maxEntries` is given and
+//! has no byte bound at all; this one always has both (10,000 entries and
+//! 64 MiB by default, set by the JS layer). Each entry keeps the status, the
+//! headers (as one NUL-separated string, in order, duplicates kept) and the
+//! body; the JS layer turns that back into a `Response`.
+
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use napi::bindgen_prelude::{BufferSlice, Float64ArraySlice};
+use napi::{Env, Result};
+use napi_derive::napi;
+
+use super::{bound, write_out, Registry};
+use crate::clock::{duration_ms, now_ms};
+use crate::errors::{guard, lock, store_error};
+
+/// Bytes charged per entry on top of its key and data, for the map node,
+/// the LRU links and the allocation headers, so that many tiny entries are
+/// still bounded by `maxBytes`.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// One cached response. `data` holds the header string's UTF-8 bytes
+/// followed by the body, so a hit crosses into JS as a single buffer.
+struct CachedResponse {
+  status: u16,
+  headers_len: usize,
+  data: Arc<[u8]>,
+  expires_at: i64,
+}
+
+impl CachedResponse {
+  fn charge(&self, key: &str) -> usize {
+    key.len() + self.data.len() + ENTRY_OVERHEAD
+  }
+}
+
+struct LruState {
+  entries: LruCache<Box<str>, CachedResponse>,
+  bytes: usize,
+}
+
+impl LruState {
+  fn remove(&mut self, key: &str) -> bool {
+    match self.entries.pop_entry(key) {
+      Some((key, entry)) => {
+        self.bytes -= entry.charge(&key);
+        true
+      }
+      None => false,
+    }
+  }
+}
+
+/// A cache hit as the JS layer receives it.
+pub struct Hit {
+  pub status: u16,
+  pub headers_len: usize,
+  pub data: Arc<[u8]>,
+}
+
+/// The responses of one store (or of every store sharing a `name`).
+pub struct ResponseLru {
+  state: Mutex<LruState>,
+  max_entries: usize,
+  max_bytes: usize,
+}
+
+impl ResponseLru {
+  pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+    ResponseLru {
+      state: Mutex::new(LruState {
+        entries: LruCache::unbounded(),
+        bytes: 0,
+      }),
+      max_entries: max_entries.max(1),
+      max_bytes,
+    }
+  }
+
+  /// Stores a response until `now + ttl_ms`. A response that expires at once
+  /// (ttl 0) or is larger than `maxBytes` on its own is not stored, and
+  /// replaces (removes) any older entry under the key.
+  pub fn put(&self, key: &str, status: u16, headers: &str, body: &[u8], ttl_ms: i64, now: i64) {
+    let mut data = Vec::with_capacity(headers.len() + body.len());
+    data.extend_from_slice(headers.as_bytes());
+    data.extend_from_slice(body);
+    let entry = CachedResponse {
+      status,
+      headers_len: headers.len(),
+      data: data.into(),
+      expires_at: now.saturating_add(ttl_ms),
+    };
+    let charge = entry.charge(key);
+
+    let mut state = lock(&self.state);
+    state.remove(key);
+    if ttl_ms <= 0 || charge > self.max_bytes {
+      return;
+    }
+    while state.entries.len() >= self.max_entries || state.bytes + charge > self.max_bytes {
+      match state.entries.pop_lru() {
+        Some((old_key, old)) => state.bytes -= old.charge(&old_key),
+        None => break,
+      }
+    }
+    state.bytes += charge;
+    state.entries.put(key.into(), entry);
+  }
+
+  /// Returns the live entry under `key`, marking it most recently used; an
+  /// expired entry is removed and reads as a miss.
+  pub fn get(&self, key: &str, now: i64) -> Option<Hit> {
+    let mut state = lock(&self.state);
+    let entry = state.entries.get(key)?;
+    if entry.expires_at <= now {
+      state.remove(key);
+      return None;
+    }
+    Some(Hit {
+      status: entry.status,
+      headers_len: entry.headers_len,
+      data: entry.data.clone(),
+    })
+  }
+
+  pub fn delete(&self, key: &str) -> bool {
+    lock(&self.state).remove(key)
+  }
+
+  pub fn clear(&self) {
+    let mut state = lock(&self.state);
+    state.entries.clear();
+    state.bytes = 0;
+  }
+
+  /// (entries, bytes charged)
+  pub fn usage(&self) -> (usize, usize) {
+    let state = lock(&self.state);
+    (state.entries.len(), state.bytes)
+  }
+}
+
+static NAMED: Registry<ResponseLru> = Registry::new();
+const STORE: &str = "MemoryCacheStore";
+
+/// The native half of `MemoryCacheStore` (see `lib/memory.js`).
+#[napi]
+pub struct NativeMemoryCacheStore {
+  lru: Option<Arc<ResponseLru>>,
+}
+
+#[napi]
+impl NativeMemoryCacheStore {
+  #[napi(constructor)]
+  pub fn new(max_entries: f64, max_bytes: f64, name: Option<String>) -> Self {
+    let lru = NAMED.get_or_create(name.as_deref(), || ResponseLru::new(bound(max_entries), bound(max_bytes)));
+    NativeMemoryCacheStore { lru: Some(lru) }
+  }
+
+  fn lru(&self) -> Result<&ResponseLru> {
+    self
+      .lru
+      .as_deref()
+      .ok_or_else(|| store_error(STORE, "the store was destroyed"))
+  }
+
+  /// `headers` is `name\0value\0name\0value…`; `body` is the response bytes.
+  #[napi]
+  pub fn put(&self, key: String, status: u32, headers: String, body: &[u8], ttl_ms: f64) -> Result<()> {
+    guard(STORE, || {
+      let status = u16::try_from(status).map_err(|_| store_error(STORE, "status out of range"))?;
+      self.lru()?.put(&key, status, &headers, body, duration_ms(ttl_ms), now_ms());
+      Ok(())
+    })
+  }
+
+  /// On a hit, returns the header string's bytes followed by the body and
+  /// writes `[status, headerByteLength]` into `out`; on a miss, `null`.
+  #[napi]
+  pub fn get<'env>(&self, env: &'env Env, key: String, mut out: Float64ArraySlice) -> Result<Option<BufferSlice<'env>>> {
+    guard(STORE, || {
+      let Some(hit) = self.lru()?.get(&key, now_ms()) else {
+        return Ok(None);
+      };
+      write_out(&mut out, &[hit.status as f64, hit.headers_len as f64]);
+      BufferSlice::copy_from(env, &hit.data[..]).map(Some)
+    })
+  }
+
+  #[napi]
+  pub fn delete(&self, key: String) -> Result<bool> {
+    guard(STORE, || Ok(self.lru()?.delete(&key)))
+  }
+
+  #[napi]
+  pub fn clear(&self) -> Result<()> {
+    guard(STORE, || {
+      self.lru()?.clear();
+      Ok(())
+    })
+  }
+
+  #[napi(getter)]
+  pub fn size(&self) -> Result<f64> {
+    guard(STORE, || Ok(self.lru()?.usage().0 as f64))
+  }
+
+  /// Bytes charged against `maxBytes` (keys, headers, bodies and a fixed
+  /// per-entry overhead).
+  #[napi(getter)]
+  pub fn bytes(&self) -> Result<f64> {
+    guard(STORE, || Ok(self.lru()?.usage().1 as f64))
+  }
+
+  #[napi]
+  pub fn destroy(&mut self) {
+    self.lru = None;
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn evicts_least_recently_used_by_entries() {
+    let c = ResponseLru::new(2, usize::MAX);
+    c.put("a", 200, "", b"a", 1000, 0);
+    c.put("b", 200, "", b"b", 1000, 0);
+    assert!(c.get("a", 1).is_some()); // "b" is now least recently used
+    c.put("c", 200, "", b"c", 1000, 1);
+    assert!(c.get("b", 2).is_none());
+    assert!(c.get("a", 2).is_some() && c.get("c", 2).is_some());
+  }
+
+  #[test]
+  fn evicts_by_bytes_and_refuses_oversized_entries() {
+    let c = ResponseLru::new(100, 3 * (ENTRY_OVERHEAD + 1 + 1000));
+    for key in ["a", "b", "c", "d"] {
+      c.put(key, 200, "", &[0; 1000], 1000, 0);
+    }
+    assert_eq!(c.usage().0, 3);
+    assert!(c.get("a", 1).is_none());
+    c.put("d", 200, "", &[0; 10_000], 1000, 0);
+    assert!(c.get("d", 1).is_none(), "oversized put replaces and is not stored");
+    assert_eq!(c.usage().0, 2);
+  }
+
+  #[test]
+  fn expires_entries_and_keeps_headers_apart_from_body() {
+    let c = ResponseLru::new(10, usize::MAX);
+    c.put("k", 201, "a\0b", b"body", 100, 0);
+    let hit = c.get("k", 99).unwrap();
+    assert_eq!((hit.status, hit.headers_len, &hit.data[..]), (201, 3, &b"a\0bbody"[..]));
+    assert!(c.get("k", 100).is_none());
+    assert_eq!(c.usage(), (0, 0));
+  }
+}

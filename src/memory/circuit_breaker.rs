@@ -1,0 +1,252 @@
+//! Circuit-breaker state per key, bounded by a key count.
+//!
+//! Same transitions as Stoma's `InMemoryCircuitBreakerStore`: failures and
+//! successes are counted, `transition` stamps `lastStateChange`, going to
+//! `closed` zeroes both counters and going to `half-open` zeroes the success
+//! count. Stoma's map grows with every key ever seen; this one holds at most
+//! `maxKeys` circuits and forgets the least recently used one beyond that
+//! (a forgotten circuit reads as a fresh closed circuit). Reading an unknown
+//! key stores nothing, so a flood of reads cannot fill it.
+
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use napi::bindgen_prelude::Object;
+use napi::{Env, Result};
+use napi_derive::napi;
+
+use super::{bound, Registry};
+use crate::clock::now_ms;
+use crate::errors::{guard, lock, store_error};
+use crate::fastcall::{bound_call, Answer, CallError};
+
+/// A circuit's state. The JS layer maps it to and from the strings
+/// `"closed"`, `"open"` and `"half-open"` by these discriminants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CircuitState {
+  Closed = 0,
+  Open = 1,
+  HalfOpen = 2,
+}
+
+impl CircuitState {
+  pub fn from_code(code: u32) -> Option<Self> {
+    match code {
+      0 => Some(CircuitState::Closed),
+      1 => Some(CircuitState::Open),
+      2 => Some(CircuitState::HalfOpen),
+      _ => None,
+    }
+  }
+}
+
+/// The five fields of Stoma's `CircuitBreakerSnapshot`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Snapshot {
+  pub state: CircuitState,
+  pub failure_count: u64,
+  pub success_count: u64,
+  pub last_failure_time: i64,
+  pub last_state_change: i64,
+}
+
+impl Snapshot {
+  pub fn fresh(now: i64) -> Self {
+    Snapshot {
+      state: CircuitState::Closed,
+      failure_count: 0,
+      success_count: 0,
+      last_failure_time: 0,
+      last_state_change: now,
+    }
+  }
+
+  /// Applies Stoma's transition rules.
+  pub fn transition(&mut self, to: CircuitState, now: i64) {
+    self.state = to;
+    self.last_state_change = now;
+    match to {
+      CircuitState::Closed => {
+        self.failure_count = 0;
+        self.success_count = 0;
+      }
+      CircuitState::HalfOpen => self.success_count = 0,
+      CircuitState::Open => {}
+    }
+  }
+
+  /// The snapshot as five numbers, in field order, for the JS layer.
+  fn fields(&self) -> [f64; 5] {
+    [
+      self.state as u32 as f64,
+      self.failure_count as f64,
+      self.success_count as f64,
+      self.last_failure_time as f64,
+      self.last_state_change as f64,
+    ]
+  }
+}
+
+/// The circuits of one store (or of every store sharing a `name`).
+pub struct CircuitTable {
+  circuits: Mutex<LruCache<Box<str>, Snapshot>>,
+  max_keys: usize,
+}
+
+impl CircuitTable {
+  pub fn new(max_keys: usize) -> Self {
+    CircuitTable {
+      circuits: Mutex::new(LruCache::unbounded()),
+      max_keys: max_keys.max(1),
+    }
+  }
+
+  pub fn get(&self, key: &str, now: i64) -> Snapshot {
+    lock(&self.circuits)
+      .get(key)
+      .copied()
+      .unwrap_or_else(|| Snapshot::fresh(now))
+  }
+
+  /// Applies `change` to the key's circuit (creating it if needed) and
+  /// returns the result, all under one lock so concurrent updates from
+  /// several worker threads are never lost.
+  pub fn update(&self, key: &str, now: i64, change: impl FnOnce(&mut Snapshot)) -> Snapshot {
+    let mut circuits = lock(&self.circuits);
+    if let Some(snapshot) = circuits.get_mut(key) {
+      change(snapshot);
+      return *snapshot;
+    }
+    let mut snapshot = Snapshot::fresh(now);
+    change(&mut snapshot);
+    while circuits.len() >= self.max_keys {
+      circuits.pop_lru();
+    }
+    circuits.put(key.into(), snapshot);
+    snapshot
+  }
+
+  pub fn remove(&self, key: &str) {
+    lock(&self.circuits).pop(key);
+  }
+
+  pub fn clear(&self) {
+    lock(&self.circuits).clear();
+  }
+
+  pub fn len(&self) -> usize {
+    lock(&self.circuits).len()
+  }
+}
+
+static NAMED: Registry<CircuitTable> = Registry::new();
+const STORE: &str = "MemoryCircuitBreakerStore";
+
+/// The native half of `MemoryCircuitBreakerStore` (see `lib/memory.js`).
+#[napi]
+pub struct NativeMemoryCircuitBreakerStore {
+  table: Option<Arc<CircuitTable>>,
+}
+
+#[napi]
+impl NativeMemoryCircuitBreakerStore {
+  #[napi(constructor)]
+  pub fn new(max_keys: f64, name: Option<String>) -> Self {
+    let table = NAMED.get_or_create(name.as_deref(), || CircuitTable::new(bound(max_keys)));
+    NativeMemoryCircuitBreakerStore { table: Some(table) }
+  }
+
+  fn table(&self) -> Result<&Arc<CircuitTable>> {
+    self
+      .table
+      .as_ref()
+      .ok_or_else(|| store_error(STORE, "the store was destroyed"))
+  }
+
+  /// Returns `{ call, out }`: `call(op, key, to)` runs one operation —
+  /// 0 getState, 1 recordSuccess, 2 recordFailure, 3 transition to state
+  /// code `to` — and writes the resulting snapshot into `out` as
+  /// `[stateCode, failureCount, successCount, lastFailureTime, lastStateChange]`
+  /// (see [`bound_call`]).
+  #[napi(ts_return_type = "{ call: (op: number, key: string, to?: number) => void; out: Float64Array }")]
+  pub fn bind_operations(&self, env: &Env) -> Result<Object<'static>> {
+    bound_call(env, c"circuit", self.table()?.clone(), 5, |bound, args| {
+      let op = args.number(0, "op")?;
+      let now = now_ms();
+      let table = &bound.state;
+      let snapshot = args.with_str(1, "key", |key| match op as u32 {
+        0 => Ok(table.get(key, now)),
+        1 => Ok(table.update(key, now, |s| s.success_count += 1)),
+        2 => Ok(table.update(key, now, |s| {
+          s.failure_count += 1;
+          s.last_failure_time = now;
+        })),
+        3 => {
+          let to = args.number(2, "to")? as u32;
+          let to = CircuitState::from_code(to).ok_or_else(|| CallError::Type(format!("unknown circuit state code {to}")))?;
+          Ok(table.update(key, now, |s| s.transition(to, now)))
+        }
+        other => Err(CallError::Type(format!("unknown circuit operation {other}"))),
+      })??;
+      for (index, value) in snapshot.fields().into_iter().enumerate() {
+        bound.out.set(index, value);
+      }
+      Ok(Answer::Undefined)
+    })
+  }
+
+  #[napi]
+  pub fn reset(&self, key: String) -> Result<()> {
+    guard(STORE, || {
+      self.table()?.remove(&key);
+      Ok(())
+    })
+  }
+
+  #[napi]
+  pub fn clear(&self) -> Result<()> {
+    guard(STORE, || {
+      self.table()?.clear();
+      Ok(())
+    })
+  }
+
+  #[napi(getter)]
+  pub fn size(&self) -> Result<f64> {
+    guard(STORE, || Ok(self.table()?.len() as f64))
+  }
+
+  #[napi]
+  pub fn destroy(&mut self) {
+    self.table = None;
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn transitions_reset_counters_like_stoma() {
+    let t = CircuitTable::new(10);
+    t.update("k", 1, |s| s.failure_count += 1);
+    t.update("k", 2, |s| s.success_count += 1);
+    let s = t.update("k", 3, |s| s.transition(CircuitState::HalfOpen, 3));
+    assert_eq!((s.failure_count, s.success_count, s.last_state_change), (1, 0, 3));
+    let s = t.update("k", 4, |s| s.transition(CircuitState::Closed, 4));
+    assert_eq!((s.failure_count, s.success_count), (0, 0));
+  }
+
+  #[test]
+  fn holds_at_most_max_keys_and_reads_store_nothing() {
+    let t = CircuitTable::new(2);
+    t.get("unknown", 0);
+    assert_eq!(t.len(), 0);
+    for key in ["a", "b", "c"] {
+      t.update(key, 0, |s| s.failure_count += 1);
+    }
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.get("a", 9).failure_count, 0, "least recently used is forgotten");
+    assert_eq!(t.get("c", 9).failure_count, 1);
+  }
+}
