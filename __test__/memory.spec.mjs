@@ -1,0 +1,231 @@
+import { Worker } from 'node:worker_threads'
+import { describe, expect, it } from 'vitest'
+import {
+  MemoryCacheStore,
+  MemoryCircuitBreakerStore,
+  MemoryRateLimitStore,
+  TestAdapter,
+  bunAdapter,
+  createTestAdapter,
+  denoAdapter,
+  memoryAdapter,
+  nodeAdapter,
+} from '../index.mjs'
+import { storeContract } from './store-contract.mjs'
+
+const MAX_SAFE = Number.MAX_SAFE_INTEGER
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+storeContract('memory', { createStores: () => memoryAdapter() })
+storeContract('TestAdapter', { createStores: () => new TestAdapter() })
+
+describe('memory rate limit bounds', () => {
+  it('fails closed at maxKeys when nothing has expired, and keeps counting known keys', async () => {
+    const store = new MemoryRateLimitStore({ maxKeys: 3 })
+    for (const key of ['a', 'b', 'c']) expect((await store.increment(key, 60)).count).toBe(1)
+    const refused = await store.increment('d', 60)
+    expect(refused.count).toBe(MAX_SAFE)
+    expect(refused.resetAt).toBeGreaterThan(Date.now())
+    expect((await store.increment('a', 60)).count).toBe(2)
+    expect(store.size).toBe(3)
+  })
+
+  it('reclaims expired keys for new ones at capacity', async () => {
+    const store = new MemoryRateLimitStore({ maxKeys: 2 })
+    await store.increment('short-1', 0.2)
+    await store.increment('long', 60)
+    expect((await store.increment('new-1', 60)).count).toBe(MAX_SAFE)
+    await sleep(250)
+    expect((await store.increment('new-1', 60)).count).toBe(1)
+    expect(store.size).toBe(2)
+  })
+
+  it('stays bounded and answers new keys at capacity under a flood of 200,000 keys', async () => {
+    const store = new MemoryRateLimitStore({ maxKeys: 1000 })
+    let refused = 0
+    for (let i = 0; i < 200_000; i++) {
+      if ((await store.increment(`flood:${i}`, 60)).count === MAX_SAFE) refused++
+    }
+    expect(store.size).toBe(1000)
+    expect(refused).toBe(199_000)
+  })
+
+  it('accepts Stoma’s numeric constructor form and reset()', async () => {
+    const store = new MemoryRateLimitStore(1)
+    await store.increment('x', 60)
+    expect((await store.increment('y', 60)).count).toBe(MAX_SAFE)
+    store.reset()
+    expect((await store.increment('y', 60)).count).toBe(1)
+  })
+
+  it('counts a zero window as a new window every time, and honours fractional windows', async () => {
+    const store = new MemoryRateLimitStore()
+    expect((await store.increment('zero', 0)).count).toBe(1)
+    expect((await store.increment('zero', 0)).count).toBe(1)
+    const before = Date.now()
+    const { resetAt } = await store.increment('fraction', 0.5)
+    expect(resetAt - before).toBeGreaterThanOrEqual(499)
+    expect(resetAt - before).toBeLessThanOrEqual(520)
+  })
+})
+
+describe('memory circuit breaker bounds', () => {
+  it('holds at most maxKeys circuits, forgetting the least recently used', async () => {
+    const store = new MemoryCircuitBreakerStore({ maxKeys: 2 })
+    await store.recordFailure('a')
+    await store.recordFailure('b')
+    await store.recordFailure('a')
+    await store.recordFailure('c')
+    expect(store.size).toBe(2)
+    expect((await store.getState('b')).failureCount).toBe(0)
+    expect((await store.getState('a')).failureCount).toBe(2)
+  })
+
+  it('stores nothing for reads of unknown keys, and clear() empties it', async () => {
+    const store = new MemoryCircuitBreakerStore()
+    for (let i = 0; i < 1000; i++) await store.getState(`read:${i}`)
+    expect(store.size).toBe(0)
+    await store.transition('x', 'open')
+    store.clear()
+    expect(store.size).toBe(0)
+  })
+})
+
+describe('memory cache bounds', () => {
+  it('evicts the least recently used entry beyond maxEntries', async () => {
+    const cache = new MemoryCacheStore({ maxEntries: 2 })
+    await cache.put('a', new Response('a'), 60)
+    await cache.put('b', new Response('b'), 60)
+    await cache.get('a')
+    await cache.put('c', new Response('c'), 60)
+    expect(cache.size).toBe(2)
+    expect(await cache.get('b')).toBeNull()
+    expect(await (await cache.get('a')).text()).toBe('a')
+  })
+
+  it('evicts by bytes and never holds more than maxBytes', async () => {
+    const cache = new MemoryCacheStore({ maxBytes: 256 * 1024 })
+    const body = new Uint8Array(64 * 1024)
+    for (let i = 0; i < 10; i++) {
+      await cache.put(`k${i}`, new Response(body), 60)
+      expect(cache.bytes).toBeLessThanOrEqual(256 * 1024)
+    }
+    expect(cache.size).toBe(3)
+    expect(await cache.get('k0')).toBeNull()
+    expect(await cache.get('k9')).not.toBeNull()
+  })
+
+  it('does not store a response larger than maxBytes, nor one with ttl 0', async () => {
+    const cache = new MemoryCacheStore({ maxBytes: 1024 })
+    await cache.put('big', new Response(new Uint8Array(4096)), 60)
+    await cache.put('now', new Response('x'), 0)
+    expect(cache.size).toBe(0)
+    expect(await cache.get('big')).toBeNull()
+  })
+
+  it('clear() empties the store', async () => {
+    const cache = new MemoryCacheStore()
+    await cache.put('a', new Response('a'), 60)
+    cache.clear()
+    expect(cache.size).toBe(0)
+    expect(cache.bytes).toBe(0)
+  })
+})
+
+describe('store lifecycle and option checks', () => {
+  it('rejects calls after destroy() with an error naming the store', async () => {
+    const { rateLimitStore, circuitBreakerStore, cacheStore } = memoryAdapter()
+    rateLimitStore.destroy()
+    circuitBreakerStore.destroy()
+    cacheStore.destroy()
+    await expect(rateLimitStore.increment('k', 1)).rejects.toThrow(/MemoryRateLimitStore: the store was destroyed/)
+    await expect(circuitBreakerStore.recordFailure('k')).rejects.toThrow(/MemoryCircuitBreakerStore: the store was destroyed/)
+    await expect(cacheStore.get('k')).rejects.toThrow(/MemoryCacheStore: the store was destroyed/)
+  })
+
+  it('rejects bad options with TypeError or RangeError naming them', () => {
+    expect(() => memoryAdapter({ rateLimit: { maxKeys: 0 } })).toThrow(RangeError)
+    expect(() => memoryAdapter({ rateLimit: { maxKeys: 0 } })).toThrow(/maxKeys/)
+    expect(() => memoryAdapter({ cache: { maxBytes: 1.5 } })).toThrow(/maxBytes/)
+    expect(() => memoryAdapter({ cache: { maxEntries: '10' } })).toThrow(TypeError)
+    expect(() => memoryAdapter({ name: 5 })).toThrow(TypeError)
+    expect(() => memoryAdapter({ waitUntil: 'later' })).toThrow(/waitUntil/)
+    expect(() => memoryAdapter('x')).toThrow(TypeError)
+  })
+
+  it('builds new stores per call for the runtime adapters, with waitUntil passed through', async () => {
+    const waitUntil = () => {}
+    for (const factory of [memoryAdapter, nodeAdapter, bunAdapter, denoAdapter]) {
+      const one = factory({ waitUntil })
+      const two = factory()
+      expect(one.waitUntil).toBe(waitUntil)
+      expect(two.waitUntil).toBeUndefined()
+      await one.rateLimitStore.increment('k', 60)
+      expect((await two.rateLimitStore.increment('k', 60)).count).toBe(1)
+    }
+  })
+})
+
+describe('TestAdapter', () => {
+  it('waitAll() awaits work queued while waiting, and reset() forgets pending work', async () => {
+    const adapter = createTestAdapter()
+    const done = []
+    adapter.waitUntil(
+      sleep(20).then(() => {
+        done.push('first')
+        adapter.waitUntil(sleep(20).then(() => done.push('queued while waiting')))
+      }),
+    )
+    await adapter.waitAll()
+    expect(done).toEqual(['first', 'queued while waiting'])
+
+    let ran = false
+    adapter.waitUntil(new Promise(() => {})) // never settles
+    adapter.reset()
+    await adapter.waitAll()
+    adapter.waitUntil(Promise.resolve().then(() => (ran = true)))
+    await adapter.waitAll()
+    expect(ran).toBe(true)
+  })
+
+  it('waitAll() rejects with the first failure after everything has settled', async () => {
+    const adapter = new TestAdapter()
+    let slowDone = false
+    adapter.waitUntil(Promise.reject(new Error('boom')))
+    adapter.waitUntil(sleep(30).then(() => (slowDone = true)))
+    await expect(adapter.waitAll()).rejects.toThrow('boom')
+    expect(slowDone).toBe(true)
+  })
+})
+
+describe('named state shared across worker threads', () => {
+  it('4 workers × 2,500 increments on one key leave exactly 10,000', async () => {
+    const name = `workers-${process.pid}-${Date.now()}`
+    const entry = new URL('../index.js', import.meta.url).pathname
+    const source = `
+      const { parentPort, workerData } = require('node:worker_threads')
+      const { memoryAdapter } = require(workerData.entry)
+      const { rateLimitStore, circuitBreakerStore } = memoryAdapter({ name: workerData.name })
+      ;(async () => {
+        for (let i = 0; i < 2500; i++) {
+          await rateLimitStore.increment('shared', 60)
+          await circuitBreakerStore.recordFailure('shared')
+        }
+        parentPort.postMessage('done')
+      })()
+    `
+    const main = memoryAdapter({ name })
+    await Promise.all(
+      Array.from({ length: 4 }, () => {
+        const worker = new Worker(source, { eval: true, workerData: { entry, name } })
+        return new Promise((resolve, reject) => {
+          worker.once('message', resolve)
+          worker.once('error', reject)
+        }).finally(() => worker.terminate())
+      }),
+    )
+    expect((await main.rateLimitStore.increment('shared', 60)).count).toBe(10_001)
+    expect((await main.circuitBreakerStore.getState('shared')).failureCount).toBe(10_000)
+    expect((await memoryAdapter().rateLimitStore.increment('shared', 60)).count).toBe(1)
+  })
+})
