@@ -5,6 +5,7 @@
 //! The crate is laid out as one module per backend over a few shared pieces:
 //!
 //! - [`clock`]    — wall-clock milliseconds, the unit every store speaks.
+//! - [`envelope`] — the cache envelope Stoma's Redis and PostgreSQL adapters write.
 //! - [`errors`]   — how failures (including panics) become JS exceptions.
 //! - [`fastcall`] — raw N-API functions for the per-request calls.
 //! - [`memory`]   — in-process stores, called synchronously from JS.
@@ -14,6 +15,7 @@
 //! `Response` objects) and builds the `GatewayAdapter` bundles.
 
 pub mod clock;
+pub mod envelope;
 pub mod errors;
 pub mod fastcall;
 pub mod memory;
