@@ -15,8 +15,9 @@ export declare class NativeMemoryCacheStore {
   /** `headers` is `name\0value\0name\0value…`; `body` is the response bytes. */
   put(key: string, status: number, headers: string, body: Uint8Array, ttlMs: number): void
   /**
-   * On a hit, returns the header string's bytes followed by the body and
-   * writes `[status, headerByteLength]` into `out`; on a miss, `null`.
+   * On a hit, returns the header string's bytes followed by the body (a
+   * read-only view of the stored bytes) and writes
+   * `[status, headerByteLength]` into `out`; on a miss, `null`.
    */
   get(key: string, out: Float64Array): Buffer | null
   delete(key: string): boolean

@@ -27,7 +27,8 @@ const ENTRY_OVERHEAD: usize = 96;
 struct CachedResponse {
   status: u16,
   headers_len: usize,
-  data: Arc<[u8]>,
+  /// Shared so a hit can lend the bytes to JS without copying them.
+  data: Arc<Vec<u8>>,
   expires_at: i64,
 }
 
@@ -58,7 +59,7 @@ impl LruState {
 pub struct Hit {
   pub status: u16,
   pub headers_len: usize,
-  pub data: Arc<[u8]>,
+  pub data: Arc<Vec<u8>>,
 }
 
 /// The responses of one store (or of every store sharing a `name`).
@@ -90,7 +91,7 @@ impl ResponseLru {
     let entry = CachedResponse {
       status,
       headers_len: headers.len(),
-      data: data.into(),
+      data: Arc::new(data),
       expires_at: now.saturating_add(ttl_ms),
     };
     let charge = entry.charge(key);
@@ -177,8 +178,9 @@ impl NativeMemoryCacheStore {
     })
   }
 
-  /// On a hit, returns the header string's bytes followed by the body and
-  /// writes `[status, headerByteLength]` into `out`; on a miss, `null`.
+  /// On a hit, returns the header string's bytes followed by the body (a
+  /// read-only view of the stored bytes) and writes
+  /// `[status, headerByteLength]` into `out`; on a miss, `null`.
   #[napi]
   pub fn get<'env>(&self, env: &'env Env, key: String, mut out: Float64ArraySlice) -> Result<Option<BufferSlice<'env>>> {
     guard(STORE, || {
@@ -186,7 +188,14 @@ impl NativeMemoryCacheStore {
         return Ok(None);
       };
       write_out(&mut out, &[hit.status as f64, hit.headers_len as f64]);
-      BufferSlice::copy_from(env, &hit.data[..]).map(Some)
+      // Lend the bytes to JS without a copy: the Buffer's finalizer holds a
+      // reference to the entry's data, which is never mutated.
+      let data = hit.data;
+      let (ptr, len) = (data.as_ptr() as *mut u8, data.len());
+      if len == 0 {
+        return BufferSlice::from_data(env, Vec::new()).map(Some);
+      }
+      unsafe { BufferSlice::from_external(env, ptr, len, data, |_, data| drop(data)) }.map(Some)
     })
   }
 

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use compact_str::CompactString;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
@@ -45,7 +46,7 @@ struct Window {
 /// (and skipped) if the key has since opened a newer window.
 struct Expiry {
   reset_at: i64,
-  key: Arc<str>,
+  key: CompactString,
 }
 
 /// Expiry queues keyed by window length; almost always exactly one.
@@ -75,7 +76,9 @@ impl ExpiryQueues {
 
 /// The counters of one store (or of every store sharing a `name`).
 pub struct FixedWindowCounters {
-  windows: DashMap<Arc<str>, Window, RandomState>,
+  /// Keys up to 24 bytes (IPs, user ids) are stored inline in the table
+  /// entry, saving a pointer chase (a cache miss at 100k keys) per lookup.
+  windows: DashMap<CompactString, Window, RandomState>,
   /// Number of keys in `windows`, kept separately because `DashMap::len`
   /// locks every shard.
   len: AtomicUsize,
@@ -141,7 +144,7 @@ impl FixedWindowCounters {
         reset_at,
       };
     }
-    let key: Arc<str> = Arc::from(key);
+    let key = CompactString::from(key);
     match self.windows.entry(key.clone()) {
       // Another thread inserted the key meanwhile: give the slot back and
       // count the hit on its window.
@@ -179,7 +182,7 @@ impl FixedWindowCounters {
   }
 
   /// Records a newly opened window and reclaims a few expired ones.
-  fn opened(&self, key: Arc<str>, window_ms: i64, reset_at: i64, now: i64) {
+  fn opened(&self, key: CompactString, window_ms: i64, reset_at: i64, now: i64) {
     lock(&self.expiries).push(window_ms, Expiry { reset_at, key });
     self.reclaim(now, RECLAIM_PER_CALL);
   }
@@ -192,7 +195,7 @@ impl FixedWindowCounters {
     lock(&self.expiries).pop_expired(now, limit, &mut expired);
     let mut removed = 0;
     for Expiry { reset_at, key } in expired {
-      let is_current = |_: &Arc<str>, w: &Window| w.reset_at == reset_at && w.reset_at <= now;
+      let is_current = |_: &CompactString, w: &Window| w.reset_at == reset_at && w.reset_at <= now;
       if self.windows.remove_if(&key, is_current).is_some() {
         self.len.fetch_sub(1, Ordering::Relaxed);
         removed += 1;

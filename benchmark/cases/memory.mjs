@@ -1,0 +1,96 @@
+// Memory stores: stoma-native's native stores against Stoma's
+// InMemoryRateLimitStore / InMemoryCircuitBreakerStore / InMemoryCacheStore.
+import { MemoryCacheStore, MemoryCircuitBreakerStore, MemoryRateLimitStore } from 'stoma-native'
+
+const KEYS = 100_000
+const keys = Array.from({ length: KEYS }, (_, i) => `client:${i}`)
+const body64k = new Uint8Array(64 * 1024).map((_, i) => i % 251)
+const headers = [
+  ['content-type', 'application/octet-stream'],
+  ['cache-control', 'public, max-age=60'],
+]
+
+export default function memoryCases({ stoma }) {
+  return [
+    {
+      name: 'memory: rate-limit increment, 1 key',
+      target: 0.7,
+      setup() {
+        const ours = new MemoryRateLimitStore()
+        const theirs = new stoma.InMemoryRateLimitStore()
+        return {
+          ours: () => ours.increment('client:1', 60),
+          theirs: () => theirs.increment('client:1', 60),
+          teardown: () => theirs.destroy(),
+        }
+      },
+    },
+    {
+      name: 'memory: rate-limit increment, 100k keys',
+      target: 1.0,
+      async setup() {
+        const ours = new MemoryRateLimitStore()
+        const theirs = new stoma.InMemoryRateLimitStore()
+        for (const key of keys) {
+          await ours.increment(key, 600)
+          await theirs.increment(key, 600)
+        }
+        return {
+          ours: (i) => ours.increment(keys[i % KEYS], 600),
+          theirs: (i) => theirs.increment(keys[i % KEYS], 600),
+          teardown: () => theirs.destroy(),
+        }
+      },
+    },
+    {
+      name: 'memory: new key at capacity (100k live keys)',
+      target: 100,
+      async setup() {
+        const ours = new MemoryRateLimitStore({ maxKeys: KEYS })
+        const theirs = new stoma.InMemoryRateLimitStore({ maxKeys: KEYS })
+        for (const key of keys) {
+          await ours.increment(key, 600)
+          await theirs.increment(key, 600)
+        }
+        let fresh = 0
+        return {
+          ours: () => ours.increment(`new:${fresh++}`, 600),
+          theirs: () => theirs.increment(`new:${fresh++}`, 600),
+          teardown: () => theirs.destroy(),
+        }
+      },
+    },
+    {
+      name: 'memory: circuit recordFailure + getState',
+      setup() {
+        const ours = new MemoryCircuitBreakerStore()
+        const theirs = new stoma.InMemoryCircuitBreakerStore()
+        return {
+          ours: async () => {
+            await ours.recordFailure('upstream:1')
+            return ours.getState('upstream:1')
+          },
+          theirs: async () => {
+            await theirs.recordFailure('upstream:1')
+            return theirs.getState('upstream:1')
+          },
+        }
+      },
+    },
+    {
+      name: 'memory: cache put+get 64 KiB (body read)',
+      target: 1.0,
+      setup() {
+        const ours = new MemoryCacheStore()
+        const theirs = new stoma.InMemoryCacheStore({ maxEntries: 10_000 })
+        const roundTrip = (store) => async (i) => {
+          const key = `page:${i % 64}`
+          await store.put(key, new Response(body64k, { headers }), 60)
+          const hit = await store.get(key)
+          await hit.arrayBuffer()
+        }
+        return { ours: roundTrip(ours), theirs: roundTrip(theirs) }
+      },
+    },
+  ]
+}
