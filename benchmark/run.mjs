@@ -1,11 +1,10 @@
 // npm run bench [-- <filter>…]: every case (or those whose name contains a
 // filter) for this package and Stoma's JS stores in one process; prints a
 // table of medians and ratios and writes benchmark/results.json.
-import { writeFileSync } from 'node:fs'
-import os from 'node:os'
 import { loadStoma } from '../scripts/load-stoma.mjs'
 import memoryCases from './cases/memory.mjs'
 import { formatLatency, formatRate, measure } from './harness.mjs'
+import { writeReport } from './report.mjs'
 
 const filters = process.argv.slice(2)
 const stoma = {
@@ -38,10 +37,5 @@ for (const row of rows) {
   )
 }
 
-const machine = { cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, platform: `${process.platform}-${process.arch}` }
-if (filters.length === 0) {
-  writeFileSync(
-    new URL('./results.json', import.meta.url),
-    `${JSON.stringify({ date: new Date().toISOString(), machine, rows }, null, 2)}\n`,
-  )
-}
+// Only a full run rewrites BENCHMARKS.md, the chart and the README table.
+if (filters.length === 0) writeReport(rows)

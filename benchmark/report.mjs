@@ -1,0 +1,100 @@
+// Writes what a full `npm run bench` measured: BENCHMARKS.md (every case,
+// the machine, the date), benchmark/chart.svg (ratios as bars on a log
+// scale) and the table between the bench markers in README.md.
+import { execFileSync } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import { formatLatency, formatRate } from './harness.mjs'
+
+const root = new URL('../', import.meta.url)
+
+function versionOf(command, args, pattern) {
+  try {
+    return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).match(pattern)?.[1]
+  } catch {
+    return undefined
+  }
+}
+
+export function machine() {
+  return {
+    cores: os.cpus().length,
+    cpu: os.cpus()[0]?.model?.trim(),
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    os: `${os.type()} ${os.release()} ${process.arch}`,
+    node: process.version,
+    redis: versionOf('redis-server', ['--version'], /v=(\S+)/),
+    postgres: versionOf('psql', ['--version'], /(\d+\.\d+)/),
+  }
+}
+
+const ratioText = (r) => `${r >= 10 ? r.toFixed(0) : r.toFixed(2)}×`
+const targetText = (row) => (row.target === undefined ? '' : `≥ ${row.target}× ${row.ratio >= row.target ? '✓' : '✗ missed'}`)
+
+export function table(rows) {
+  const lines = ['| case | stoma-native | Stoma (JS) | ratio | target |', '|---|---|---|---|---|']
+  for (const row of rows) {
+    lines.push(
+      `| ${row.name} | ${formatRate(row.ours)} (${formatLatency(row.ours)}) | ${formatRate(row.theirs)} (${formatLatency(row.theirs)}) | **${ratioText(row.ratio)}** | ${targetText(row)} |`,
+    )
+  }
+  return lines.join('\n')
+}
+
+function escapeXml(text) {
+  return text.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c])
+}
+
+/** A horizontal bar per case: log10 of the ratio, a rule at 1× (parity). */
+export function chart(rows, date) {
+  const label = 330
+  const width = 900
+  const plot = width - label - 90
+  const barHeight = 22
+  const top = 50
+  const height = top + rows.length * (barHeight + 8) + 40
+  const maxLog = Math.max(1, ...rows.map((r) => Math.log10(Math.max(r.ratio, r.target ?? 0))))
+  const minLog = Math.min(-0.5, ...rows.map((r) => Math.log10(r.ratio)))
+  const x = (ratio) => label + ((Math.log10(ratio) - minLog) / (maxLog - minLog)) * plot
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="system-ui, sans-serif" font-size="13">`,
+    `<rect width="100%" height="100%" fill="#fff"/>`,
+    `<text x="${width / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">stoma-native ÷ Stoma JS stores — throughput ratio (log scale; right of 1× is faster)</text>`,
+  ]
+  rows.forEach((row, i) => {
+    const y = top + i * (barHeight + 8)
+    const fill = row.target !== undefined && row.ratio < row.target ? '#d9822b' : row.ratio >= 1 ? '#2b8a3e' : '#868e96'
+    const x0 = x(1)
+    const x1 = x(row.ratio)
+    parts.push(`<text x="${label - 8}" y="${y + 15}" text-anchor="end">${escapeXml(row.name)}</text>`)
+    parts.push(`<rect x="${Math.min(x0, x1)}" y="${y}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${barHeight}" fill="${fill}"/>`)
+    parts.push(`<text x="${Math.max(x0, x1) + 6}" y="${y + 15}">${ratioText(row.ratio)}</text>`)
+    if (row.target !== undefined) {
+      parts.push(`<line x1="${x(row.target)}" x2="${x(row.target)}" y1="${y - 2}" y2="${y + barHeight + 2}" stroke="#000" stroke-dasharray="3,2"/>`)
+    }
+  })
+  const bottom = top + rows.length * (barHeight + 8)
+  parts.push(`<line x1="${x(1)}" x2="${x(1)}" y1="${top - 6}" y2="${bottom}" stroke="#000"/>`)
+  parts.push(`<text x="${x(1)}" y="${bottom + 16}" text-anchor="middle">1×</text>`)
+  parts.push(`<text x="${width - 10}" y="${height - 10}" text-anchor="end" fill="#666">dashed: target · ${escapeXml(date)}</text>`)
+  parts.push('</svg>')
+  return `${parts.join('\n')}\n`
+}
+
+export function writeReport(rows) {
+  const date = new Date().toISOString().slice(0, 10)
+  const info = machine()
+  const machineLine = `${info.cores} cores (${info.cpu}), ${info.memoryGiB} GiB, ${info.os}; Node ${info.node}, Redis ${info.redis ?? '?'}, PostgreSQL ${info.postgres ?? '?'}`
+  const body = `${table(rows)}\n\nMeasured ${date} on ${machineLine}. Medians of alternating samples; ratio = stoma-native ÷ Stoma throughput.`
+  writeFileSync(
+    new URL('BENCHMARKS.md', root),
+    `# Benchmarks\n\nWritten by \`npm run bench\` (benchmark/run.mjs): each case runs this package's store and Stoma's own JS store (\`@homegrower-club/stoma\` 0.1.0-rc.5) in one process against the same servers.\n\n![ratios](benchmark/chart.svg)\n\n${body}\n`,
+  )
+  writeFileSync(new URL('benchmark/chart.svg', root), chart(rows, date))
+  const readmeUrl = new URL('README.md', root)
+  const readme = readFileSync(readmeUrl, 'utf8')
+  const marked = /<!-- bench:start -->[\s\S]*<!-- bench:end -->/
+  if (marked.test(readme)) {
+    writeFileSync(readmeUrl, readme.replace(marked, `<!-- bench:start -->\n${body}\n<!-- bench:end -->`))
+  }
+}
