@@ -13,7 +13,7 @@ use napi::bindgen_prelude::{BufferSlice, Float64ArraySlice};
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use super::{bound, write_out, Registry};
+use super::{bound, write_out, Held, Registry};
 use crate::clock::{duration_ms, now_ms};
 use crate::errors::{guard, lock, store_error};
 
@@ -150,7 +150,7 @@ const STORE: &str = "MemoryCacheStore";
 /// The native half of `MemoryCacheStore` (see `lib/memory.js`).
 #[napi]
 pub struct NativeMemoryCacheStore {
-  lru: Option<Arc<ResponseLru>>,
+  lru: Held<ResponseLru>,
 }
 
 #[napi]
@@ -158,22 +158,16 @@ impl NativeMemoryCacheStore {
   #[napi(constructor)]
   pub fn new(max_entries: f64, max_bytes: f64, name: Option<String>) -> Self {
     let lru = NAMED.get_or_create(name.as_deref(), || ResponseLru::new(bound(max_entries), bound(max_bytes)));
-    NativeMemoryCacheStore { lru: Some(lru) }
+    NativeMemoryCacheStore { lru: Held::new(STORE, lru) }
   }
 
-  fn lru(&self) -> Result<&ResponseLru> {
-    self
-      .lru
-      .as_deref()
-      .ok_or_else(|| store_error(STORE, "the store was destroyed"))
-  }
 
   /// `headers` is `name\0value\0name\0value…`; `body` is the response bytes.
   #[napi]
   pub fn put(&self, key: String, status: u32, headers: String, body: &[u8], ttl_ms: f64) -> Result<()> {
     guard(STORE, || {
       let status = u16::try_from(status).map_err(|_| store_error(STORE, "status out of range"))?;
-      self.lru()?.put(&key, status, &headers, body, duration_ms(ttl_ms), now_ms());
+      self.lru.get()?.put(&key, status, &headers, body, duration_ms(ttl_ms), now_ms());
       Ok(())
     })
   }
@@ -184,7 +178,7 @@ impl NativeMemoryCacheStore {
   #[napi]
   pub fn get<'env>(&self, env: &'env Env, key: String, mut out: Float64ArraySlice) -> Result<Option<BufferSlice<'env>>> {
     guard(STORE, || {
-      let Some(hit) = self.lru()?.get(&key, now_ms()) else {
+      let Some(hit) = self.lru.get()?.get(&key, now_ms()) else {
         return Ok(None);
       };
       write_out(&mut out, &[hit.status as f64, hit.headers_len as f64]);
@@ -201,32 +195,32 @@ impl NativeMemoryCacheStore {
 
   #[napi]
   pub fn delete(&self, key: String) -> Result<bool> {
-    guard(STORE, || Ok(self.lru()?.delete(&key)))
+    guard(STORE, || Ok(self.lru.get()?.delete(&key)))
   }
 
   #[napi]
   pub fn clear(&self) -> Result<()> {
     guard(STORE, || {
-      self.lru()?.clear();
+      self.lru.get()?.clear();
       Ok(())
     })
   }
 
   #[napi(getter)]
   pub fn size(&self) -> Result<f64> {
-    guard(STORE, || Ok(self.lru()?.usage().0 as f64))
+    guard(STORE, || Ok(self.lru.get()?.usage().0 as f64))
   }
 
   /// Bytes charged against `maxBytes` (keys, headers, bodies and a fixed
   /// per-entry overhead).
   #[napi(getter)]
   pub fn bytes(&self) -> Result<f64> {
-    guard(STORE, || Ok(self.lru()?.usage().1 as f64))
+    guard(STORE, || Ok(self.lru.get()?.usage().1 as f64))
   }
 
   #[napi]
   pub fn destroy(&mut self) {
-    self.lru = None;
+    self.lru.release();
   }
 }
 

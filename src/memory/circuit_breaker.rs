@@ -8,16 +8,16 @@
 //! (a forgotten circuit reads as a fresh closed circuit). Reading an unknown
 //! key stores nothing, so a flood of reads cannot fill it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use lru::LruCache;
 use napi::bindgen_prelude::Object;
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use super::{bound, Registry};
+use super::{bound, Held, Registry};
 use crate::clock::now_ms;
-use crate::errors::{guard, lock, store_error};
+use crate::errors::{guard, lock};
 use crate::fastcall::{bound_call, Answer, CallError};
 
 /// A circuit's state. The JS layer maps it to and from the strings
@@ -145,7 +145,7 @@ const STORE: &str = "MemoryCircuitBreakerStore";
 /// The native half of `MemoryCircuitBreakerStore` (see `lib/memory.js`).
 #[napi]
 pub struct NativeMemoryCircuitBreakerStore {
-  table: Option<Arc<CircuitTable>>,
+  table: Held<CircuitTable>,
 }
 
 #[napi]
@@ -153,15 +153,9 @@ impl NativeMemoryCircuitBreakerStore {
   #[napi(constructor)]
   pub fn new(max_keys: f64, name: Option<String>) -> Self {
     let table = NAMED.get_or_create(name.as_deref(), || CircuitTable::new(bound(max_keys)));
-    NativeMemoryCircuitBreakerStore { table: Some(table) }
+    NativeMemoryCircuitBreakerStore { table: Held::new(STORE, table) }
   }
 
-  fn table(&self) -> Result<&Arc<CircuitTable>> {
-    self
-      .table
-      .as_ref()
-      .ok_or_else(|| store_error(STORE, "the store was destroyed"))
-  }
 
   /// Returns `{ call, out }`: `call(op, key, to)` runs one operation —
   /// 0 getState, 1 recordSuccess, 2 recordFailure, 3 transition to state
@@ -170,7 +164,7 @@ impl NativeMemoryCircuitBreakerStore {
   /// (see [`bound_call`]).
   #[napi(ts_return_type = "{ call: (op: number, key: string, to?: number) => void; out: Float64Array }")]
   pub fn bind_operations(&self, env: &Env) -> Result<Object<'static>> {
-    bound_call(env, c"circuit", self.table()?.clone(), 5, |bound, args| {
+    bound_call(env, c"circuit", self.table.get()?.clone(), 5, |bound, args| {
       let op = args.number(0, "op")?;
       let now = now_ms();
       let table = &bound.state;
@@ -198,7 +192,7 @@ impl NativeMemoryCircuitBreakerStore {
   #[napi]
   pub fn reset(&self, key: String) -> Result<()> {
     guard(STORE, || {
-      self.table()?.remove(&key);
+      self.table.get()?.remove(&key);
       Ok(())
     })
   }
@@ -206,19 +200,19 @@ impl NativeMemoryCircuitBreakerStore {
   #[napi]
   pub fn clear(&self) -> Result<()> {
     guard(STORE, || {
-      self.table()?.clear();
+      self.table.get()?.clear();
       Ok(())
     })
   }
 
   #[napi(getter)]
   pub fn size(&self) -> Result<f64> {
-    guard(STORE, || Ok(self.table()?.len() as f64))
+    guard(STORE, || Ok(self.table.get()?.len() as f64))
   }
 
   #[napi]
   pub fn destroy(&mut self) {
-    self.table = None;
+    self.table.release();
   }
 }
 

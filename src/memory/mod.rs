@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use napi::bindgen_prelude::Float64ArraySlice;
 
-use crate::errors::lock;
+use napi::Result;
+
+use crate::errors::{lock, store_error};
 
 /// Process-wide map from a store name to its shared state.
 ///
@@ -55,6 +57,30 @@ impl<T> Registry<T> {
     let state = Arc::new(make());
     named.push((name.to_string(), Arc::downgrade(&state)));
     state
+  }
+}
+
+/// A store's hold on its (possibly shared) state. `destroy()` releases it;
+/// using a released store is an error that names the store.
+pub(crate) struct Held<T> {
+  store: &'static str,
+  state: Option<Arc<T>>,
+}
+
+impl<T> Held<T> {
+  pub(crate) fn new(store: &'static str, state: Arc<T>) -> Self {
+    Held { store, state: Some(state) }
+  }
+
+  pub(crate) fn get(&self) -> Result<&Arc<T>> {
+    self
+      .state
+      .as_ref()
+      .ok_or_else(|| store_error(self.store, "the store was destroyed"))
+  }
+
+  pub(crate) fn release(&mut self) {
+    self.state = None;
   }
 }
 

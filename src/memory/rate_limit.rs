@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use compact_str::CompactString;
 use dashmap::mapref::entry::Entry;
@@ -24,9 +24,9 @@ use napi::bindgen_prelude::Object;
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use super::{bound, Registry};
+use super::{bound, Held, Registry};
 use crate::clock::{duration_ms, Now};
-use crate::errors::{guard, lock, store_error};
+use crate::errors::{guard, lock};
 use crate::fastcall::{bound_call, Answer};
 
 /// `Number.MAX_SAFE_INTEGER`: the count reported when the store is full.
@@ -219,7 +219,7 @@ const STORE: &str = "MemoryRateLimitStore";
 /// The native half of `MemoryRateLimitStore` (see `lib/memory.js`).
 #[napi]
 pub struct NativeMemoryRateLimitStore {
-  counters: Option<Arc<FixedWindowCounters>>,
+  counters: Held<FixedWindowCounters>,
 }
 
 #[napi]
@@ -229,22 +229,16 @@ impl NativeMemoryRateLimitStore {
   pub fn new(max_keys: f64, name: Option<String>) -> Self {
     let counters = NAMED.get_or_create(name.as_deref(), || FixedWindowCounters::new(bound(max_keys)));
     NativeMemoryRateLimitStore {
-      counters: Some(counters),
+      counters: Held::new(STORE, counters),
     }
   }
 
-  fn counters(&self) -> Result<&Arc<FixedWindowCounters>> {
-    self
-      .counters
-      .as_ref()
-      .ok_or_else(|| store_error(STORE, "the store was destroyed"))
-  }
 
   /// Returns `{ call, out }`: `call(key, windowMs)` counts one hit and
   /// returns the count, writing `resetAt` into `out[0]` (see [`bound_call`]).
   #[napi(ts_return_type = "{ call: (key: string, windowMs: number) => number; out: Float64Array }")]
   pub fn bind_increment(&self, env: &Env) -> Result<Object<'static>> {
-    let counters = self.counters()?;
+    let counters = self.counters.get()?;
     bound_call(env, c"increment", counters.clone(), 1, |bound, args| {
       let window_ms = duration_ms(args.number(1, "windowMs")?);
       let now = Now::read();
@@ -257,14 +251,14 @@ impl NativeMemoryRateLimitStore {
   /// Number of keys held.
   #[napi(getter)]
   pub fn size(&self) -> Result<f64> {
-    guard(STORE, || Ok(self.counters()?.len() as f64))
+    guard(STORE, || Ok(self.counters.get()?.len() as f64))
   }
 
   /// Forgets every key (shared by every store of the same name).
   #[napi]
   pub fn reset(&self) -> Result<()> {
     guard(STORE, || {
-      self.counters()?.clear();
+      self.counters.get()?.clear();
       Ok(())
     })
   }
@@ -272,7 +266,7 @@ impl NativeMemoryRateLimitStore {
   /// Releases this store's hold on the counters; later calls throw.
   #[napi]
   pub fn destroy(&mut self) {
-    self.counters = None;
+    self.counters.release();
   }
 }
 
