@@ -8,22 +8,56 @@ import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 import { Miniflare } from 'miniflare'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  CacheApiCacheStore,
+  InMemoryCircuitBreakerStore,
+  KVRateLimitStore,
+  cloudflareAdapter,
+} from 'stoma-native/adapters/cloudflare'
 import { decode, encode } from './cloudflare-codec.mjs'
 import { storeContract } from './store-contract.mjs'
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-async function bundleWorker() {
+const COMPATIBILITY_DATE = '2025-04-01'
+
+// Stoma 0.1.0-rc.5's package.json exports point at sources it does not
+// ship, so its bundle entry is aliased to the shipped dist file.
+const STOMA_DIST = fileURLToPath(new URL('../node_modules/@homegrower-club/stoma/dist/', import.meta.url))
+
+/** Bundles a worker from __test__/ as wrangler would for workerd. */
+async function bundleWorker(file) {
   const result = await build({
-    entryPoints: [fileURLToPath(new URL('./cloudflare-worker.mjs', import.meta.url))],
+    entryPoints: [fileURLToPath(new URL(file, import.meta.url))],
     bundle: true,
     format: 'esm',
     platform: 'neutral',
     conditions: ['workerd', 'worker', 'browser'],
+    mainFields: ['module', 'main'],
+    alias: {
+      '@homegrower-club/stoma': `${STOMA_DIST}index.js`,
+      '@homegrower-club/stoma/adapters/cloudflare': `${STOMA_DIST}adapters/cloudflare.js`,
+    },
     write: false,
     logLevel: 'silent',
   })
   return result.outputFiles[0].text
+}
+
+/** esbuild marks each bundled file with a `// path` line; these are ours. */
+function bundledFiles(bundle) {
+  return [...bundle.matchAll(/^\/\/ (\S+)$/gm)].map((m) => m[1]).filter((path) => !path.startsWith('node_modules/'))
+}
+
+/** The backend behind the BACKEND service binding; any .../down fails. */
+const BACKEND = {
+  name: 'backend',
+  modules: true,
+  compatibilityDate: COMPATIBILITY_DATE,
+  script: `export default { fetch(request) {
+    if (new URL(request.url).pathname.endsWith('/down')) return new Response('down', { status: 500 })
+    return Response.json({ from: 'backend', url: request.url, header: request.headers.get('x-test') })
+  } }`,
 }
 
 let bundle
@@ -33,14 +67,14 @@ function workerOptions(name, extra) {
   return {
     name,
     modules: [{ type: 'ESModule', path: `${name}.mjs`, contents: bundle }],
-    compatibilityDate: '2025-04-01',
+    compatibilityDate: COMPATIBILITY_DATE,
     kvNamespaces: { RATE_LIMIT_KV: 'rate-limit-kv' },
     ...extra,
   }
 }
 
 beforeAll(async () => {
-  bundle = await bundleWorker()
+  bundle = await bundleWorker('./cloudflare-worker.mjs')
   mf = new Miniflare({
     workers: [
       workerOptions('gateway', {
@@ -55,14 +89,7 @@ beforeAll(async () => {
           CIRCUITS: { className: 'CircuitBreakerDO', scriptName: 'gateway' },
         },
       }),
-      {
-        name: 'backend',
-        modules: true,
-        compatibilityDate: '2025-04-01',
-        script: `export default { fetch(request) {
-          return Response.json({ from: 'backend', url: request.url, header: request.headers.get('x-test') })
-        } }`,
-      },
+      BACKEND,
     ],
   })
   await mf.ready
@@ -110,9 +137,16 @@ storeContract('cloudflare (isolate circuits, caches.open)', {
 
 describe('cloudflare: bundling for workerd', () => {
   it('bundles the adapter without the native loader or Node built-ins', () => {
-    // esbuild marks each bundled file with a `// path` comment.
-    expect(bundle).toContain('// cloudflare/index.js')
-    expect(bundle).toContain('// cloudflare/durable-objects.js')
+    expect(bundledFiles(bundle).sort()).toEqual([
+      '__test__/cloudflare-codec.mjs',
+      '__test__/cloudflare-worker.mjs',
+      'cloudflare/cache.js',
+      'cloudflare/circuit.js',
+      'cloudflare/durable-objects.js',
+      'cloudflare/index.js',
+      'cloudflare/kv.js',
+      'cloudflare/validate.js',
+    ])
     expect(bundle).not.toContain('.node')
     expect(bundle).not.toContain('native.js')
     expect(bundle).not.toContain('require(')
@@ -243,5 +277,100 @@ describe('cloudflare: waitUntil and service bindings', () => {
     const deadline = Date.now() + 5000
     while ((await namespace.get('bg:done')) === null && Date.now() < deadline) await sleep(50)
     expect(await namespace.get('bg:done')).toBe('done')
+  })
+})
+
+describe("cloudflare: Stoma's gateway in workerd on this adapter", () => {
+  let gateway
+  let gatewayBundle
+  beforeAll(async () => {
+    gatewayBundle = await bundleWorker('./cloudflare-stoma-worker.mjs')
+    gateway = new Miniflare({
+      workers: [
+        {
+          name: 'edge',
+          modules: [{ type: 'ESModule', path: 'edge.mjs', contents: gatewayBundle }],
+          compatibilityDate: COMPATIBILITY_DATE,
+          durableObjects: { RATE_LIMITER: 'RateLimiterDO', CIRCUITS: 'CircuitBreakerDO' },
+          serviceBindings: { BACKEND: 'backend' },
+        },
+        BACKEND,
+      ],
+    })
+    await gateway.ready
+  }, 60_000)
+  afterAll(async () => {
+    await gateway?.dispose()
+  })
+  const get = (path) => gateway.dispatchFetch(`http://edge.test${path}`)
+
+  it('bundles Stoma with the adapter and no native loader', () => {
+    expect(bundledFiles(gatewayBundle)).toContain('cloudflare/index.js')
+    expect(bundledFiles(gatewayBundle).filter((path) => !/^(cloudflare|__test__)\//.test(path))).toEqual([])
+    expect(gatewayBundle).not.toContain('native.js')
+  })
+
+  it('answers 429 past the limit', async () => {
+    expect([(await get('/limited')).status, (await get('/limited')).status, (await get('/limited')).status]).toEqual([200, 200, 429])
+  })
+
+  it('serves the second request from the Cache API with x-cache: HIT', async () => {
+    const first = await get('/cached')
+    expect(first.headers.get('x-cache')).toBe('MISS')
+    const second = await get('/cached')
+    expect(second.headers.get('x-cache')).toBe('HIT')
+    expect(await second.text()).toBe(await first.text())
+  })
+
+  it('opens the circuit after repeated upstream failures, though every request builds a new gateway', async () => {
+    const statuses = []
+    for (let i = 0; i < 4; i++) statuses.push((await get('/down')).status)
+    expect(statuses).toEqual([500, 500, 503, 503])
+  })
+
+  it("(for contrast) never opens with Stoma's own per-isolate circuit store", async () => {
+    const statuses = []
+    for (let i = 0; i < 4; i++) statuses.push((await get('/stoma/down')).status)
+    expect(statuses).toEqual([500, 500, 500, 500])
+  })
+})
+
+describe('cloudflare: argument checks (in Node)', () => {
+  const kv = { get: async () => null, put: async () => {} }
+  const cache = { match: async () => undefined, put: async () => {}, delete: async () => false }
+
+  it('names the adapter option that is wrong', () => {
+    expect(() => cloudflareAdapter('env')).toThrow(/bindings must be an object/)
+    expect(() => cloudflareAdapter({ cache, rateLimitKv: {} })).toThrow(TypeError)
+    expect(() => cloudflareAdapter({ cache, rateLimitKv: {} })).toThrow(/rateLimitKv/)
+    expect(() => cloudflareAdapter({ cache, rateLimitDo: kv })).toThrow(/rateLimitDo/)
+    expect(() => cloudflareAdapter({ cache, circuitBreakerDo: 1 })).toThrow(/circuitBreakerDo/)
+    expect(() => cloudflareAdapter({ cache, executionCtx: {} })).toThrow(/executionCtx/)
+    expect(() => cloudflareAdapter({ cache, env: 'x' })).toThrow(/env/)
+    expect(() => cloudflareAdapter({ cache, cacheOrigin: 'not a url' })).toThrow(RangeError)
+    expect(() => cloudflareAdapter({ cache, cacheOrigin: 'not a url' })).toThrow(/cacheOrigin/)
+    expect(() => new KVRateLimitStore()).toThrow(/kv must be a KVNamespace/)
+  })
+
+  it('explains that caches.default is missing outside Workers', () => {
+    expect(() => new CacheApiCacheStore()).toThrow(/caches\.default is not available/)
+    expect(() => cloudflareAdapter({})).toThrow(TypeError)
+  })
+
+  it('rejects a service name that is not a string', async () => {
+    const adapter = cloudflareAdapter({ cache, env: {} })
+    await expect(adapter.dispatchBinding(undefined, new Request('https://x.test'))).rejects.toThrow(/service must be a string/)
+  })
+
+  it('bounds the isolate circuit store, forgetting the least recently used circuit', async () => {
+    const store = new InMemoryCircuitBreakerStore({ maxKeys: 2 })
+    await store.recordFailure('a')
+    await store.recordFailure('b')
+    await store.getState('a')
+    await store.recordFailure('c')
+    expect(store.size).toBe(2)
+    expect((await store.getState('a')).failureCount).toBe(1)
+    expect((await store.getState('b')).failureCount).toBe(0)
+    expect(() => new InMemoryCircuitBreakerStore({ maxKeys: 0 })).toThrow(RangeError)
   })
 })
