@@ -31,11 +31,13 @@ export function machine() {
 const ratioText = (r) => `${r >= 10 ? r.toFixed(0) : r.toFixed(2)}×`
 const targetText = (row) => (row.target === undefined ? '' : `≥ ${row.target}× ${row.ratio >= row.target ? '✓' : '✗ missed'}`)
 
+const cell = (row, rate) => (row.unit === 'req' ? `${formatRate(rate).replace('/s', ' req/s')}` : `${formatRate(rate)} (${formatLatency(rate)}/op)`)
+
 export function table(rows) {
-  const lines = ['| case | stoma-native | Stoma (JS) | ratio | target |', '|---|---|---|---|---|']
+  const lines = ['| case | stoma-native | Stoma (JS) | ratio | target | notes |', '|---|---|---|---|---|---|']
   for (const row of rows) {
     lines.push(
-      `| ${row.name} | ${formatRate(row.ours)} (${formatLatency(row.ours)}) | ${formatRate(row.theirs)} (${formatLatency(row.theirs)}) | **${ratioText(row.ratio)}** | ${targetText(row)} |`,
+      `| ${row.name} | ${cell(row, row.ours)} | ${cell(row, row.theirs)} | **${ratioText(row.ratio)}** | ${targetText(row)} | ${row.detail ?? ''} |`,
     )
   }
   return lines.join('\n')
