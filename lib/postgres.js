@@ -268,6 +268,12 @@ class PostgresCacheStore {
  * Stoma's postgresAdapter. Returns at once and connects on first use. Adds
  * `ensureSchema()` (create the tables if missing) and `close()` (stop
  * background cleanup and close every connection; idempotent).
+ *
+ * Unlike Stoma's, its sessions run with `synchronous_commit = off` unless
+ * `synchronousCommit: true`: a write returns before PostgreSQL has flushed
+ * it to disk, so a database crash can lose the last fraction of a second of
+ * counters, circuit states and cache entries (never corrupting them), while
+ * writes no longer wait ~1 ms each for the disk.
  */
 function postgresAdapter(options) {
   const who = 'postgresAdapter'

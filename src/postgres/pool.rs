@@ -233,8 +233,9 @@ impl Pool {
     if self.is_closed() {
       return Err(closed_error(store));
     }
-    let mut busiest_choice: Option<(usize, Arc<Conn>, usize)> = None;
-    let mut unopened = None;
+    let mut least_busy: Option<(usize, Arc<Conn>, usize)> = None;
+    let mut unopened = None; // no connection, and nobody connecting it
+    let mut opening = None; // another caller is connecting it
     for (index, slot) in self.slots.iter().enumerate() {
       match slot.live() {
         Some(conn) => {
@@ -242,22 +243,23 @@ impl Pool {
           if load == 0 {
             return Ok(Lease::new(index, conn));
           }
-          if busiest_choice.as_ref().is_none_or(|(_, _, best)| load < *best) {
-            busiest_choice = Some((index, conn, load));
+          if least_busy.as_ref().is_none_or(|(_, _, best)| load < *best) {
+            least_busy = Some((index, conn, load));
           }
         }
-        // A slot another caller is already connecting is left to it.
-        None if unopened.is_none() && (slot.connecting.try_lock().is_ok() || busiest_choice.is_none()) => {
-          unopened = Some(index)
+        None if slot.connecting.try_lock().is_ok() => {
+          unopened.get_or_insert(index);
         }
-        None => {}
+        None => {
+          opening.get_or_insert(index);
+        }
       }
     }
-    let index = match (unopened, busiest_choice) {
-      (Some(index), _) => index,
-      (None, Some((index, conn, _))) => return Ok(Lease::new(index, conn)),
-      // Every slot is being connected by someone: wait for the first.
-      (None, None) => 0,
+    let index = match (unopened, least_busy, opening) {
+      (Some(index), _, _) => index,
+      (None, Some((index, conn, _)), _) => return Ok(Lease::new(index, conn)),
+      (None, None, Some(index)) => index,
+      (None, None, None) => 0, // unreachable: the pool has at least one slot
     };
     // The whole wait — for another caller's attempt and for our own — is
     // bounded, so callers queued behind a hanging connect fail together.
