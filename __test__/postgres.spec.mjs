@@ -91,6 +91,8 @@ describe('postgres schema', () => {
     expect(() => postgresAdapter({ cleanupIntervalMs: -1 })).toThrow(/cleanupIntervalMs/)
     expect(() => postgresAdapter({ url: 5432 })).toThrow(TypeError)
     expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(/url/)
+    expect(() => postgresAdapter({ url: 'postgres://h/db?sslmode=require' })).toThrow(/TLS is not supported/)
+    expect(() => postgresAdapter({ url: 'dbname=x' })).toThrow(/url names no host/)
     expect(() => postgresAdapter({ waitUntil: 'later' })).toThrow(/waitUntil/)
     expect(() => postgresAdapter({ synchronousCommit: 'yes' })).toThrow(/synchronousCommit/)
   })

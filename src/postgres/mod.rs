@@ -141,7 +141,7 @@ impl NativePostgres {
   pub async fn ensure_schema(&self) -> Result<()> {
     let pool = self.pool.clone();
     caught(ADAPTER, async move {
-      let script = format!("{SCHEMA_LOCK}{}", sql::schema_sql(&prefix_of(pool.tables())));
+      let script = format!("{SCHEMA_LOCK}{}", sql::schema_sql(&pool.tables().prefix));
       pool.batch(ADAPTER, &script, SCHEMA_TIMEOUT).await
     })
     .await
@@ -338,11 +338,6 @@ pub fn postgres_schema_sql(table_prefix: String) -> Result<String> {
   }
 }
 
-/// The prefix back from the rate-limit table name (`<prefix>rate_limits`).
-fn prefix_of(tables: &Tables) -> String {
-  tables.rate_limits.trim_end_matches("rate_limits").to_string()
-}
-
 /// Parses a `postgres://` URL or `key=value` string. TLS is not built in,
 /// so `sslmode=require` is refused here rather than failing on every call.
 fn parse_url(url: &str, connect_timeout: Duration) -> Result<Config> {
@@ -419,3 +414,4 @@ impl<T, F: Future<Output = Result<T>>> Future for CatchPanic<F> {
     }
   }
 }
+

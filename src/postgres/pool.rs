@@ -197,13 +197,10 @@ impl Pool {
       Ok(Err(error)) => Err(self.query_error(store, stmt, &error)),
       Err(_) => {
         self.slots[lease.slot].discard(&lease.conn);
+        let option = if stmt.is_some() { " (statementTimeoutMs)" } else { "" };
         Err(store_error(
           store,
-          format!(
-            "PostgreSQL at {} did not answer within {} ms (statementTimeoutMs)",
-            self.target,
-            limit.as_millis()
-          ),
+          format!("PostgreSQL at {} did not answer within {} ms{option}", self.target, limit.as_millis()),
         ))
       }
     }
@@ -340,5 +337,20 @@ fn describe_target(config: &Config) -> String {
     (Some(Host::Unix(path)), _) => format!("{}/.s.PGSQL.{port}", path.display()),
     (None, Some(addr)) => format!("{addr}:{port}"),
     (None, None) => format!("localhost:{port}"),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use std::str::FromStr;
+
+  use super::*;
+
+  #[test]
+  fn errors_name_the_server_but_never_the_password() {
+    let target = |url: &str| describe_target(&Config::from_str(url).unwrap());
+    assert_eq!(target("postgres://user:secret@db.example:6543/app"), "db.example:6543");
+    assert_eq!(target("postgres://127.0.0.1/app"), "127.0.0.1:5432");
+    assert_eq!(target("host=/run/postgresql port=5433"), "/run/postgresql/.s.PGSQL.5433");
   }
 }

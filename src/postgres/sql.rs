@@ -72,6 +72,7 @@ pub fn schema_sql(prefix: &str) -> String {
 /// The three tables a prefix names.
 #[derive(Clone, Debug)]
 pub struct Tables {
+  pub prefix: String,
   pub rate_limits: String,
   pub circuit_breakers: String,
   pub cache: String,
@@ -80,6 +81,7 @@ pub struct Tables {
 impl Tables {
   pub fn new(prefix: &str) -> Self {
     Tables {
+      prefix: prefix.to_string(),
       rate_limits: format!("{prefix}rate_limits"),
       circuit_breakers: format!("{prefix}circuit_breakers"),
       cache: format!("{prefix}cache"),
