@@ -140,3 +140,113 @@ export declare class TestAdapter implements MemoryGatewayAdapter {
 }
 
 export declare function createTestAdapter(options?: Omit<MemoryAdapterOptions, 'waitUntil'>): TestAdapter
+
+export interface PostgresStoreOptions {
+  /**
+   * Connection string (`postgres://user:pass@host:port/db` or `key=value`
+   * form). Default: `process.env.DATABASE_URL`, then
+   * `postgres://postgres@127.0.0.1:5432/postgres`. TLS is not supported yet.
+   */
+  url?: string
+  /** Table name prefix, matching /^[A-Za-z_][A-Za-z0-9_]{0,40}$/ (default `"stoma_"`). */
+  tablePrefix?: string
+  /** Most connections opened (default 4); each carries many pipelined calls. */
+  poolSize?: number
+  /** Longest wait for a connection, in ms (default 2000). */
+  connectTimeoutMs?: number
+  /** Longest wait for a statement's answer, in ms (default 1000). */
+  statementTimeoutMs?: number
+  /** Delete expired rows this often, in ms, off the JS thread (default: never). */
+  cleanupIntervalMs?: number
+  /**
+   * Whether each write waits until PostgreSQL has flushed it to disk
+   * (`synchronous_commit`). Default true, like Stoma's: an acknowledged write
+   * survives a database crash. `false` trades the last fraction of a second
+   * of updates on a crash for several times the write throughput.
+   */
+  synchronousCommit?: boolean
+}
+
+/** Which stores an adapter creates (all by default). */
+export interface PostgresStoresOption {
+  rateLimit?: boolean
+  circuitBreaker?: boolean
+  cache?: boolean
+}
+
+export interface PostgresAdapterOptions<S extends PostgresStoresOption = PostgresStoresOption> extends PostgresStoreOptions {
+  stores?: S
+  waitUntil?: (promise: Promise<unknown>) => void
+}
+
+/** Fixed-window counters in `<tablePrefix>rate_limits`, one atomic upsert per hit. */
+export declare class PostgresRateLimitStore implements RateLimitStore {
+  constructor(options?: PostgresStoreOptions)
+  increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
+  /** Delete expired windows; resolves to how many were deleted. */
+  cleanup(): Promise<number>
+  /** Later calls reject; a store built directly also closes its connections. */
+  close(): Promise<void>
+  destroy(): void
+}
+
+/** Circuit state in `<tablePrefix>circuit_breakers`; every update one atomic statement. */
+export declare class PostgresCircuitBreakerStore implements CircuitBreakerStore {
+  constructor(options?: PostgresStoreOptions)
+  getState(key: string): Promise<CircuitBreakerSnapshot>
+  recordSuccess(key: string): Promise<CircuitBreakerSnapshot>
+  recordFailure(key: string): Promise<CircuitBreakerSnapshot>
+  transition(key: string, to: CircuitState): Promise<CircuitBreakerSnapshot>
+  reset(key: string): Promise<void>
+  close(): Promise<void>
+  destroy(): void
+}
+
+/** Responses in `<tablePrefix>cache` (status, JSONB headers, base64 body), as Stoma stores them. */
+export declare class PostgresCacheStore implements CacheStore {
+  constructor(options?: PostgresStoreOptions)
+  get(key: string): Promise<Response | null>
+  put(key: string, response: Response, ttlSeconds: number): Promise<void>
+  delete(key: string): Promise<boolean>
+  /** Delete expired entries; resolves to how many were deleted. */
+  cleanup(): Promise<number>
+  close(): Promise<void>
+  destroy(): void
+}
+
+/** A store's type if its flag is on (absent or true), `undefined` if off. */
+type PostgresStoreIf<Flag, Store> = [Flag] extends [false]
+  ? undefined
+  : [Flag] extends [true | undefined]
+    ? Store
+    : Store | undefined
+
+/** The flag `S` sets for store `K`; `undefined` when `S` does not mention it. */
+type PostgresStoreFlag<S, K extends keyof PostgresStoresOption> = K extends keyof S ? S[K] : undefined
+
+export type PostgresGatewayAdapter<S extends PostgresStoresOption = {}> = Omit<
+  GatewayAdapter,
+  'rateLimitStore' | 'circuitBreakerStore' | 'cacheStore'
+> & {
+  rateLimitStore: PostgresStoreIf<PostgresStoreFlag<S, 'rateLimit'>, PostgresRateLimitStore>
+  circuitBreakerStore: PostgresStoreIf<PostgresStoreFlag<S, 'circuitBreaker'>, PostgresCircuitBreakerStore>
+  cacheStore: PostgresStoreIf<PostgresStoreFlag<S, 'cache'>, PostgresCacheStore>
+  /** Create the three tables and their indexes if they do not exist. */
+  ensureSchema(): Promise<void>
+  /** Stop background cleanup and close every connection; idempotent. Later calls reject. */
+  close(): Promise<void>
+}
+
+/**
+ * A GatewayAdapter on PostgreSQL, in the same tables as Stoma's
+ * postgresAdapter. Returns at once; connects on first use.
+ */
+export declare function postgresAdapter<const S extends PostgresStoresOption = {}>(
+  options?: PostgresAdapterOptions<S>,
+): PostgresGatewayAdapter<S>
+
+/** The DDL for the default `stoma_` tables: the same text as Stoma's. */
+export declare const POSTGRES_SCHEMA_SQL: string
+
+/** `POSTGRES_SCHEMA_SQL` for tables named with `tablePrefix`; throws on an unsafe prefix. */
+export declare function postgresSchemaSql(tablePrefix?: string): string

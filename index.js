@@ -4,6 +4,7 @@
 
 const memory = require('./lib/memory.js')
 const adapters = require('./lib/adapters.js')
+const postgres = require('./lib/postgres.js')
 
 module.exports = {
   memoryAdapter: adapters.memoryAdapter,
@@ -15,4 +16,10 @@ module.exports = {
   MemoryRateLimitStore: memory.MemoryRateLimitStore,
   MemoryCircuitBreakerStore: memory.MemoryCircuitBreakerStore,
   MemoryCacheStore: memory.MemoryCacheStore,
+  postgresAdapter: postgres.postgresAdapter,
+  postgresSchemaSql: postgres.postgresSchemaSql,
+  POSTGRES_SCHEMA_SQL: postgres.POSTGRES_SCHEMA_SQL,
+  PostgresRateLimitStore: postgres.PostgresRateLimitStore,
+  PostgresCircuitBreakerStore: postgres.PostgresCircuitBreakerStore,
+  PostgresCacheStore: postgres.PostgresCacheStore,
 }

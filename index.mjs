@@ -11,5 +11,11 @@ export const {
   MemoryRateLimitStore,
   MemoryCircuitBreakerStore,
   MemoryCacheStore,
+  postgresAdapter,
+  postgresSchemaSql,
+  POSTGRES_SCHEMA_SQL,
+  PostgresRateLimitStore,
+  PostgresCircuitBreakerStore,
+  PostgresCacheStore,
 } = stomaNative
 export default stomaNative

@@ -64,3 +64,85 @@ export declare class NativeMemoryRateLimitStore {
   /** Releases this store's hold on the counters; later calls throw. */
   destroy(): void
 }
+
+/** The native half of the PostgreSQL stores (see `lib/postgres.js`). */
+export declare class NativePostgres {
+  /**
+   * Checks the options and returns at once: nothing connects until the
+   * first call.
+   */
+  constructor(options: NativePostgresOptions)
+  /** Creates the three tables and their indexes if they do not exist. */
+  ensureSchema(): Promise<void>
+  /** Counts one hit on `key` in a fixed window of `windowMs`. */
+  increment(key: string, windowMs: number): Promise<PgRateLimitHit>
+  /** Deletes expired rate-limit rows; answers how many. */
+  cleanupRateLimits(): Promise<number>
+  circuitGet(key: string): Promise<PgCircuitSnapshot>
+  circuitRecordSuccess(key: string): Promise<PgCircuitSnapshot>
+  circuitRecordFailure(key: string): Promise<PgCircuitSnapshot>
+  /** `to` is `"closed"`, `"open"` or `"half-open"` (checked in JS, and here). */
+  circuitTransition(key: string, to: string): Promise<PgCircuitSnapshot>
+  circuitReset(key: string): Promise<void>
+  /**
+   * The live entry under `key`, or `null` if there is none, it expired, or
+   * its row is not a well-formed response (garbage reads as a miss).
+   */
+  cacheGet(key: string): Promise<PgCachedResponse | null>
+  /**
+   * Stores a response until `now + ttlMs`. `headers` is
+   * `name\0value\0…`; the body is written as base64 text, as Stoma does.
+   * The body is copied here, on the JS thread, so the encoding can happen
+   * on tokio without holding on to JS memory.
+   */
+  cachePut(key: string, status: number, headers: string, body: Uint8Array, ttlMs: number): Promise<void>
+  /** Removes the entry under `key`; answers whether there was one. */
+  cacheDelete(key: string): Promise<boolean>
+  /** Deletes expired cache rows; answers how many. */
+  cleanupCache(): Promise<number>
+  /**
+   * Stops background cleanup and drops every connection; later calls
+   * reject. Idempotent.
+   */
+  close(): void
+  get closed(): boolean
+}
+
+/** Options from `lib/postgres.js`, already validated there. */
+export interface NativePostgresOptions {
+  url: string
+  tablePrefix: string
+  poolSize: number
+  connectTimeoutMs: number
+  statementTimeoutMs: number
+  /** Whether commits wait for the disk (PostgreSQL's `synchronous_commit`). */
+  synchronousCommit: boolean
+  /** Delete expired rows this often, on tokio; absent means never. */
+  cleanupIntervalMs?: number
+  cleanupRateLimits: boolean
+  cleanupCache: boolean
+}
+
+/** A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`). */
+export interface PgCachedResponse {
+  status: number
+  headers: string
+  body: Buffer
+}
+
+/** Stoma's `CircuitBreakerSnapshot`. */
+export interface PgCircuitSnapshot {
+  state: 'closed' | 'open' | 'half-open'
+  failureCount: number
+  successCount: number
+  lastFailureTime: number
+  lastStateChange: number
+}
+
+export interface PgRateLimitHit {
+  count: number
+  resetAt: number
+}
+
+/** `POSTGRES_SCHEMA_SQL` for another table prefix. */
+export declare function postgresSchemaSql(tablePrefix: string): string

@@ -838,3 +838,5 @@ module.exports = nativeBinding
 module.exports.NativeMemoryCacheStore = nativeBinding.NativeMemoryCacheStore
 module.exports.NativeMemoryCircuitBreakerStore = nativeBinding.NativeMemoryCircuitBreakerStore
 module.exports.NativeMemoryRateLimitStore = nativeBinding.NativeMemoryRateLimitStore
+module.exports.NativePostgres = nativeBinding.NativePostgres
+module.exports.postgresSchemaSql = nativeBinding.postgresSchemaSql

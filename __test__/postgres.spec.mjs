@@ -1,0 +1,478 @@
+// The PostgreSQL stores against a real server (DATABASE_URL, else
+// postgres://postgres@127.0.0.1:5432/postgres): the shared store contract,
+// table compatibility with Stoma's own postgresAdapter in both directions,
+// circuits through Stoma's real gateway, and behaviour when the database is
+// missing tables, unreachable, stalled or back.
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import net from 'node:net'
+import { fileURLToPath } from 'node:url'
+import { circuitBreaker, createGateway } from '@homegrower-club/stoma'
+import {
+  POSTGRES_SCHEMA_SQL as STOMA_SCHEMA_SQL,
+  postgresAdapter as stomaPostgresAdapter,
+} from '@homegrower-club/stoma/adapters/postgres'
+import pg from 'pg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  POSTGRES_SCHEMA_SQL,
+  PostgresCacheStore,
+  PostgresCircuitBreakerStore,
+  PostgresRateLimitStore,
+  postgresAdapter,
+  postgresSchemaSql,
+} from '../index.mjs'
+import { storeContract } from './store-contract.mjs'
+
+const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+// One prefix per run (and per purpose), so parallel runs never share tables.
+const RUN = `t${process.pid}_${Date.now().toString(36)}`
+const prefixes = []
+function freshPrefix(purpose) {
+  const prefix = `${RUN}_${purpose}_`
+  prefixes.push(prefix)
+  return prefix
+}
+
+let admin
+beforeAll(() => {
+  admin = new pg.Pool({ connectionString: DATABASE_URL, max: 10 })
+})
+afterAll(async () => {
+  for (const prefix of prefixes) {
+    await admin.query(`DROP TABLE IF EXISTS ${prefix}rate_limits, ${prefix}circuit_breakers, ${prefix}cache`)
+  }
+  await admin.end()
+})
+
+/** An adapter on the tables of `tablePrefix`, created with ensureSchema(). */
+async function adapterOn(tablePrefix, options) {
+  const adapter = postgresAdapter({ tablePrefix, ...options })
+  await adapter.ensureSchema()
+  return adapter
+}
+
+const freshAdapter = (purpose, options) => adapterOn(freshPrefix(purpose), options)
+
+storeContract('postgres', {
+  createStores: () => freshAdapter('contract'),
+  close: (adapter) => adapter.close(),
+})
+
+describe('postgres schema', () => {
+  it("POSTGRES_SCHEMA_SQL is Stoma's text, and postgresSchemaSql() renames every table and index", () => {
+    expect(POSTGRES_SCHEMA_SQL).toBe(STOMA_SCHEMA_SQL)
+    expect(postgresSchemaSql()).toBe(STOMA_SCHEMA_SQL)
+    const other = postgresSchemaSql('tenant_7_')
+    expect(other).toBe(STOMA_SCHEMA_SQL.replaceAll('stoma_', 'tenant_7_'))
+    expect(other).not.toContain('stoma_')
+  })
+
+  it('refuses a tablePrefix that is not a plain identifier, at construction, naming tablePrefix', () => {
+    const bad = ['', '1x_', 'a-b', 'x; DROP TABLE users; --', 'a"b', 'x'.repeat(42), 'é_']
+    for (const tablePrefix of bad) {
+      expect(() => postgresAdapter({ tablePrefix })).toThrow(RangeError)
+      expect(() => postgresAdapter({ tablePrefix })).toThrow(/tablePrefix/)
+      expect(() => new PostgresRateLimitStore({ tablePrefix })).toThrow(/tablePrefix/)
+      expect(() => new PostgresCircuitBreakerStore({ tablePrefix })).toThrow(/tablePrefix/)
+      expect(() => new PostgresCacheStore({ tablePrefix })).toThrow(/tablePrefix/)
+      expect(() => postgresSchemaSql(tablePrefix)).toThrow(/tablePrefix/)
+    }
+    expect(() => postgresAdapter({ tablePrefix: 7 })).toThrow(TypeError)
+    expect(() => postgresAdapter({ tablePrefix: 'x'.repeat(41) }).close()).not.toThrow()
+  })
+
+  it('checks its other options at construction', () => {
+    expect(() => postgresAdapter({ poolSize: 0 })).toThrow(RangeError)
+    expect(() => postgresAdapter({ poolSize: 0 })).toThrow(/poolSize/)
+    expect(() => postgresAdapter({ statementTimeoutMs: 'soon' })).toThrow(/statementTimeoutMs/)
+    expect(() => postgresAdapter({ cleanupIntervalMs: -1 })).toThrow(/cleanupIntervalMs/)
+    expect(() => postgresAdapter({ url: 5432 })).toThrow(TypeError)
+    expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(/url/)
+    expect(() => postgresAdapter({ url: 'postgres://h/db?sslmode=require' })).toThrow(/TLS is not supported/)
+    expect(() => postgresAdapter({ url: 'dbname=x' })).toThrow(/url names no host/)
+    expect(() => postgresAdapter({ waitUntil: 'later' })).toThrow(/waitUntil/)
+    expect(() => postgresAdapter({ synchronousCommit: 'yes' })).toThrow(/synchronousCommit/)
+  })
+
+  it('says to call ensureSchema() or run POSTGRES_SCHEMA_SQL when the tables are missing', async () => {
+    const adapter = postgresAdapter({ tablePrefix: freshPrefix('missing') })
+    const advice = /does not exist.*ensureSchema\(\).*POSTGRES_SCHEMA_SQL/
+    await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(advice)
+    await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow(/PostgresCircuitBreakerStore: table \w+circuit_breakers does not exist/)
+    await expect(adapter.cacheStore.get('k')).rejects.toThrow(/PostgresCacheStore: table \w+cache does not exist/)
+    await adapter.ensureSchema()
+    await adapter.ensureSchema() // idempotent
+    expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
+    expect(await adapter.cacheStore.get('k')).toBeNull()
+    await adapter.close()
+  })
+})
+
+describe("postgres: same tables as Stoma's postgresAdapter, both ways", () => {
+  let ours
+  let stoma
+  let prefix
+  beforeAll(async () => {
+    prefix = freshPrefix('compat')
+    ours = await adapterOn(prefix)
+    stoma = stomaPostgresAdapter({ client: admin, tablePrefix: prefix })
+  })
+  afterAll(() => ours.close())
+
+  it('rate limit: each continues the window the other opened', async () => {
+    const first = await stoma.rateLimitStore.increment('rl:stoma-first', 60)
+    expect(await ours.rateLimitStore.increment('rl:stoma-first', 60)).toEqual({ count: 2, resetAt: first.resetAt })
+    expect(await stoma.rateLimitStore.increment('rl:stoma-first', 60)).toEqual({ count: 3, resetAt: first.resetAt })
+
+    const mine = await ours.rateLimitStore.increment('rl:ours-first', 60)
+    expect(await stoma.rateLimitStore.increment('rl:ours-first', 60)).toEqual({ count: 2, resetAt: mine.resetAt })
+  })
+
+  it('circuit breaker: snapshots written by either read the same through both', async () => {
+    await stoma.circuitBreakerStore.recordFailure('cb:stoma')
+    await stoma.circuitBreakerStore.recordFailure('cb:stoma')
+    await stoma.circuitBreakerStore.recordSuccess('cb:stoma')
+    const theirs = await stoma.circuitBreakerStore.getState('cb:stoma')
+    expect(theirs).toMatchObject({ state: 'closed', failureCount: 2, successCount: 1 })
+    expect(await ours.circuitBreakerStore.getState('cb:stoma')).toEqual(theirs)
+    expect(await ours.circuitBreakerStore.recordFailure('cb:stoma')).toMatchObject({ failureCount: 3, successCount: 1 })
+
+    await ours.circuitBreakerStore.recordFailure('cb:ours')
+    await ours.circuitBreakerStore.recordSuccess('cb:ours')
+    const opened = await ours.circuitBreakerStore.transition('cb:ours', 'open')
+    expect(await stoma.circuitBreakerStore.getState('cb:ours')).toEqual(opened)
+    expect(await stoma.circuitBreakerStore.recordFailure('cb:ours')).toMatchObject({ state: 'open', failureCount: 2 })
+    const halfOpen = await ours.circuitBreakerStore.transition('cb:ours', 'half-open')
+    expect(halfOpen).toMatchObject({ state: 'half-open', failureCount: 2, successCount: 0 })
+    expect(await stoma.circuitBreakerStore.getState('cb:ours')).toEqual(halfOpen)
+
+    await stoma.circuitBreakerStore.reset('cb:ours')
+    expect(await ours.circuitBreakerStore.getState('cb:ours')).toMatchObject({ state: 'closed', failureCount: 0 })
+  })
+
+  it("circuit breaker: Stoma's own transition() fails on PostgreSQL, ours does not", async () => {
+    await expect(stoma.circuitBreakerStore.transition('cb:defect', 'open')).rejects.toThrow(/ambiguous/)
+    await stoma.circuitBreakerStore.recordFailure('cb:defect')
+    expect(await ours.circuitBreakerStore.transition('cb:defect', 'open')).toMatchObject({ state: 'open', failureCount: 1 })
+  })
+
+  it('cache: binary bodies and headers round-trip byte for byte in both directions', async () => {
+    const headers = [
+      ['content-type', 'application/octet-stream'],
+      ['set-cookie', 'a=1'],
+      ['set-cookie', 'b=2'],
+      ['x-unicode', 'caf\u00e9'],
+    ]
+    for (const [writer, reader] of [
+      [stoma, ours],
+      [ours, stoma],
+    ]) {
+      const body = randomBytes(64 * 1024 + 3)
+      await writer.cacheStore.put('c:binary', new Response(body, { status: 203, headers }), 60)
+      const hit = await reader.cacheStore.get('c:binary')
+      expect(hit.status).toBe(203)
+      expect([...hit.headers]).toEqual([...new Headers(headers)])
+      expect(Buffer.from(await hit.arrayBuffer()).equals(body)).toBe(true)
+
+      await writer.cacheStore.put('c:204', new Response(null, { status: 204, headers: { etag: '"e"' } }), 60)
+      const empty = await reader.cacheStore.get('c:204')
+      expect(empty.status).toBe(204)
+      expect(empty.body).toBeNull()
+      expect(empty.headers.get('etag')).toBe('"e"')
+
+      expect(await reader.cacheStore.delete('c:binary')).toBe(true)
+      expect(await writer.cacheStore.get('c:binary')).toBeNull()
+    }
+    // The same row text, whoever wrote it.
+    await stoma.cacheStore.put('c:same', new Response('same', { headers: { 'x-a': '1' } }), 60)
+    const { rows: [theirs] } = await admin.query(`SELECT status, headers, body FROM ${prefix}cache WHERE key = 'c:same'`)
+    await ours.cacheStore.put('c:same', new Response('same', { headers: { 'x-a': '1' } }), 60)
+    const { rows: [mine] } = await admin.query(`SELECT status, headers, body FROM ${prefix}cache WHERE key = 'c:same'`)
+    expect(mine).toEqual(theirs)
+  })
+
+  it('cache: expired and garbage rows read as a miss (Stoma throws on garbage)', async () => {
+    const insert = (key, body, expiresAt, headers = '[]') =>
+      admin.query(`INSERT INTO ${prefix}cache (key, status, headers, body, expires_at) VALUES ($1, 200, $2, $3, $4)`, [
+        key,
+        headers,
+        body,
+        expiresAt,
+      ])
+    await insert('c:expired', 'aGk=', Date.now() - 1)
+    await insert('c:bad-base64', '%%%not base64%%%', Date.now() + 60_000)
+    await insert('c:bad-headers', 'aGk=', Date.now() + 60_000, '{"x": 1}')
+    await insert('c:bad-shape', 'aGk=', Date.now() + 60_000, '[["only-a-name"]]')
+    for (const key of ['c:expired', 'c:bad-base64', 'c:bad-headers', 'c:bad-shape']) {
+      expect(await ours.cacheStore.get(key)).toBeNull()
+    }
+    await expect(stoma.cacheStore.get('c:bad-base64')).rejects.toThrow()
+  })
+})
+
+describe('postgres circuits through the real Stoma gateway', () => {
+  /** A gateway whose /svc upstream answers 500 until `healthy`, counting calls. */
+  function gatewayWith(store) {
+    const upstream = { healthy: false, calls: 0 }
+    const gateway = createGateway({
+      routes: [
+        {
+          path: '/svc',
+          pipeline: {
+            policies: [circuitBreaker({ store, failureThreshold: 3, resetTimeoutMs: 400 })],
+            upstream: {
+              type: 'handler',
+              handler: () => {
+                upstream.calls++
+                return upstream.healthy ? new Response('ok') : new Response('boom', { status: 500 })
+              },
+            },
+          },
+        },
+      ],
+    })
+    return { upstream, request: () => gateway.app.request('/svc') }
+  }
+
+  it('opens after the threshold, half-opens after resetTimeoutMs, and closes on a good probe', async () => {
+    const adapter = await freshAdapter('gateway')
+    const { upstream, request } = gatewayWith(adapter.circuitBreakerStore)
+    for (let i = 0; i < 3; i++) expect((await request()).status).toBe(500)
+    expect(await adapter.circuitBreakerStore.getState('/svc')).toMatchObject({ state: 'open', failureCount: 3 })
+
+    const refused = await request()
+    expect(refused.status).toBe(503)
+    expect(refused.headers.get('retry-after')).toBe('1')
+    expect(upstream.calls).toBe(3)
+
+    await sleep(450)
+    upstream.healthy = true
+    expect((await request()).status).toBe(200) // the half-open probe
+    expect(upstream.calls).toBe(4)
+    expect(await adapter.circuitBreakerStore.getState('/svc')).toMatchObject({ state: 'closed', failureCount: 0, successCount: 0 })
+    expect((await request()).status).toBe(200)
+    await adapter.close()
+  })
+
+  it('re-opens when the half-open probe fails', async () => {
+    const adapter = await freshAdapter('gateway2')
+    const { upstream, request } = gatewayWith(adapter.circuitBreakerStore)
+    for (let i = 0; i < 3; i++) await request()
+    await sleep(450)
+    expect((await request()).status).toBe(500) // probe fails
+    expect((await adapter.circuitBreakerStore.getState('/svc')).state).toBe('open')
+    expect((await request()).status).toBe(503)
+    expect(upstream.calls).toBe(4)
+    await adapter.close()
+  })
+
+  it("for contrast: with Stoma's PostgreSQL store the circuit never opens", async () => {
+    const prefix = freshPrefix('gateway_stoma')
+    await (await adapterOn(prefix)).close()
+    const stoma = stomaPostgresAdapter({ client: admin, tablePrefix: prefix })
+    const { upstream, request } = gatewayWith(stoma.circuitBreakerStore)
+    for (let i = 0; i < 6; i++) expect((await request()).status).toBe(500)
+    expect(upstream.calls).toBe(6)
+  })
+})
+
+describe('postgres atomicity and cleanup', () => {
+  let adapter
+  let prefix
+  beforeAll(async () => {
+    prefix = freshPrefix('atomic')
+    adapter = await adapterOn(prefix)
+  })
+  afterAll(() => adapter.close())
+
+  it('500 concurrent recordFailure on one key leave 500', async () => {
+    await Promise.all(Array.from({ length: 500 }, () => adapter.circuitBreakerStore.recordFailure('cb:500')))
+    expect((await adapter.circuitBreakerStore.getState('cb:500')).failureCount).toBe(500)
+  })
+
+  it('500 concurrent increments on one key count 1..500', async () => {
+    const hits = await Promise.all(Array.from({ length: 500 }, () => adapter.rateLimitStore.increment('rl:500', 60)))
+    expect(hits.map((h) => h.count).sort((a, b) => a - b)).toEqual(Array.from({ length: 500 }, (_, i) => i + 1))
+  })
+
+  it('cleanup() deletes expired rows only and answers how many', async () => {
+    await adapter.rateLimitStore.increment('rl:short', 0.05)
+    await adapter.rateLimitStore.increment('rl:long', 60)
+    await adapter.cacheStore.put('c:short', new Response('x'), 0.05)
+    await adapter.cacheStore.put('c:long', new Response('x'), 60)
+    await sleep(100)
+    expect(await adapter.rateLimitStore.cleanup()).toBeGreaterThanOrEqual(1)
+    expect(await adapter.cacheStore.cleanup()).toBeGreaterThanOrEqual(1)
+    const keys = async (table) => (await admin.query(`SELECT key FROM ${prefix}${table}`)).rows.map((r) => r.key)
+    expect(await keys('rate_limits')).not.toContain('rl:short')
+    expect(await keys('rate_limits')).toContain('rl:long')
+    expect(await keys('cache')).toEqual(['c:long'])
+  })
+
+  it('cleans expired rows in the background every cleanupIntervalMs, until close()', async () => {
+    const bgPrefix = freshPrefix('background')
+    const background = await adapterOn(bgPrefix, { cleanupIntervalMs: 50 })
+    const plant = (key) =>
+      Promise.all([
+        admin.query(`INSERT INTO ${bgPrefix}rate_limits (key, count, reset_at) VALUES ($1, 1, 1)`, [key]),
+        admin.query(`INSERT INTO ${bgPrefix}cache (key, status, expires_at) VALUES ($1, 200, 1)`, [key]),
+      ])
+    const count = async () =>
+      Number((await admin.query(`SELECT (SELECT count(*) FROM ${bgPrefix}rate_limits) + (SELECT count(*) FROM ${bgPrefix}cache) AS n`)).rows[0].n)
+    await plant('old')
+    await sleep(300)
+    expect(await count()).toBe(0)
+    await background.close()
+    await plant('after-close')
+    await sleep(300)
+    expect(await count()).toBe(2)
+  })
+})
+
+describe('postgres lifecycle', () => {
+  const tablePrefix = freshPrefix('lifecycle')
+
+  it('close() is idempotent and later calls reject naming the store', async () => {
+    const adapter = await adapterOn(tablePrefix)
+    await adapter.rateLimitStore.increment('k', 60)
+    await adapter.close()
+    await adapter.close()
+    await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(/PostgresRateLimitStore: the store was closed/)
+    await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow(/PostgresCircuitBreakerStore: .*closed/)
+    await expect(adapter.cacheStore.get('k')).rejects.toThrow(/PostgresCacheStore: .*closed/)
+    await expect(adapter.ensureSchema()).rejects.toThrow(/closed/)
+  })
+
+  it('stores built directly own their connections; closing one leaves the others working', async () => {
+    const counter = new PostgresRateLimitStore({ tablePrefix, poolSize: 1 })
+    const cache = new PostgresCacheStore({ tablePrefix })
+    expect((await counter.increment('own', 60)).count).toBe(1)
+    await counter.close()
+    await expect(counter.increment('own', 60)).rejects.toThrow(/PostgresRateLimitStore: the store was closed/)
+    expect(await cache.get('own')).toBeNull()
+    cache.destroy()
+    await expect(cache.get('own')).rejects.toThrow(/closed/)
+  })
+
+  it('a process holding an adapter (with background cleanup) exits by itself', async () => {
+    const entry = fileURLToPath(new URL('../index.js', import.meta.url))
+    const script = `
+      const { postgresAdapter } = require(${JSON.stringify(entry)})
+      const idle = postgresAdapter({ tablePrefix: ${JSON.stringify(tablePrefix)} })
+      const busy = postgresAdapter({ tablePrefix: ${JSON.stringify(tablePrefix)}, cleanupIntervalMs: 20 })
+      busy.rateLimitStore.increment('exit', 60).then((hit) => console.log('count', hit.count))
+    `
+    const started = Date.now()
+    const { stdout } = await new Promise((resolve, reject) => {
+      execFile(process.execPath, ['-e', script], { timeout: 15_000 }, (error, stdout, stderr) =>
+        error ? reject(Object.assign(error, { stderr })) : resolve({ stdout }),
+      )
+    })
+    expect(stdout.trim()).toBe('count 1')
+    expect(Date.now() - started).toBeLessThan(10_000)
+  })
+})
+
+describe('postgres with the database unreachable, stalled and back', () => {
+  it('rejects quickly naming the store and the cause when nothing listens', async () => {
+    const adapter = postgresAdapter({ url: 'postgres://postgres@127.0.0.1:1/postgres' })
+    const started = Date.now()
+    await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(
+      /^PostgresRateLimitStore: could not connect to PostgreSQL at 127\.0\.0\.1:1: .*refused/i,
+    )
+    await expect(adapter.circuitBreakerStore.recordFailure('k')).rejects.toThrow(/^PostgresCircuitBreakerStore: could not connect/)
+    await expect(adapter.cacheStore.put('k', new Response('x'), 60)).rejects.toThrow(/^PostgresCacheStore: could not connect/)
+    expect(Date.now() - started).toBeLessThan(2000)
+    await adapter.close()
+  })
+
+  it('times out while the server stalls, and recovers once it answers or listens again', async () => {
+    const proxy = await startProxy(new URL(DATABASE_URL))
+    const tablePrefix = freshPrefix('proxy')
+    const adapter = postgresAdapter({
+      url: proxy.url,
+      tablePrefix,
+      poolSize: 2,
+      connectTimeoutMs: 300,
+      statementTimeoutMs: 300,
+    })
+    await adapter.ensureSchema()
+    expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
+
+    // Stalled: bytes go nowhere, on open connections and on new ones.
+    proxy.mode = 'stall'
+    let started = Date.now()
+    await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(
+      /^PostgresRateLimitStore: (PostgreSQL at 127\.0\.0\.1:\d+ did not answer within 300 ms|could not connect .* within 300 ms)/,
+    )
+    expect(Date.now() - started).toBeLessThan(300 + 300 + 400)
+    started = Date.now()
+    const stalled = await Promise.allSettled(Array.from({ length: 20 }, () => adapter.circuitBreakerStore.getState('k')))
+    expect(stalled.every((s) => s.status === 'rejected' && /^PostgresCircuitBreakerStore: /.test(s.reason.message))).toBe(true)
+    expect(Date.now() - started).toBeLessThan(300 + 300 + 400)
+
+    proxy.mode = 'forward'
+    expect((await adapter.rateLimitStore.increment('k', 60)).count).toBeGreaterThanOrEqual(2)
+
+    // Down: every connection dropped and nothing listening.
+    await proxy.stop()
+    await expect(adapter.cacheStore.get('k')).rejects.toThrow(/^PostgresCacheStore: /)
+    await proxy.start()
+    expect(await adapter.cacheStore.get('k')).toBeNull()
+    expect((await adapter.circuitBreakerStore.recordFailure('k')).failureCount).toBe(1)
+
+    await adapter.close()
+    await proxy.stop()
+  })
+})
+
+/**
+ * A TCP proxy in front of the real server, to break the path to it on
+ * demand: mode 'forward' passes bytes, 'stall' swallows them (a hung
+ * network); stop() drops every connection and stops listening.
+ */
+async function startProxy(target) {
+  const sockets = new Set()
+  const proxy = {
+    mode: 'forward',
+    server: undefined,
+    port: 0,
+    get url() {
+      const url = new URL(target)
+      url.hostname = '127.0.0.1'
+      url.port = String(proxy.port)
+      return url.toString()
+    },
+    start() {
+      proxy.server = net.createServer((client) => {
+        const upstream = net.connect(Number(target.port || 5432), target.hostname)
+        for (const [from, to] of [
+          [client, upstream],
+          [upstream, client],
+        ]) {
+          sockets.add(from)
+          from.on('data', (chunk) => {
+            if (proxy.mode === 'forward') to.write(chunk)
+          })
+          from.on('error', () => to.destroy())
+          from.on('close', () => {
+            sockets.delete(from)
+            to.destroy()
+          })
+        }
+      })
+      return new Promise((resolve) => proxy.server.listen(proxy.port, '127.0.0.1', resolve)).then(() => {
+        proxy.port = proxy.server.address().port
+      })
+    },
+    stop() {
+      for (const socket of sockets) socket.destroy()
+      return new Promise((resolve) => proxy.server.close(() => resolve()))
+    },
+  }
+  await proxy.start()
+  return proxy
+}

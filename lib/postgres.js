@@ -1,0 +1,319 @@
+'use strict'
+// The PostgreSQL stores: thin JS shells over `src/postgres/`, which keeps a
+// small pool of pipelined connections on tokio and runs one prepared
+// statement per call. They read and write the same tables as Stoma's
+// postgresAdapter. Bad arguments reject with TypeError/RangeError; database
+// failures reject with an Error naming the store and the cause.
+
+const native = require('../native.js')
+const { checkKey, checkSeconds, positiveInteger, optionsObject, describe } = require('./validate.js')
+const { checkResponse, responseParts, buildResponse } = require('./response.js')
+
+const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
+const DEFAULT_PREFIX = 'stoma_'
+const DEFAULT_POOL_SIZE = 4
+const DEFAULT_CONNECT_TIMEOUT_MS = 2000
+const DEFAULT_STATEMENT_TIMEOUT_MS = 1000
+
+// Table names are pasted into SQL, so the prefix must be a plain identifier.
+const TABLE_PREFIX = /^[A-Za-z_][A-Za-z0-9_]{0,40}$/
+
+const CIRCUIT_STATES = ['closed', 'open', 'half-open']
+
+// Lets postgresAdapter() hand its stores one shared native pool; stores
+// built directly open their own.
+const SHARED = Symbol('stoma-native: shared PostgreSQL pool')
+
+function checkTablePrefix(who, value) {
+  if (typeof value !== 'string') {
+    throw new TypeError(`${who}: tablePrefix must be a string, got ${describe(value)}`)
+  }
+  if (!TABLE_PREFIX.test(value)) {
+    throw new RangeError(
+      `${who}: tablePrefix must match ${TABLE_PREFIX} (letters, digits and underscores, not starting with a digit, at most 41 characters), got ${describe(value)}`,
+    )
+  }
+  return value
+}
+
+/** `POSTGRES_SCHEMA_SQL` for tables named with another prefix. */
+function postgresSchemaSql(tablePrefix = DEFAULT_PREFIX) {
+  return native.postgresSchemaSql(checkTablePrefix('postgresSchemaSql', tablePrefix))
+}
+
+/** The DDL for the default `stoma_` tables: the same text as Stoma's. */
+const POSTGRES_SCHEMA_SQL = postgresSchemaSql(DEFAULT_PREFIX)
+
+/** Opens the native pool described by `opts` (connecting lazily). */
+function openPool(who, opts, cleans) {
+  const url = opts.url ?? (process.env.DATABASE_URL || DEFAULT_URL)
+  if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
+  const cleanupIntervalMs = positiveInteger(who, opts.cleanupIntervalMs, 'cleanupIntervalMs', undefined)
+  const synchronousCommit = opts.synchronousCommit ?? true
+  if (typeof synchronousCommit !== 'boolean') {
+    throw new TypeError(`${who}: synchronousCommit must be a boolean, got ${describe(synchronousCommit)}`)
+  }
+  return new native.NativePostgres({
+    url,
+    tablePrefix: checkTablePrefix(who, opts.tablePrefix ?? DEFAULT_PREFIX),
+    poolSize: positiveInteger(who, opts.poolSize, 'poolSize', DEFAULT_POOL_SIZE),
+    connectTimeoutMs: positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS),
+    statementTimeoutMs: positiveInteger(who, opts.statementTimeoutMs, 'statementTimeoutMs', DEFAULT_STATEMENT_TIMEOUT_MS),
+    synchronousCommit,
+    cleanupIntervalMs,
+    cleanupRateLimits: cleans.rateLimit === true,
+    cleanupCache: cleans.cache === true,
+  })
+}
+
+/**
+ * What each store holds: the native pool (shared with the other stores of
+ * an adapter, or its own) and whether this store was closed.
+ */
+class Handle {
+  #who
+  #pool
+  #owned
+  #closed = false
+
+  constructor(who, options, cleans) {
+    const opts = optionsObject(who, options)
+    this.#who = who
+    this.#owned = opts[SHARED] === undefined
+    this.#pool = this.#owned ? openPool(who, opts, cleans) : opts[SHARED]
+  }
+
+  /** The native pool, or a throw if the store was closed. */
+  get pool() {
+    if (this.#closed) throw new Error(`${this.#who}: the store was closed (close() was called)`)
+    return this.#pool
+  }
+
+  /**
+   * Later calls reject. A store built directly also closes its connections;
+   * one from postgresAdapter() leaves them to the adapter's close().
+   */
+  close() {
+    this.#closed = true
+    if (this.#owned) this.#pool.close()
+    return Promise.resolve()
+  }
+}
+
+/**
+ * Fixed-window rate-limit counters in `<tablePrefix>rate_limits`, one
+ * atomic upsert per hit. `cleanup()` deletes expired windows (answering how
+ * many); with `cleanupIntervalMs` that also happens in the background.
+ */
+class PostgresRateLimitStore {
+  #handle
+
+  constructor(options) {
+    this.#handle = new Handle('PostgresRateLimitStore', options, { rateLimit: true })
+  }
+
+  increment(key, windowSeconds) {
+    try {
+      checkKey('PostgresRateLimitStore', key)
+      checkSeconds('PostgresRateLimitStore', windowSeconds, 'windowSeconds')
+      return this.#handle.pool.increment(key, windowSeconds * 1000)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  cleanup() {
+    try {
+      return this.#handle.pool.cleanupRateLimits()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** Later calls reject; a store built directly also closes its connections. */
+  close() {
+    return this.#handle.close()
+  }
+
+  /** Same as close(), for Stoma's optional `destroy()`. */
+  destroy() {
+    this.#handle.close()
+  }
+}
+
+/**
+ * Circuit-breaker state in `<tablePrefix>circuit_breakers` with Stoma's
+ * transitions. Every update is one atomic upsert, so concurrent failures
+ * from any number of gateways are all counted, and `transition()` works
+ * (Stoma's fails on PostgreSQL, so its circuits never open there).
+ */
+class PostgresCircuitBreakerStore {
+  #handle
+
+  constructor(options) {
+    this.#handle = new Handle('PostgresCircuitBreakerStore', options, {})
+  }
+
+  #run(key, call) {
+    try {
+      checkKey('PostgresCircuitBreakerStore', key)
+      return call(this.#handle.pool)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  getState(key) {
+    return this.#run(key, (pool) => pool.circuitGet(key))
+  }
+
+  recordSuccess(key) {
+    return this.#run(key, (pool) => pool.circuitRecordSuccess(key))
+  }
+
+  recordFailure(key) {
+    return this.#run(key, (pool) => pool.circuitRecordFailure(key))
+  }
+
+  transition(key, to) {
+    return this.#run(key, (pool) => {
+      if (typeof to !== 'string') {
+        throw new TypeError(`PostgresCircuitBreakerStore: to must be a string ("closed", "open" or "half-open"), got ${describe(to)}`)
+      }
+      if (!CIRCUIT_STATES.includes(to)) {
+        throw new RangeError(`PostgresCircuitBreakerStore: to must be "closed", "open" or "half-open", got ${describe(to)}`)
+      }
+      return pool.circuitTransition(key, to)
+    })
+  }
+
+  reset(key) {
+    return this.#run(key, (pool) => pool.circuitReset(key))
+  }
+
+  /** Later calls reject; a store built directly also closes its connections. */
+  close() {
+    return this.#handle.close()
+  }
+
+  /** Same as close(), for Stoma's optional `destroy()`. */
+  destroy() {
+    this.#handle.close()
+  }
+}
+
+/**
+ * Cached responses in `<tablePrefix>cache` (status, headers as JSONB, body
+ * as base64, as Stoma writes them). `get` answers a fresh `Response`, or
+ * null once expired or if the row is not a well-formed response.
+ * `cleanup()` deletes expired rows.
+ */
+class PostgresCacheStore {
+  #handle
+
+  constructor(options) {
+    this.#handle = new Handle('PostgresCacheStore', options, { cache: true })
+  }
+
+  get(key) {
+    try {
+      checkKey('PostgresCacheStore', key)
+      return this.#handle.pool
+        .cacheGet(key)
+        .then((hit) => hit && buildResponse(hit.status, hit.headers, hit.body))
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  async put(key, response, ttlSeconds) {
+    checkKey('PostgresCacheStore', key)
+    checkResponse('PostgresCacheStore', response)
+    checkSeconds('PostgresCacheStore', ttlSeconds, 'ttlSeconds')
+    const pool = this.#handle.pool
+    const { status, headers, body } = await responseParts(response)
+    await pool.cachePut(key, status, headers, body, ttlSeconds * 1000)
+  }
+
+  delete(key) {
+    try {
+      checkKey('PostgresCacheStore', key)
+      return this.#handle.pool.cacheDelete(key)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  cleanup() {
+    try {
+      return this.#handle.pool.cleanupCache()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** Later calls reject; a store built directly also closes its connections. */
+  close() {
+    return this.#handle.close()
+  }
+
+  /** Same as close(), for Stoma's optional `destroy()`. */
+  destroy() {
+    this.#handle.close()
+  }
+}
+
+/**
+ * A GatewayAdapter whose stores live in PostgreSQL, in the same tables as
+ * Stoma's postgresAdapter. Returns at once and connects on first use. Adds
+ * `ensureSchema()` (create the tables if missing) and `close()` (stop
+ * background cleanup and close every connection; idempotent).
+ *
+ * Writes are as durable as the server's own setting unless you opt into
+ * `synchronousCommit: false`: then a write returns before PostgreSQL has
+ * flushed it to disk, so a database crash can lose the last fraction of a
+ * second of counters, circuit states and cache entries (never corrupting
+ * them), while writes no longer wait for the disk.
+ */
+function postgresAdapter(options) {
+  const who = 'postgresAdapter'
+  const opts = optionsObject(who, options)
+  const stores = optionsObject(who, opts.stores, 'stores')
+  const enabled = {
+    rateLimit: stores.rateLimit !== false,
+    circuitBreaker: stores.circuitBreaker !== false,
+    cache: stores.cache !== false,
+  }
+  if (opts.waitUntil !== undefined && typeof opts.waitUntil !== 'function') {
+    throw new TypeError(`${who}: waitUntil must be a function, got ${describe(opts.waitUntil)}`)
+  }
+  const pool = openPool(who, opts, enabled)
+  const shared = { [SHARED]: pool }
+  const adapter = {}
+  if (enabled.rateLimit) adapter.rateLimitStore = new PostgresRateLimitStore(shared)
+  if (enabled.circuitBreaker) adapter.circuitBreakerStore = new PostgresCircuitBreakerStore(shared)
+  if (enabled.cache) adapter.cacheStore = new PostgresCacheStore(shared)
+  if (opts.waitUntil) adapter.waitUntil = opts.waitUntil
+  adapter.ensureSchema = () => pool.ensureSchema()
+  adapter.close = () => {
+    pool.close()
+    return Promise.resolve()
+  }
+  return adapter
+}
+
+module.exports = {
+  postgresAdapter,
+  postgresSchemaSql,
+  POSTGRES_SCHEMA_SQL,
+  PostgresRateLimitStore,
+  PostgresCircuitBreakerStore,
+  PostgresCacheStore,
+  DEFAULTS: {
+    url: DEFAULT_URL,
+    tablePrefix: DEFAULT_PREFIX,
+    poolSize: DEFAULT_POOL_SIZE,
+    connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
+    statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
+  },
+}

@@ -1,0 +1,417 @@
+//! PostgreSQL stores over tokio-postgres, on the same tables as Stoma's
+//! `postgresAdapter`, so gateways using either can share one database.
+//!
+//! One [`NativePostgres`] serves the three stores of an adapter: it owns a
+//! small pool of pipelined connections ([`pool`]) and knows the tables a
+//! prefix names and the statements run on them ([`sql`]). Every method
+//! returns a Promise settled from tokio, so no database wait ever blocks the
+//! JS thread; the JS layer (`lib/postgres.js`) validates arguments, turns
+//! cache parts into `Response`s and builds the adapter.
+//!
+//! Times are the caller's wall clock in epoch milliseconds, as in Stoma's
+//! adapter, so a fleet mixing both agrees on every window and expiry.
+
+mod cleanup;
+mod pool;
+mod sql;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use napi::bindgen_prelude::{Buffer, PromiseRaw};
+use napi::{Env, Result};
+use napi_derive::napi;
+use tokio::task::AbortHandle;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Config, Row};
+
+use crate::clock::{duration_ms, now_ms};
+use crate::envelope::StoredResponse;
+use crate::errors::{guard, lock, store_error};
+use pool::{Pool, PoolOptions};
+use sql::{Stmt, Tables};
+
+const ADAPTER: &str = "postgresAdapter";
+const RATE_LIMIT: &str = "PostgresRateLimitStore";
+const CIRCUIT: &str = "PostgresCircuitBreakerStore";
+const CACHE: &str = "PostgresCacheStore";
+
+/// `ensureSchema()` may create tables and indexes, which can take longer than
+/// a store call; it gets at least this long.
+const SCHEMA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serializes concurrent `ensureSchema()` calls across processes: two
+/// `CREATE TABLE IF NOT EXISTS` racing on one name can both try to create it.
+const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('stoma-native schema'));";
+
+/// Options from `lib/postgres.js`, already validated there.
+#[napi(object)]
+pub struct NativePostgresOptions {
+  pub url: String,
+  pub table_prefix: String,
+  pub pool_size: u32,
+  pub connect_timeout_ms: f64,
+  pub statement_timeout_ms: f64,
+  /// Whether commits wait for the disk (PostgreSQL's `synchronous_commit`).
+  pub synchronous_commit: bool,
+  /// Delete expired rows this often, on tokio; absent means never.
+  pub cleanup_interval_ms: Option<f64>,
+  pub cleanup_rate_limits: bool,
+  pub cleanup_cache: bool,
+}
+
+#[napi(object)]
+pub struct PgRateLimitHit {
+  pub count: f64,
+  pub reset_at: f64,
+}
+
+/// Stoma's `CircuitBreakerSnapshot`.
+#[napi(object)]
+pub struct PgCircuitSnapshot {
+  #[napi(ts_type = "'closed' | 'open' | 'half-open'")]
+  pub state: String,
+  pub failure_count: f64,
+  pub success_count: f64,
+  pub last_failure_time: f64,
+  pub last_state_change: f64,
+}
+
+/// A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`).
+#[napi(object)]
+pub struct PgCachedResponse {
+  pub status: u32,
+  pub headers: String,
+  pub body: Buffer,
+}
+
+/// The native half of the PostgreSQL stores (see `lib/postgres.js`).
+#[napi]
+pub struct NativePostgres {
+  pool: Arc<Pool>,
+  cleanup: Mutex<Option<AbortHandle>>,
+}
+
+#[napi]
+impl NativePostgres {
+  /// Checks the options and returns at once: nothing connects until the
+  /// first call.
+  #[napi(constructor)]
+  pub fn new(options: NativePostgresOptions) -> Result<Self> {
+    guard(ADAPTER, || {
+      if let Some(reason) = sql::check_prefix(&options.table_prefix) {
+        return Err(store_error(ADAPTER, reason));
+      }
+      let connect_timeout = millis(options.connect_timeout_ms);
+      let config = parse_url(&options.url, connect_timeout)?;
+      let pool = Arc::new(Pool::new(
+        PoolOptions {
+          config,
+          size: options.pool_size.max(1) as usize,
+          connect_timeout,
+          statement_timeout: millis(options.statement_timeout_ms),
+          synchronous_commit: options.synchronous_commit,
+        },
+        Tables::new(&options.table_prefix),
+      ));
+      let cleanup = match options.cleanup_interval_ms {
+        Some(every) => Some(cleanup::start(
+          &pool,
+          millis(every),
+          cleanup::Targets {
+            rate_limits: options.cleanup_rate_limits,
+            cache: options.cleanup_cache,
+          },
+        )),
+        None => None,
+      };
+      Ok(NativePostgres {
+        pool,
+        cleanup: Mutex::new(cleanup),
+      })
+    })
+  }
+
+  /// Creates the three tables and their indexes if they do not exist.
+  #[napi]
+  pub async fn ensure_schema(&self) -> Result<()> {
+    let pool = self.pool.clone();
+    caught(ADAPTER, async move {
+      let script = format!("{SCHEMA_LOCK}{}", sql::schema_sql(&pool.tables().prefix));
+      pool.batch(ADAPTER, &script, SCHEMA_TIMEOUT).await
+    })
+    .await
+  }
+
+  /// Counts one hit on `key` in a fixed window of `windowMs`.
+  #[napi]
+  pub async fn increment(&self, key: String, window_ms: f64) -> Result<PgRateLimitHit> {
+    let pool = self.pool.clone();
+    caught(RATE_LIMIT, async move {
+      let now = now_ms();
+      let reset_at = now.saturating_add(duration_ms(window_ms));
+      let rows = pool.query(RATE_LIMIT, Stmt::Increment, &[&key, &now, &reset_at]).await?;
+      let row = only_row(RATE_LIMIT, &rows)?;
+      Ok(PgRateLimitHit {
+        count: column::<i32>(RATE_LIMIT, row, 0)? as f64,
+        reset_at: column::<i64>(RATE_LIMIT, row, 1)? as f64,
+      })
+    })
+    .await
+  }
+
+  /// Deletes expired rate-limit rows; answers how many.
+  #[napi]
+  pub async fn cleanup_rate_limits(&self) -> Result<f64> {
+    let pool = self.pool.clone();
+    caught(RATE_LIMIT, async move { cleanup::run(&pool, RATE_LIMIT, Stmt::CleanupRateLimits).await }).await
+  }
+
+  #[napi]
+  pub async fn circuit_get(&self, key: String) -> Result<PgCircuitSnapshot> {
+    let pool = self.pool.clone();
+    caught(CIRCUIT, async move {
+      let rows = pool.query(CIRCUIT, Stmt::CircuitGet, &[&key]).await?;
+      match rows.first() {
+        Some(row) => snapshot(row),
+        None => Ok(PgCircuitSnapshot {
+          state: "closed".to_string(),
+          failure_count: 0.0,
+          success_count: 0.0,
+          last_failure_time: 0.0,
+          last_state_change: now_ms() as f64,
+        }),
+      }
+    })
+    .await
+  }
+
+  #[napi]
+  pub async fn circuit_record_success(&self, key: String) -> Result<PgCircuitSnapshot> {
+    let pool = self.pool.clone();
+    caught(CIRCUIT, async move {
+      let rows = pool.query(CIRCUIT, Stmt::CircuitSuccess, &[&key, &now_ms()]).await?;
+      snapshot(only_row(CIRCUIT, &rows)?)
+    })
+    .await
+  }
+
+  #[napi]
+  pub async fn circuit_record_failure(&self, key: String) -> Result<PgCircuitSnapshot> {
+    let pool = self.pool.clone();
+    caught(CIRCUIT, async move {
+      let rows = pool.query(CIRCUIT, Stmt::CircuitFailure, &[&key, &now_ms()]).await?;
+      snapshot(only_row(CIRCUIT, &rows)?)
+    })
+    .await
+  }
+
+  /// `to` is `"closed"`, `"open"` or `"half-open"` (checked in JS, and here).
+  #[napi]
+  pub async fn circuit_transition(&self, key: String, to: String) -> Result<PgCircuitSnapshot> {
+    let pool = self.pool.clone();
+    caught(CIRCUIT, async move {
+      if !matches!(to.as_str(), "closed" | "open" | "half-open") {
+        return Err(store_error(CIRCUIT, format!("unknown circuit state {to:?}")));
+      }
+      let rows = pool.query(CIRCUIT, Stmt::CircuitTransition, &[&key, &to, &now_ms()]).await?;
+      snapshot(only_row(CIRCUIT, &rows)?)
+    })
+    .await
+  }
+
+  #[napi]
+  pub async fn circuit_reset(&self, key: String) -> Result<()> {
+    let pool = self.pool.clone();
+    caught(CIRCUIT, async move {
+      pool.execute(CIRCUIT, Stmt::CircuitReset, &[&key]).await?;
+      Ok(())
+    })
+    .await
+  }
+
+  /// The live entry under `key`, or `null` if there is none, it expired, or
+  /// its row is not a well-formed response (garbage reads as a miss).
+  #[napi]
+  pub async fn cache_get(&self, key: String) -> Result<Option<PgCachedResponse>> {
+    let pool = self.pool.clone();
+    caught(CACHE, async move {
+      let rows = pool.query(CACHE, Stmt::CacheGet, &[&key, &now_ms()]).await?;
+      let Some(row) = rows.first() else {
+        return Ok(None);
+      };
+      let (Ok(status), Ok(headers), Ok(body)) = (row.try_get::<_, i32>(0), row.try_get::<_, &str>(1), row.try_get::<_, &str>(2))
+      else {
+        return Ok(None);
+      };
+      let Ok(headers) = serde_json::from_str(headers) else {
+        return Ok(None);
+      };
+      Ok(StoredResponse::from_columns(status as i64, &headers, body).map(|response| PgCachedResponse {
+        status: response.status as u32,
+        headers: response.joined_headers(),
+        body: response.body.into(),
+      }))
+    })
+    .await
+  }
+
+  /// Stores a response until `now + ttlMs`. `headers` is
+  /// `name\0value\0…`; the body is written as base64 text, as Stoma does.
+  /// The body is copied here, on the JS thread, so the encoding can happen
+  /// on tokio without holding on to JS memory.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn cache_put<'env>(
+    &self,
+    env: &'env Env,
+    key: String,
+    status: u32,
+    headers: String,
+    body: &[u8],
+    ttl_ms: f64,
+  ) -> Result<PromiseRaw<'env, ()>> {
+    let response = guard(CACHE, || {
+      let status = u16::try_from(status).map_err(|_| store_error(CACHE, "status out of range"))?;
+      Ok(StoredResponse::from_joined(status, &headers, body.to_vec()))
+    })?;
+    let pool = self.pool.clone();
+    env.spawn_future(caught(CACHE, async move {
+      let status = i32::from(response.status);
+      let headers_json = response.headers_json().to_string();
+      let body_base64 = response.body_base64();
+      let expires_at = now_ms().saturating_add(duration_ms(ttl_ms));
+      pool
+        .execute(CACHE, Stmt::CachePut, &[&key, &status, &headers_json, &body_base64, &expires_at])
+        .await?;
+      Ok(())
+    }))
+  }
+
+  /// Removes the entry under `key`; answers whether there was one.
+  #[napi]
+  pub async fn cache_delete(&self, key: String) -> Result<bool> {
+    let pool = self.pool.clone();
+    caught(CACHE, async move { Ok(pool.execute(CACHE, Stmt::CacheDelete, &[&key]).await? > 0) }).await
+  }
+
+  /// Deletes expired cache rows; answers how many.
+  #[napi]
+  pub async fn cleanup_cache(&self) -> Result<f64> {
+    let pool = self.pool.clone();
+    caught(CACHE, async move { cleanup::run(&pool, CACHE, Stmt::CleanupCache).await }).await
+  }
+
+  /// Stops background cleanup and drops every connection; later calls
+  /// reject. Idempotent.
+  #[napi]
+  pub fn close(&self) {
+    if let Some(task) = lock(&self.cleanup).take() {
+      task.abort();
+    }
+    self.pool.close();
+  }
+
+  #[napi(getter)]
+  pub fn closed(&self) -> bool {
+    self.pool.is_closed()
+  }
+}
+
+impl Drop for NativePostgres {
+  /// A store garbage-collected without `close()` still stops its cleanup
+  /// task; its connections close once their last call is done.
+  fn drop(&mut self) {
+    self.close();
+  }
+}
+
+/// `POSTGRES_SCHEMA_SQL` for another table prefix.
+#[napi]
+pub fn postgres_schema_sql(table_prefix: String) -> Result<String> {
+  match sql::check_prefix(&table_prefix) {
+    None => Ok(sql::schema_sql(&table_prefix)),
+    Some(reason) => Err(store_error("postgresSchemaSql", reason)),
+  }
+}
+
+/// Parses a `postgres://` URL or `key=value` string. TLS is not built in,
+/// so `sslmode=require` is refused here rather than failing on every call.
+fn parse_url(url: &str, connect_timeout: Duration) -> Result<Config> {
+  let mut config = Config::from_str(url)
+    .map_err(|error| store_error(ADAPTER, format!("url is not a valid PostgreSQL connection string: {error}")))?;
+  if config.get_ssl_mode() == SslMode::Require {
+    return Err(store_error(ADAPTER, "url asks for sslmode=require, but TLS is not supported yet"));
+  }
+  if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+    return Err(store_error(ADAPTER, "url names no host"));
+  }
+  config.connect_timeout(connect_timeout);
+  if config.get_application_name().is_none() {
+    config.application_name("stoma-native");
+  }
+  Ok(config)
+}
+
+/// A JS duration in milliseconds as a `Duration` of at least 1 ms.
+fn millis(ms: f64) -> Duration {
+  Duration::from_millis(duration_ms(ms).max(1) as u64)
+}
+
+fn only_row<'a>(store: &str, rows: &'a [Row]) -> Result<&'a Row> {
+  rows.first().ok_or_else(|| store_error(store, "PostgreSQL returned no row"))
+}
+
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(store: &str, row: &'a Row, index: usize) -> Result<T> {
+  row
+    .try_get(index)
+    .map_err(|error| store_error(store, format!("unexpected column {index} in the table: {error}")))
+}
+
+/// A circuit row as a snapshot. A state other than the three known ones
+/// reads as `"closed"`, like an unknown key.
+fn snapshot(row: &Row) -> Result<PgCircuitSnapshot> {
+  let state: &str = column(CIRCUIT, row, 0)?;
+  let state = match state {
+    "open" | "half-open" => state,
+    _ => "closed",
+  };
+  Ok(PgCircuitSnapshot {
+    state: state.to_string(),
+    failure_count: column::<i32>(CIRCUIT, row, 1)? as f64,
+    success_count: column::<i32>(CIRCUIT, row, 2)? as f64,
+    last_failure_time: column::<i64>(CIRCUIT, row, 3)? as f64,
+    last_state_change: column::<i64>(CIRCUIT, row, 4)? as f64,
+  })
+}
+
+/// Runs `fut`, turning a panic while it is polled into an error naming
+/// `store` (napi-rs would reject with a generic "Panic in async function").
+async fn caught<T>(store: &'static str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+  CatchPanic {
+    store,
+    fut: Box::pin(fut),
+  }
+  .await
+}
+
+struct CatchPanic<F> {
+  store: &'static str,
+  fut: Pin<Box<F>>,
+}
+
+impl<T, F: Future<Output = Result<T>>> Future for CatchPanic<F> {
+  type Output = Result<T>;
+
+  fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    let this = &mut *self;
+    match guard(this.store, || Ok(this.fut.as_mut().poll(cx))) {
+      Ok(poll) => poll,
+      Err(error) => Poll::Ready(Err(error)),
+    }
+  }
+}
+

@@ -1,0 +1,230 @@
+//! The SQL text: table names, the schema, and one statement per operation.
+//!
+//! Table names cannot be bound as parameters, so the prefix is pasted into
+//! the text. Stoma pastes whatever it is given; we paste only a prefix that
+//! matches `^[A-Za-z_][A-Za-z0-9_]{0,40}$` ([`check_prefix`]), which cannot
+//! close an identifier, open a comment or end a statement. Names stay
+//! unquoted, exactly as Stoma writes them, so PostgreSQL folds them to lower
+//! case the same way for both and a mixed fleet finds the same tables.
+//!
+//! Every statement that changes a row is a single `INSERT … ON CONFLICT DO
+//! UPDATE … RETURNING`, so PostgreSQL's row lock makes it atomic: concurrent
+//! callers queue on the row and none of their updates is lost. The target
+//! table gets an alias and every column in `SET` is qualified (with the alias
+//! or `EXCLUDED`); Stoma's `transition()` leaves one unqualified and fails
+//! with `column reference "failure_count" is ambiguous`.
+
+/// The schema for `stoma_` tables: the same text as Stoma's
+/// `POSTGRES_SCHEMA_SQL` (our tests compare the two), written as a template
+/// in which `{p}` stands for the prefix.
+const SCHEMA_TEMPLATE: &str = "
+CREATE TABLE IF NOT EXISTS {p}rate_limits (
+  key TEXT PRIMARY KEY,
+  count INTEGER NOT NULL DEFAULT 0,
+  reset_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_{p}rate_limits_reset_at ON {p}rate_limits (reset_at);
+
+CREATE TABLE IF NOT EXISTS {p}circuit_breakers (
+  key TEXT PRIMARY KEY,
+  state TEXT NOT NULL DEFAULT 'closed',
+  failure_count INTEGER NOT NULL DEFAULT 0,
+  success_count INTEGER NOT NULL DEFAULT 0,
+  last_failure_time BIGINT NOT NULL DEFAULT 0,
+  last_state_change BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS {p}cache (
+  key TEXT PRIMARY KEY,
+  status INTEGER NOT NULL,
+  headers JSONB NOT NULL DEFAULT '[]',
+  body TEXT NOT NULL DEFAULT '',
+  expires_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_{p}cache_expires_at ON {p}cache (expires_at);
+";
+
+/// Longest prefix accepted: with it, `idx_<prefix>rate_limits_reset_at` is
+/// 65 bytes, which PostgreSQL truncates to 63 — still distinct from the
+/// cache index, whose name differs right after the prefix.
+const MAX_PREFIX_LEN: usize = 41;
+
+/// Why a prefix was refused, or `None` if it is safe to paste into SQL.
+pub fn check_prefix(prefix: &str) -> Option<String> {
+  let mut bytes = prefix.bytes();
+  let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+  let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+  if first_ok && rest_ok && prefix.len() <= MAX_PREFIX_LEN {
+    None
+  } else {
+    Some(format!(
+      "tablePrefix must match /^[A-Za-z_][A-Za-z0-9_]{{0,40}}$/ (letters, digits and underscores, \
+       not starting with a digit, at most {MAX_PREFIX_LEN} characters)"
+    ))
+  }
+}
+
+/// The schema for tables named with `prefix` (assumed checked).
+pub fn schema_sql(prefix: &str) -> String {
+  SCHEMA_TEMPLATE.replace("{p}", prefix)
+}
+
+/// The three tables a prefix names.
+#[derive(Clone, Debug)]
+pub struct Tables {
+  pub prefix: String,
+  pub rate_limits: String,
+  pub circuit_breakers: String,
+  pub cache: String,
+}
+
+impl Tables {
+  pub fn new(prefix: &str) -> Self {
+    Tables {
+      prefix: prefix.to_string(),
+      rate_limits: format!("{prefix}rate_limits"),
+      circuit_breakers: format!("{prefix}circuit_breakers"),
+      cache: format!("{prefix}cache"),
+    }
+  }
+}
+
+/// Every statement the stores prepare, indexing [`Statements::text`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stmt {
+  /// `($1 key, $2 now, $3 now + window) → (count, reset_at)`
+  Increment,
+  /// `($1 now)`
+  CleanupRateLimits,
+  /// `($1 key) → snapshot row or none`
+  CircuitGet,
+  /// `($1 key, $2 now) → snapshot row`
+  CircuitSuccess,
+  /// `($1 key, $2 now) → snapshot row`
+  CircuitFailure,
+  /// `($1 key, $2 state, $3 now) → snapshot row`
+  CircuitTransition,
+  /// `($1 key)`
+  CircuitReset,
+  /// `($1 key, $2 now) → (status, headers as text, body) or none`
+  CacheGet,
+  /// `($1 key, $2 status, $3 headers JSON text, $4 base64 body, $5 expires_at)`
+  CachePut,
+  /// `($1 key)`, one row affected if something was removed
+  CacheDelete,
+  /// `($1 now)`
+  CleanupCache,
+}
+
+impl Stmt {
+  pub const COUNT: usize = 11;
+
+  /// The table the statement works on, for error messages.
+  pub fn table(self, tables: &Tables) -> &str {
+    match self {
+      Stmt::Increment | Stmt::CleanupRateLimits => &tables.rate_limits,
+      Stmt::CircuitGet | Stmt::CircuitSuccess | Stmt::CircuitFailure | Stmt::CircuitTransition | Stmt::CircuitReset => {
+        &tables.circuit_breakers
+      }
+      Stmt::CacheGet | Stmt::CachePut | Stmt::CacheDelete | Stmt::CleanupCache => &tables.cache,
+    }
+  }
+}
+
+/// The columns every circuit statement answers, in [`crate::postgres`]'s
+/// reading order.
+const SNAPSHOT: &str = "c.state, c.failure_count, c.success_count, c.last_failure_time, c.last_state_change";
+
+/// The statement texts for one set of tables.
+pub struct Statements {
+  texts: Vec<String>,
+}
+
+impl Statements {
+  pub fn new(t: &Tables) -> Self {
+    let (rl, cb, cache) = (&t.rate_limits, &t.circuit_breakers, &t.cache);
+    let texts = vec![
+      // Increment: a missing or expired row becomes a new window at 1.
+      format!(
+        "INSERT INTO {rl} AS r (key, count, reset_at) VALUES ($1, 1, $3) \
+         ON CONFLICT (key) DO UPDATE SET \
+           count = CASE WHEN r.reset_at <= $2 THEN 1 ELSE r.count + 1 END, \
+           reset_at = CASE WHEN r.reset_at <= $2 THEN $3 ELSE r.reset_at END \
+         RETURNING r.count, r.reset_at"
+      ),
+      format!("DELETE FROM {rl} WHERE reset_at <= $1"),
+      format!("SELECT {SNAPSHOT} FROM {cb} AS c WHERE c.key = $1"),
+      format!(
+        "INSERT INTO {cb} AS c (key, state, failure_count, success_count, last_failure_time, last_state_change) \
+         VALUES ($1, 'closed', 0, 1, 0, $2) \
+         ON CONFLICT (key) DO UPDATE SET success_count = c.success_count + 1 \
+         RETURNING {SNAPSHOT}"
+      ),
+      format!(
+        "INSERT INTO {cb} AS c (key, state, failure_count, success_count, last_failure_time, last_state_change) \
+         VALUES ($1, 'closed', 1, 0, $2, $2) \
+         ON CONFLICT (key) DO UPDATE SET failure_count = c.failure_count + 1, last_failure_time = EXCLUDED.last_failure_time \
+         RETURNING {SNAPSHOT}"
+      ),
+      // Transition: closed zeroes both counters, half-open zeroes successes.
+      format!(
+        "INSERT INTO {cb} AS c (key, state, failure_count, success_count, last_failure_time, last_state_change) \
+         VALUES ($1, $2, 0, 0, 0, $3) \
+         ON CONFLICT (key) DO UPDATE SET \
+           state = EXCLUDED.state, \
+           failure_count = CASE WHEN EXCLUDED.state = 'closed' THEN 0 ELSE c.failure_count END, \
+           success_count = CASE WHEN EXCLUDED.state = 'open' THEN c.success_count ELSE 0 END, \
+           last_state_change = EXCLUDED.last_state_change \
+         RETURNING {SNAPSHOT}"
+      ),
+      format!("DELETE FROM {cb} WHERE key = $1"),
+      // Headers travel as JSON text both ways: no JSONB codec needed here.
+      format!("SELECT status, headers::text, body FROM {cache} WHERE key = $1 AND expires_at > $2"),
+      format!(
+        "INSERT INTO {cache} AS c (key, status, headers, body, expires_at) \
+         VALUES ($1, $2, $3::text::jsonb, $4, $5) \
+         ON CONFLICT (key) DO UPDATE SET \
+           status = EXCLUDED.status, headers = EXCLUDED.headers, body = EXCLUDED.body, expires_at = EXCLUDED.expires_at"
+      ),
+      format!("DELETE FROM {cache} WHERE key = $1"),
+      format!("DELETE FROM {cache} WHERE expires_at <= $1"),
+    ];
+    debug_assert_eq!(texts.len(), Stmt::COUNT);
+    Statements { texts }
+  }
+
+  pub fn text(&self, stmt: Stmt) -> &str {
+    &self.texts[stmt as usize]
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn accepts_only_plain_identifiers() {
+    for good in ["stoma_", "_", "A", "tenant_42_", &"x".repeat(41)] {
+      assert_eq!(check_prefix(good), None, "{good}");
+    }
+    for bad in ["", "1abc", "a-b", "a b", "stoma_; DROP TABLE x; --", "a\"b", "é", &"x".repeat(42)] {
+      assert!(check_prefix(bad).is_some(), "{bad}");
+    }
+  }
+
+  #[test]
+  fn the_default_schema_names_stomas_tables() {
+    let sql = schema_sql("stoma_");
+    assert!(sql.starts_with("\nCREATE TABLE IF NOT EXISTS stoma_rate_limits (\n"));
+    assert!(sql.contains("idx_stoma_cache_expires_at ON stoma_cache (expires_at);\n"));
+    assert!(!sql.contains("{p}"));
+  }
+
+  #[test]
+  fn every_statement_names_its_table() {
+    let statements = Statements::new(&Tables::new("t_"));
+    assert!(statements.text(Stmt::Increment).contains("INTO t_rate_limits AS r"));
+    assert!(statements.text(Stmt::CircuitTransition).contains("INTO t_circuit_breakers AS c"));
+    assert!(statements.text(Stmt::CleanupCache).contains("FROM t_cache"));
+  }
+}
