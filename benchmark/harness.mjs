@@ -28,11 +28,12 @@ const median = (values) => {
 }
 
 /**
- * Measures one case: `setup()` answers `{ ours, theirs, teardown? }`, two
- * async functions taking an operation index.
+ * Measures one case: `setup(context)` answers `{ ours, theirs, teardown? }`,
+ * two async functions taking an operation index.
  */
-export async function measure(benchCase, { samples = 7, sampleMs = 200, log = () => {} } = {}) {
-  const { ours, theirs, teardown } = await benchCase.setup()
+export async function measure(benchCase, context, { sampleMs = 200, log = () => {} } = {}) {
+  const samples = benchCase.samples ?? 7
+  const { ours, theirs, teardown } = await benchCase.setup(context)
   const options = { ms: sampleMs, concurrency: benchCase.concurrency ?? 1 }
   try {
     // Warm both paths (JIT, connections, caches) before measuring.

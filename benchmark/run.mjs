@@ -5,6 +5,7 @@
 import { loadStoma } from '../scripts/load-stoma.mjs'
 import e2eCases from './cases/e2e.mjs'
 import memoryCases from './cases/memory.mjs'
+import postgresCases from './cases/postgres.mjs'
 import { measure } from './harness.mjs'
 import { table, writeReport } from './report.mjs'
 
@@ -14,12 +15,12 @@ const stoma = {
   ...(await loadStoma('policies/index.js')),
 }
 const context = { stoma }
-const cases = [...memoryCases(context), ...e2eCases(context)].filter((c) => filters.length === 0 || filters.some((f) => c.name.includes(f)))
+const cases = [...memoryCases(context), ...postgresCases(context), ...e2eCases(context)].filter((c) => filters.length === 0 || filters.some((f) => c.name.includes(f)))
 
 const rows = []
 for (const benchCase of cases) {
   process.stderr.write(`${benchCase.name} `)
-  const result = benchCase.run ? await benchCase.run() : await measure(benchCase, { log: (s) => process.stderr.write(s) })
+  const result = benchCase.run ? await benchCase.run() : await measure(benchCase, context, { log: (s) => process.stderr.write(s) })
   process.stderr.write('\n')
   rows.push({ name: benchCase.name, target: benchCase.target, ...result })
 }
