@@ -66,19 +66,30 @@ const PIPELINE_BUFFER: usize = 1024;
 /// work. Anything under the key that is not a counter with an expiry (a
 /// string, another Redis type, a counter left without expiry) is replaced by
 /// a fresh window rather than failing every call.
+///
+/// The window's end is read back as the key's absolute expiry
+/// (PEXPIRETIME, Redis 7; computed from TIME and PTTL on older servers), so
+/// every hit of a window, from any client, reports the same `resetAt`.
 /// KEYS[1]: the counter. ARGV[1]: the window in ms (> 0).
-/// Returns { count, ms until the window ends }.
+/// Returns { count, resetAt in epoch ms }.
 const RATE_LIMIT_LUA: &str = r#"
 local key, window = KEYS[1], ARGV[1]
-local count = redis.pcall('INCR', key)
-if type(count) == 'number' and count > 1 then
-  local ttl = redis.call('PTTL', key)
-  if ttl > 0 then
-    return { count, ttl }
+
+local function reset_at()
+  local at = redis.pcall('PEXPIRETIME', key)
+  if type(at) == 'number' then
+    return at
   end
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + redis.call('PTTL', key)
+end
+
+local count = redis.pcall('INCR', key)
+if type(count) == 'number' and count > 1 and redis.call('PTTL', key) > 0 then
+  return { count, reset_at() }
 end
 redis.call('SET', key, 1, 'PX', window)
-return { 1, tonumber(window) }
+return { 1, reset_at() }
 "#;
 
 /// One circuit-breaker operation, read-modify-write on the server.
@@ -236,11 +247,14 @@ impl Link {
         Ok::<_, RedisError>(connection)
       })
       .await;
+      let no_answer = || format!("no answer within {} ms", link.connect_timeout.as_millis());
       let outcome = match opened {
         Ok(Ok(connection)) => Ok(Live { generation, connection }),
-        Ok(Err(error)) => Err(format!("cannot connect to Redis at {}: {}", link.address, describe(&error)).into()),
-        Err(_) => Err(format!("cannot connect to Redis at {}: no answer within {} ms", link.address, link.connect_timeout.as_millis()).into()),
-      };
+        Ok(Err(error)) if error.is_timeout() => Err(no_answer()),
+        Ok(Err(error)) => Err(describe(&error)),
+        Err(_) => Err(no_answer()),
+      }
+      .map_err(|cause| Arc::from(format!("cannot connect to Redis at {}: {cause}", link.address)));
       let outcome = link.settle_attempt(generation, outcome);
       let _ = sender.send(Some(outcome));
     });
@@ -414,15 +428,14 @@ impl NativeRedisConnection {
   pub async fn increment(&self, key: String, window_ms: f64) -> Result<RedisRateLimitHit> {
     guard_async(RATE_LIMIT_STORE, async {
       let window_ms = duration_ms(window_ms);
-      let now = now_ms();
+      let key = self.link.key("rl", &key);
       if window_ms == 0 {
         // A zero window ends at once: every hit opens (and closes) its own.
-        let key = self.link.key("rl", &key);
+        let now = now_ms();
         self.link.call(RATE_LIMIT_STORE, |mut c| async move { ::redis::cmd("DEL").arg(key).exec_async(&mut c).await }).await?;
         return Ok(RedisRateLimitHit { count: 1.0, reset_at: now as f64 });
       }
-      let key = self.link.key("rl", &key);
-      let (count, ttl): (i64, i64) = self
+      let (count, reset_at): (i64, i64) = self
         .link
         .call(RATE_LIMIT_STORE, |mut c| async move {
           RATE_LIMIT_SCRIPT.key(key).arg(window_ms).invoke_async(&mut c).await
@@ -430,7 +443,7 @@ impl NativeRedisConnection {
         .await?;
       Ok(RedisRateLimitHit {
         count: count as f64,
-        reset_at: (now + ttl) as f64,
+        reset_at: reset_at as f64,
       })
     })
     .await
