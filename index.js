@@ -4,6 +4,7 @@
 
 const memory = require('./lib/memory.js')
 const adapters = require('./lib/adapters.js')
+const redis = require('./lib/redis.js')
 
 module.exports = {
   memoryAdapter: adapters.memoryAdapter,
@@ -15,4 +16,8 @@ module.exports = {
   MemoryRateLimitStore: memory.MemoryRateLimitStore,
   MemoryCircuitBreakerStore: memory.MemoryCircuitBreakerStore,
   MemoryCacheStore: memory.MemoryCacheStore,
+  redisAdapter: redis.redisAdapter,
+  RedisRateLimitStore: redis.RedisRateLimitStore,
+  RedisCircuitBreakerStore: redis.RedisCircuitBreakerStore,
+  RedisCacheStore: redis.RedisCacheStore,
 }

@@ -11,5 +11,9 @@ export const {
   MemoryRateLimitStore,
   MemoryCircuitBreakerStore,
   MemoryCacheStore,
+  redisAdapter,
+  RedisRateLimitStore,
+  RedisCircuitBreakerStore,
+  RedisCacheStore,
 } = stomaNative
 export default stomaNative

@@ -838,3 +838,4 @@ module.exports = nativeBinding
 module.exports.NativeMemoryCacheStore = nativeBinding.NativeMemoryCacheStore
 module.exports.NativeMemoryCircuitBreakerStore = nativeBinding.NativeMemoryCircuitBreakerStore
 module.exports.NativeMemoryRateLimitStore = nativeBinding.NativeMemoryRateLimitStore
+module.exports.NativeRedisConnection = nativeBinding.NativeRedisConnection

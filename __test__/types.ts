@@ -6,15 +6,19 @@ import {
   MemoryCacheStore,
   MemoryCircuitBreakerStore,
   MemoryRateLimitStore,
+  RedisCacheStore,
+  RedisCircuitBreakerStore,
+  RedisRateLimitStore,
   TestAdapter,
   bunAdapter,
   createTestAdapter,
   denoAdapter,
   memoryAdapter,
   nodeAdapter,
+  redisAdapter,
 } from '../index.js'
 
-const adapters: GatewayAdapter[] = [memoryAdapter(), nodeAdapter(), bunAdapter(), denoAdapter(), new TestAdapter()]
+const adapters: GatewayAdapter[] = [memoryAdapter(), nodeAdapter(), bunAdapter(), denoAdapter(), new TestAdapter(), redisAdapter()]
 const rateLimit: RateLimitStore = new MemoryRateLimitStore({ maxKeys: 10 })
 const circuits: CircuitBreakerStore = new MemoryCircuitBreakerStore()
 const cache: CacheStore = new MemoryCacheStore({ maxBytes: 1024 })
@@ -24,4 +28,21 @@ const cache: CacheStore = new MemoryCacheStore({ maxBytes: 1024 })
 type PublicMembers<T> = { [K in keyof T]: T[K] }
 const testAdapter: PublicMembers<StomaTestAdapter> = createTestAdapter()
 
-export { adapters, rateLimit, circuits, cache, testAdapter }
+// Redis: every store is a Stoma store; the adapter's store slots follow `stores`.
+const redisStores: [RateLimitStore, CircuitBreakerStore, CacheStore] = [
+  new RedisRateLimitStore({ url: 'redis://127.0.0.1:6379', prefix: 'app:' }),
+  new RedisCircuitBreakerStore(),
+  new RedisCacheStore({ commandTimeoutMs: 500 }),
+]
+const redis = redisAdapter({ prefix: 'app:', waitUntil: () => {} })
+const redisCache: RedisCacheStore = redis.cacheStore
+const closing: Promise<void> = redis.close()
+const withoutCache = redisAdapter({ stores: { cache: false } })
+const limiter: RedisRateLimitStore = withoutCache.rateLimitStore
+// @ts-expect-error the cache store was turned off
+const noCache: RedisCacheStore = withoutCache.cacheStore
+declare const maybe: boolean
+// @ts-expect-error a flag only known as boolean leaves the store optional
+const maybeCache: RedisCacheStore = redisAdapter({ stores: { cache: maybe } }).cacheStore
+
+export { adapters, rateLimit, circuits, cache, testAdapter, redisStores, redisCache, closing, limiter, noCache, maybeCache }

@@ -9,6 +9,7 @@
 //! - [`errors`]   — how failures (including panics) become JS exceptions.
 //! - [`fastcall`] — raw N-API functions for the per-request calls.
 //! - [`memory`]   — in-process stores, called synchronously from JS.
+//! - [`redis`]    — stores in Redis, sharing data with Stoma's JS `redisAdapter`.
 //!
 //! The JavaScript layer (`lib/*.js`) wraps the classes exported here into the
 //! exact shapes Stoma's policies expect (Promise-returning stores, real
@@ -19,4 +20,5 @@ pub mod envelope;
 pub mod errors;
 pub mod fastcall;
 pub mod memory;
+pub mod redis;
 
