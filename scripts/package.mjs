@@ -8,15 +8,18 @@
 //   copied into npm/<platform>/ first; an addon already in npm/<platform>/
 //   (e.g. a CI artifact) is packed as it is.
 // - The main package is packed from a staging copy of exactly the files
-//   `npm pack` would take, whose package.json lists as optionalDependencies
-//   only the platform packages packed beside it. Listing the others too
-//   would make npm ask the registry about packages that are not published
-//   yet (or with no network, wait on it). `--all-optional` keeps the full
-//   list from package.json, for a release whose platform packages are all
-//   on the registry.
+//   `npm pack` would take, with the platform packages added to its
+//   package.json as optionalDependencies (as `napi prepublish` does): the
+//   repository's package.json lists none, since they are not on the registry
+//   and `npm ci` would fail on a lock file without them. By default it lists
+//   only the platform packages packed beside it: listing the others too makes
+//   npm ask the registry about unpublished packages (with no network it
+//   retries for minutes). `--all-optional` lists every npm/<platform>/
+//   package, for a release whose platform packages are all published.
 //
 // It checks what it packed: no .node in the main tarball, exactly one
-// stripped release .node in each platform tarball. Prints a JSON summary.
+// stripped release .node in each platform tarball, every platform package at
+// the main package's version. Prints a JSON summary.
 import { execFileSync, spawnSync } from 'node:child_process'
 import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -55,10 +58,13 @@ mkdirSync(pkgDir, { recursive: true })
 for (const f of readdirSync(pkgDir)) if (f.endsWith('.tgz') || f === '.stage') rmSync(join(pkgDir, f), { recursive: true, force: true })
 
 // Platform packages.
+const platforms = []
 const packed = []
 for (const platform of readdirSync(join(root, 'npm')).sort()) {
   const dir = join(root, 'npm', platform)
   const platformManifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'))
+  if (platformManifest.version !== manifest.version) fail(`${platformManifest.name} is at ${platformManifest.version}, ${manifest.name} at ${manifest.version}`)
+  platforms.push(platformManifest.name)
   const addon = `${binaryName}.${platform}.node`
   const built = join(root, addon)
   if (existsSync(built)) copyFileSync(built, join(dir, addon))
@@ -82,14 +88,8 @@ for (const { path } of dryRun.files) {
   mkdirSync(dirname(join(stage, path)), { recursive: true })
   cpSync(join(root, path), join(stage, path))
 }
-const staged = { ...manifest }
-if (!allOptional) {
-  const packedNames = new Set(packed.map((p) => p.name))
-  staged.optionalDependencies = Object.fromEntries(Object.entries(manifest.optionalDependencies ?? {}).filter(([name]) => packedNames.has(name)))
-}
-for (const p of packed) {
-  if (staged.optionalDependencies?.[p.name] !== p.version) fail(`${manifest.name} must list ${p.name}@${p.version} in optionalDependencies`)
-}
+const listed = allOptional ? platforms : packed.map((p) => p.name)
+const staged = { ...manifest, optionalDependencies: { ...manifest.optionalDependencies, ...Object.fromEntries(listed.map((name) => [name, manifest.version])) } }
 writeFileSync(join(stage, 'package.json'), `${JSON.stringify(staged, null, 2)}\n`)
 const main = npmPack(stage)
 rmSync(join(pkgDir, '.stage'), { recursive: true, force: true })
