@@ -250,3 +250,82 @@ export declare const POSTGRES_SCHEMA_SQL: string
 
 /** `POSTGRES_SCHEMA_SQL` for tables named with `tablePrefix`; throws on an unsafe prefix. */
 export declare function postgresSchemaSql(tablePrefix?: string): string
+
+export interface RedisConnectionOptions {
+  /** Default: `process.env.REDIS_URL`, then `"redis://127.0.0.1:6379"`. A malformed url throws a TypeError at once. */
+  url?: string
+  /** Prefix of every key (default `"stoma:"`), as in Stoma's redisAdapter. */
+  prefix?: string
+  /** Bound on one connection attempt, in ms (default 2000). */
+  connectTimeoutMs?: number
+  /** Bound on every call, waiting for a connection included, in ms (default 1000). */
+  commandTimeoutMs?: number
+}
+
+/** Fixed-window counters under `<prefix>rl:<key>`, shared with Stoma's RedisRateLimitStore. */
+export declare class RedisRateLimitStore implements RateLimitStore {
+  /** Opens a connection of its own; stores from `redisAdapter()` share the adapter's. */
+  constructor(options?: RedisConnectionOptions)
+  increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
+  /** Release the store (closing its own connection, if any); later calls reject. */
+  destroy(): void
+}
+
+/** Circuit state under `<prefix>cb:<key>`, updated atomically on the server. */
+export declare class RedisCircuitBreakerStore implements CircuitBreakerStore {
+  constructor(options?: RedisConnectionOptions)
+  getState(key: string): Promise<CircuitBreakerSnapshot>
+  recordSuccess(key: string): Promise<CircuitBreakerSnapshot>
+  recordFailure(key: string): Promise<CircuitBreakerSnapshot>
+  transition(key: string, to: CircuitState): Promise<CircuitBreakerSnapshot>
+  reset(key: string): Promise<void>
+  destroy(): void
+}
+
+/** Response envelopes under `<prefix>cache:<key>`, shared with Stoma's RedisCacheStore. A ttl of 0 stores nothing. */
+export declare class RedisCacheStore implements CacheStore {
+  constructor(options?: RedisConnectionOptions)
+  get(key: string): Promise<Response | null>
+  put(key: string, response: Response, ttlSeconds: number): Promise<void>
+  delete(key: string): Promise<boolean>
+  destroy(): void
+}
+
+/** Which stores `redisAdapter` builds (all by default; `false` leaves one out). */
+export interface RedisStoreFlags {
+  rateLimit?: boolean
+  circuitBreaker?: boolean
+  cache?: boolean
+}
+
+export interface RedisAdapterOptions<Stores extends RedisStoreFlags = RedisStoreFlags> extends RedisConnectionOptions {
+  stores?: Stores
+  waitUntil?: (promise: Promise<unknown>) => void
+}
+
+/** A store slot: absent when its flag is `false`, present when `true` or unset, optional when only known as `boolean`. */
+type RedisStoreSlot<Stores, Flag extends keyof RedisStoreFlags, Slot extends string, Store> =
+  [Stores extends { [K in Flag]: infer F } ? F : undefined] extends [infer F]
+    ? [F] extends [false]
+      ? {}
+      : [F] extends [true | undefined]
+        ? { [K in Slot]: Store }
+        : { [K in Slot]?: Store }
+    : never
+
+export type RedisGatewayAdapter<Stores extends RedisStoreFlags = {}> = GatewayAdapter &
+  RedisStoreSlot<Stores, 'rateLimit', 'rateLimitStore', RedisRateLimitStore> &
+  RedisStoreSlot<Stores, 'circuitBreaker', 'circuitBreakerStore', RedisCircuitBreakerStore> &
+  RedisStoreSlot<Stores, 'cache', 'cacheStore', RedisCacheStore> & {
+    /** Close the shared connection (idempotent); later calls on the stores reject. */
+    close(): Promise<void>
+  }
+
+/**
+ * Stores in Redis over one multiplexed connection, interchangeable with
+ * Stoma's redisAdapter on the same server and prefix. Returns at once and
+ * connects in the background.
+ */
+export declare function redisAdapter<const Stores extends RedisStoreFlags = {}>(
+  options?: RedisAdapterOptions<Stores>,
+): RedisGatewayAdapter<Stores>

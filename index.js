@@ -5,6 +5,7 @@
 const memory = require('./lib/memory.js')
 const adapters = require('./lib/adapters.js')
 const postgres = require('./lib/postgres.js')
+const redis = require('./lib/redis.js')
 
 module.exports = {
   memoryAdapter: adapters.memoryAdapter,
@@ -22,4 +23,8 @@ module.exports = {
   PostgresRateLimitStore: postgres.PostgresRateLimitStore,
   PostgresCircuitBreakerStore: postgres.PostgresCircuitBreakerStore,
   PostgresCacheStore: postgres.PostgresCacheStore,
+  redisAdapter: redis.redisAdapter,
+  RedisRateLimitStore: redis.RedisRateLimitStore,
+  RedisCircuitBreakerStore: redis.RedisCircuitBreakerStore,
+  RedisCacheStore: redis.RedisCacheStore,
 }

@@ -17,5 +17,9 @@ export const {
   PostgresRateLimitStore,
   PostgresCircuitBreakerStore,
   PostgresCacheStore,
+  redisAdapter,
+  RedisRateLimitStore,
+  RedisCircuitBreakerStore,
+  RedisCacheStore,
 } = stomaNative
 export default stomaNative

@@ -839,4 +839,5 @@ module.exports.NativeMemoryCacheStore = nativeBinding.NativeMemoryCacheStore
 module.exports.NativeMemoryCircuitBreakerStore = nativeBinding.NativeMemoryCircuitBreakerStore
 module.exports.NativeMemoryRateLimitStore = nativeBinding.NativeMemoryRateLimitStore
 module.exports.NativePostgres = nativeBinding.NativePostgres
+module.exports.NativeRedisConnection = nativeBinding.NativeRedisConnection
 module.exports.postgresSchemaSql = nativeBinding.postgresSchemaSql

@@ -10,6 +10,9 @@ import {
   PostgresCacheStore,
   PostgresCircuitBreakerStore,
   PostgresRateLimitStore,
+  RedisCacheStore,
+  RedisCircuitBreakerStore,
+  RedisRateLimitStore,
   TestAdapter,
   bunAdapter,
   createTestAdapter,
@@ -18,9 +21,10 @@ import {
   nodeAdapter,
   postgresAdapter,
   postgresSchemaSql,
+  redisAdapter,
 } from '../index.js'
 
-const adapters: GatewayAdapter[] = [memoryAdapter(), nodeAdapter(), bunAdapter(), denoAdapter(), new TestAdapter()]
+const adapters: GatewayAdapter[] = [memoryAdapter(), nodeAdapter(), bunAdapter(), denoAdapter(), new TestAdapter(), redisAdapter()]
 const rateLimit: RateLimitStore = new MemoryRateLimitStore({ maxKeys: 10 })
 const circuits: CircuitBreakerStore = new MemoryCircuitBreakerStore()
 const cache: CacheStore = new MemoryCacheStore({ maxBytes: 1024 })
@@ -38,11 +42,28 @@ const pgRateLimit: RateLimitStore = pg.rateLimitStore
 const pgCircuits: CircuitBreakerStore = new PostgresCircuitBreakerStore({ statementTimeoutMs: 500 })
 const pgCache: CacheStore = new PostgresCacheStore()
 const cleaned: Promise<number> = new PostgresRateLimitStore().cleanup()
-const noCache = postgresAdapter({ stores: { cache: false } })
-const absent: undefined = noCache.cacheStore
-const present: PostgresCircuitBreakerStore = noCache.circuitBreakerStore
+const pgNoCache = postgresAdapter({ stores: { cache: false } })
+const absent: undefined = pgNoCache.cacheStore
+const present: PostgresCircuitBreakerStore = pgNoCache.circuitBreakerStore
 const lifecycle: Promise<void>[] = [pg.ensureSchema(), pg.close()]
 const sql: string = POSTGRES_SCHEMA_SQL + postgresSchemaSql('y_')
 
-export { adapters, rateLimit, circuits, cache, testAdapter }
 export { pgAdapter, pgRateLimit, pgCircuits, pgCache, cleaned, absent, present, lifecycle, sql }
+// Redis: every store is a Stoma store; the adapter's store slots follow `stores`.
+const redisStores: [RateLimitStore, CircuitBreakerStore, CacheStore] = [
+  new RedisRateLimitStore({ url: 'redis://127.0.0.1:6379', prefix: 'app:' }),
+  new RedisCircuitBreakerStore(),
+  new RedisCacheStore({ commandTimeoutMs: 500 }),
+]
+const redis = redisAdapter({ prefix: 'app:', waitUntil: () => {} })
+const redisCache: RedisCacheStore = redis.cacheStore
+const closing: Promise<void> = redis.close()
+const withoutCache = redisAdapter({ stores: { cache: false } })
+const limiter: RedisRateLimitStore = withoutCache.rateLimitStore
+// @ts-expect-error the cache store was turned off
+const noCache: RedisCacheStore = withoutCache.cacheStore
+declare const maybe: boolean
+// @ts-expect-error a flag only known as boolean leaves the store optional
+const maybeCache: RedisCacheStore = redisAdapter({ stores: { cache: maybe } }).cacheStore
+
+export { adapters, rateLimit, circuits, cache, testAdapter, redisStores, redisCache, closing, limiter, noCache, maybeCache }

@@ -92,4 +92,4 @@ function createTestAdapter(options) {
   return new TestAdapter(options)
 }
 
-module.exports = { memoryAdapter, nodeAdapter, bunAdapter, denoAdapter, TestAdapter, createTestAdapter }
+module.exports = { memoryAdapter, nodeAdapter, bunAdapter, denoAdapter, TestAdapter, createTestAdapter, checkWaitUntil }

@@ -55,4 +55,16 @@ function optionalName(store, value) {
   return value
 }
 
-module.exports = { describe, checkKey, checkSeconds, positiveInteger, optionsObject, optionalName }
+const CIRCUIT_STATES = ['closed', 'open', 'half-open']
+
+/** A circuit state for `transition(key, to)`. */
+function checkCircuitState(store, to) {
+  if (typeof to !== 'string') {
+    throw new TypeError(`${store}: to must be a string ("closed", "open" or "half-open"), got ${typeof to}`)
+  }
+  if (!CIRCUIT_STATES.includes(to)) {
+    throw new RangeError(`${store}: to must be "closed", "open" or "half-open", got ${JSON.stringify(to)}`)
+  }
+}
+
+module.exports = { describe, checkKey, checkSeconds, positiveInteger, optionsObject, optionalName, checkCircuitState }

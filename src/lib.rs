@@ -10,6 +10,7 @@
 //! - [`fastcall`] — raw N-API functions for the per-request calls.
 //! - [`memory`]   — in-process stores, called synchronously from JS.
 //! - [`postgres`] — PostgreSQL stores on Stoma's tables, over tokio-postgres.
+//! - [`redis`]    — stores in Redis, sharing data with Stoma's JS `redisAdapter`.
 //!
 //! The JavaScript layer (`lib/*.js`) wraps the classes exported here into the
 //! exact shapes Stoma's policies expect (Promise-returning stores, real
@@ -21,4 +22,5 @@ pub mod errors;
 pub mod fastcall;
 pub mod memory;
 pub mod postgres;
+pub mod redis;
 

@@ -1,0 +1,489 @@
+// The Redis stores against a real Redis server (REDIS_URL, or the local
+// default): the shared store contract, data compatibility with Stoma's own
+// redisAdapter (over ioredis) in both directions, atomicity, garbage
+// tolerance, and behaviour when the server is down or comes back.
+// Every test works under its own key prefix and deletes it afterwards.
+import { spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import net from 'node:net'
+import { fileURLToPath } from 'node:url'
+import { redisAdapter as stomaRedisAdapter } from '@homegrower-club/stoma/adapters/redis'
+import Redis from 'ioredis'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { RedisCacheStore, RedisCircuitBreakerStore, RedisRateLimitStore, redisAdapter } from '../index.mjs'
+import { storeContract } from './store-contract.mjs'
+
+const url = process.env.REDIS_URL || 'redis://127.0.0.1:6379'
+const runPrefix = `stoma-native-test:${process.pid}:${Date.now()}:`
+const entry = fileURLToPath(new URL('../index.js', import.meta.url))
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+let prefixes = 0
+/** A fresh key prefix under this run's. */
+const newPrefix = () => `${runPrefix}${++prefixes}:`
+
+/** Deletes every key under `prefix`. */
+async function dropPrefix(client, prefix) {
+  let cursor = '0'
+  do {
+    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+    if (keys.length > 0) await client.del(...keys)
+    cursor = next
+  } while (cursor !== '0')
+}
+
+let client // ioredis, for Stoma's adapter and for inspecting raw data
+beforeAll(() => {
+  client = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: 1 })
+})
+afterAll(async () => {
+  await dropPrefix(client, runPrefix)
+  client.disconnect()
+})
+
+storeContract('redis', {
+  createStores: () => redisAdapter({ url, prefix: newPrefix() }),
+  close: (adapter) => adapter.close(),
+})
+
+describe('redis: same data as Stoma’s redisAdapter, both ways', () => {
+  let prefix, ours, stoma
+  beforeAll(() => {
+    prefix = newPrefix()
+    ours = redisAdapter({ url, prefix })
+    stoma = stomaRedisAdapter({ client, prefix })
+  })
+  afterAll(() => ours.close())
+
+  it('rate limit: one counter, whichever side counts', async () => {
+    const first = await stoma.rateLimitStore.increment('shared', 60)
+    expect((await ours.rateLimitStore.increment('shared', 60)).count).toBe(2)
+    const third = await stoma.rateLimitStore.increment('shared', 60)
+    expect(third.count).toBe(3)
+    expect(Math.abs(third.resetAt - first.resetAt)).toBeLessThanOrEqual(1000)
+
+    const mine = await ours.rateLimitStore.increment('ours-first', 60)
+    const theirs = await stoma.rateLimitStore.increment('ours-first', 60)
+    expect(theirs.count).toBe(2)
+    expect(Math.abs(theirs.resetAt - mine.resetAt)).toBeLessThanOrEqual(1000)
+    expect(await client.get(`${prefix}rl:ours-first`)).toBe('2')
+    expect(await client.ttl(`${prefix}rl:ours-first`)).toBeGreaterThan(55)
+  })
+
+  it('circuit breaker: the same JSON snapshot, read and written by both', async () => {
+    await stoma.circuitBreakerStore.recordFailure('cb')
+    await stoma.circuitBreakerStore.recordSuccess('cb')
+    const opened = await stoma.circuitBreakerStore.transition('cb', 'open')
+    expect(await ours.circuitBreakerStore.getState('cb')).toEqual(opened)
+
+    await ours.circuitBreakerStore.recordFailure('cb')
+    const halfOpen = await ours.circuitBreakerStore.transition('cb', 'half-open')
+    expect(halfOpen).toMatchObject({ state: 'half-open', failureCount: 2, successCount: 0 })
+    expect(await stoma.circuitBreakerStore.getState('cb')).toEqual(halfOpen)
+    // Byte for byte what Stoma would write, with Stoma's 24-hour expiry.
+    expect(await client.get(`${prefix}cb:cb`)).toBe(JSON.stringify(halfOpen))
+    expect(await client.ttl(`${prefix}cb:cb`)).toBeGreaterThan(86_390)
+
+    await stoma.circuitBreakerStore.reset('cb')
+    expect(await ours.circuitBreakerStore.getState('cb')).toMatchObject({ state: 'closed', failureCount: 0 })
+    await ours.circuitBreakerStore.recordFailure('cb')
+    await ours.circuitBreakerStore.reset('cb')
+    expect(await stoma.circuitBreakerStore.getState('cb')).toMatchObject({ state: 'closed', failureCount: 0 })
+  })
+
+  it('cache: binary bodies, status and headers survive either way, byte for byte', async () => {
+    const headers = [
+      ['content-type', 'application/octet-stream'],
+      ['set-cookie', 'a=1'],
+      ['set-cookie', 'b=2'],
+      ['x-latin1', 'caf\u00e9'],
+    ]
+    for (const size of [0, 1, 2, 3, 64 * 1024 + 1]) {
+      const body = randomBytes(size)
+      await stoma.cacheStore.put(`s${size}`, new Response(body, { status: 203, headers }), 60)
+      const hit = await ours.cacheStore.get(`s${size}`)
+      expect(hit.status).toBe(203)
+      expect([...hit.headers]).toEqual([...new Headers(headers)])
+      expect(Buffer.from(await hit.arrayBuffer()).equals(body)).toBe(true)
+
+      await ours.cacheStore.put(`o${size}`, new Response(body, { status: 203, headers }), 60)
+      const theirs = await stoma.cacheStore.get(`o${size}`)
+      expect(theirs.status).toBe(203)
+      expect([...theirs.headers]).toEqual([...new Headers(headers)])
+      expect(Buffer.from(await theirs.arrayBuffer()).equals(body)).toBe(true)
+    }
+    expect(await client.ttl(`${prefix}cache:o0`)).toBeGreaterThan(55)
+
+    await ours.cacheStore.put('no-body', new Response(null, { status: 304, headers: { etag: '"v1"' } }), 60)
+    const notModified = await stoma.cacheStore.get('no-body')
+    expect(notModified.status).toBe(304)
+    expect(notModified.headers.get('etag')).toBe('"v1"')
+
+    expect(await stoma.cacheStore.delete('o1')).toBe(true)
+    expect(await ours.cacheStore.get('o1')).toBeNull()
+    expect(await ours.cacheStore.delete('s1')).toBe(true)
+    expect(await stoma.cacheStore.get('s1')).toBeNull()
+  })
+})
+
+describe('redis: beyond the anchor', () => {
+  let prefix, ours
+  beforeAll(() => {
+    prefix = newPrefix()
+    ours = redisAdapter({ url, prefix })
+  })
+  afterAll(() => ours.close())
+
+  it('1,000 concurrent recordFailure on one key count 1,000 failures', async () => {
+    const snapshots = await Promise.all(
+      Array.from({ length: 1000 }, () => ours.circuitBreakerStore.recordFailure('hot')),
+    )
+    expect((await ours.circuitBreakerStore.getState('hot')).failureCount).toBe(1000)
+    expect(snapshots.map((s) => s.failureCount).sort((a, b) => a - b)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1))
+  })
+
+  it('reads garbage under a cache key as a miss', async () => {
+    const garbage = [
+      'not json',
+      '[]',
+      '{"status":200,"headers":[],"body":"%%%"}',
+      '{"status":"200","headers":[],"body":""}',
+      '{"status":200,"headers":[["bad name","v"]],"body":""}',
+      '{"status":200,"headers":"nope","body":""}',
+    ]
+    for (const [i, value] of garbage.entries()) {
+      await client.set(`${prefix}cache:g${i}`, value)
+      expect(await ours.cacheStore.get(`g${i}`)).toBeNull()
+    }
+    await client.hset(`${prefix}cache:hash`, 'field', 'value')
+    expect(await ours.cacheStore.get('hash')).toBeNull()
+    // …and a put replaces it.
+    await ours.cacheStore.put('hash', new Response('fresh'), 60)
+    expect(await (await ours.cacheStore.get('hash')).text()).toBe('fresh')
+  })
+
+  it('reads garbage under a circuit key as a fresh closed circuit, and writes over it', async () => {
+    const garbage = [
+      'not json',
+      'null',
+      '[1,2]',
+      '{"state":"ajar","failureCount":0,"successCount":0,"lastFailureTime":0,"lastStateChange":0}',
+      '{"state":"open","failureCount":"3","successCount":0,"lastFailureTime":0,"lastStateChange":0}',
+      '{"state":"open","failureCount":-1,"successCount":0,"lastFailureTime":0,"lastStateChange":0}',
+      '{"state":"open"}',
+    ]
+    for (const [i, value] of garbage.entries()) {
+      await client.set(`${prefix}cb:g${i}`, value)
+      expect(await ours.circuitBreakerStore.getState(`g${i}`)).toMatchObject({ state: 'closed', failureCount: 0, successCount: 0, lastFailureTime: 0 })
+      expect((await ours.circuitBreakerStore.recordFailure(`g${i}`)).failureCount).toBe(1)
+      expect(JSON.parse(await client.get(`${prefix}cb:g${i}`))).toMatchObject({ state: 'closed', failureCount: 1 })
+    }
+    await client.rpush(`${prefix}cb:list`, 'x')
+    expect(await ours.circuitBreakerStore.getState('list')).toMatchObject({ state: 'closed', failureCount: 0 })
+    expect((await ours.circuitBreakerStore.transition('list', 'open')).state).toBe('open')
+  })
+
+  it('starts a fresh window over garbage under a rate-limit key', async () => {
+    await client.set(`${prefix}rl:text`, 'abc')
+    await client.set(`${prefix}rl:no-expiry`, '41')
+    await client.hset(`${prefix}rl:hash`, 'field', 'value')
+    for (const key of ['text', 'no-expiry', 'hash']) {
+      expect((await ours.rateLimitStore.increment(key, 60)).count).toBe(1)
+      expect((await ours.rateLimitStore.increment(key, 60)).count).toBe(2)
+      expect(await client.pttl(`${prefix}rl:${key}`)).toBeGreaterThan(59_000)
+    }
+  })
+
+  it('keeps fractional windows in milliseconds and treats a zero window as always new', async () => {
+    const before = Date.now()
+    const { resetAt } = await ours.rateLimitStore.increment('half', 0.5)
+    expect(resetAt - before).toBeGreaterThanOrEqual(400)
+    expect(resetAt - before).toBeLessThanOrEqual(600)
+    await sleep(600)
+    expect((await ours.rateLimitStore.increment('half', 0.5)).count).toBe(1)
+    expect((await ours.rateLimitStore.increment('zero', 0)).count).toBe(1)
+    expect((await ours.rateLimitStore.increment('zero', 0)).count).toBe(1)
+  })
+
+  it('does not store a response with ttl 0, and removes the older one', async () => {
+    await ours.cacheStore.put('ttl0', new Response('old'), 60)
+    await ours.cacheStore.put('ttl0', new Response('now'), 0)
+    expect(await ours.cacheStore.get('ttl0')).toBeNull()
+    expect(await client.exists(`${prefix}cache:ttl0`)).toBe(0)
+  })
+
+})
+
+// Tests that count connections or flush the script cache use a private
+// redis-server, so that nothing else using the shared one can disturb them
+// (nor be disturbed).
+describe('redis: on a private server', () => {
+  let server, admin, adapter
+  beforeAll(async () => {
+    const port = await sparePort()
+    server = await startRedis(port)
+    admin = new Redis(port, '127.0.0.1')
+    adapter = redisAdapter({ url: `redis://127.0.0.1:${port}` })
+  })
+  afterAll(async () => {
+    await adapter.close()
+    admin.disconnect()
+    server.kill('SIGKILL')
+  })
+
+  it('pipelines concurrent calls of all three stores on one connection', async () => {
+    await Promise.all(
+      Array.from({ length: 300 }, (_, i) =>
+        [
+          adapter.rateLimitStore.increment(`p${i % 7}`, 60),
+          adapter.circuitBreakerStore.recordSuccess(`p${i % 5}`),
+          adapter.cacheStore.get(`p${i}`),
+        ][i % 3],
+      ),
+    )
+    const clients = (await admin.client('LIST')).trim().split('\n')
+    expect(clients).toHaveLength(2) // `admin` and the adapter's one connection
+  })
+
+  it('runs both scripts by EVALSHA and loads them again after SCRIPT FLUSH', async () => {
+    await admin.script('FLUSH')
+    expect((await adapter.rateLimitStore.increment('after-flush', 60)).count).toBe(1)
+    expect((await adapter.circuitBreakerStore.recordFailure('after-flush')).failureCount).toBe(1)
+    const stats = await admin.info('commandstats')
+    expect(stats).toMatch(/cmdstat_evalsha:calls=\d+/)
+    expect(stats).not.toMatch(/cmdstat_eval:/)
+  })
+})
+
+describe('redis: adapter options and lifecycle', () => {
+  it('builds all three stores by default, and only those asked for', async () => {
+    const prefix = newPrefix()
+    const all = redisAdapter({ url, prefix })
+    expect(all.rateLimitStore).toBeInstanceOf(RedisRateLimitStore)
+    expect(all.circuitBreakerStore).toBeInstanceOf(RedisCircuitBreakerStore)
+    expect(all.cacheStore).toBeInstanceOf(RedisCacheStore)
+    expect(all.waitUntil).toBeUndefined()
+    const waitUntil = () => {}
+    const some = redisAdapter({ url, prefix, stores: { cache: false, rateLimit: true }, waitUntil })
+    expect(some.cacheStore).toBeUndefined()
+    expect(some.rateLimitStore).toBeInstanceOf(RedisRateLimitStore)
+    expect(some.waitUntil).toBe(waitUntil)
+    await Promise.all([all.close(), some.close()])
+  })
+
+  it('uses the "stoma:" prefix by default, like Stoma', async () => {
+    const key = `${runPrefix}default-prefix`
+    const adapter = redisAdapter({ url })
+    try {
+      await adapter.rateLimitStore.increment(key, 5)
+      expect(await client.get(`stoma:rl:${key}`)).toBe('1')
+    } finally {
+      await client.del(`stoma:rl:${key}`)
+      await adapter.close()
+    }
+  })
+
+  it('throws at once on a malformed url, naming it (password hidden)', () => {
+    for (const bad of ['not a url', 'http://example.com', 'redis://127.0.0.1:99999']) {
+      expect(() => redisAdapter({ url: bad })).toThrow(TypeError)
+      expect(() => redisAdapter({ url: bad })).toThrow(`redisAdapter: invalid Redis url ${JSON.stringify(bad)}`)
+    }
+    expect(() => redisAdapter({ url: 'redis://user:hunter2@127.0.0.1:99999' })).toThrow(/user:\*\*\*@/)
+    expect(() => redisAdapter({ url: 'redis://user:hunter2@127.0.0.1:99999' })).not.toThrow(/hunter2/)
+    expect(() => new RedisCacheStore({ url: 'nope' })).toThrow(/RedisCacheStore: invalid Redis url "nope"/)
+  })
+
+  it('rejects bad options with TypeError or RangeError naming them', () => {
+    expect(() => redisAdapter({ url: 42 })).toThrow(/url must be a string/)
+    expect(() => redisAdapter({ prefix: 1 })).toThrow(TypeError)
+    expect(() => redisAdapter({ commandTimeoutMs: 0 })).toThrow(RangeError)
+    expect(() => redisAdapter({ connectTimeoutMs: '5' })).toThrow(/connectTimeoutMs/)
+    expect(() => redisAdapter({ stores: { cache: 'no' } })).toThrow(/stores.cache/)
+    expect(() => redisAdapter({ waitUntil: 1 })).toThrow(/waitUntil/)
+    expect(() => redisAdapter('redis://x')).toThrow(TypeError)
+  })
+
+  it('close() is idempotent and later calls reject with a clear error', async () => {
+    const adapter = redisAdapter({ url, prefix: newPrefix() })
+    await adapter.rateLimitStore.increment('k', 5)
+    await adapter.close()
+    await adapter.close()
+    await expect(adapter.rateLimitStore.increment('k', 5)).rejects.toThrow('RedisRateLimitStore: the Redis connection was closed')
+    await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow('RedisCircuitBreakerStore: the Redis connection was closed')
+    await expect(adapter.cacheStore.get('k')).rejects.toThrow('RedisCacheStore: the Redis connection was closed')
+  })
+
+  it('standalone stores open their own connection; destroy() releases it', async () => {
+    const prefix = newPrefix()
+    const store = new RedisRateLimitStore({ url, prefix })
+    expect((await store.increment('k', 5)).count).toBe(1)
+    store.destroy()
+    await expect(store.increment('k', 5)).rejects.toThrow('RedisRateLimitStore: the store was destroyed')
+    const cache = new RedisCacheStore({ url, prefix })
+    await cache.put('k', new Response('x'), 5)
+    expect(await (await cache.get('k')).text()).toBe('x')
+    cache.destroy()
+    await expect(cache.get('k')).rejects.toThrow('RedisCacheStore: the store was destroyed')
+  })
+})
+
+describe('redis: server down', () => {
+  const unhandled = []
+  const onUnhandled = (reason) => unhandled.push(reason)
+  beforeAll(() => process.on('unhandledRejection', onUnhandled))
+  afterAll(() => process.off('unhandledRejection', onUnhandled))
+  afterEach(() => expect(unhandled).toEqual([]))
+
+  /** Every operation of every store, each expected to reject naming its store. */
+  const operations = (adapter) => [
+    ['RedisRateLimitStore', () => adapter.rateLimitStore.increment('k', 60)],
+    ['RedisCircuitBreakerStore', () => adapter.circuitBreakerStore.getState('k')],
+    ['RedisCircuitBreakerStore', () => adapter.circuitBreakerStore.recordFailure('k')],
+    ['RedisCircuitBreakerStore', () => adapter.circuitBreakerStore.transition('k', 'open')],
+    ['RedisCircuitBreakerStore', () => adapter.circuitBreakerStore.reset('k')],
+    ['RedisCacheStore', () => adapter.cacheStore.get('k')],
+    ['RedisCacheStore', () => adapter.cacheStore.put('k', new Response('x'), 60)],
+    ['RedisCacheStore', () => adapter.cacheStore.delete('k')],
+  ]
+
+  async function expectEachRejects(adapter, commandTimeoutMs, cause) {
+    for (const [store, call] of operations(adapter)) {
+      const started = Date.now()
+      const error = await call().then(
+        () => null,
+        (e) => e,
+      )
+      expect(error).toBeInstanceOf(Error)
+      expect(error.message).toMatch(new RegExp(`^${store}: .*${cause.source}`, 'i'))
+      expect(Date.now() - started).toBeLessThanOrEqual(commandTimeoutMs + 500)
+    }
+  }
+
+  it('rejects every call within commandTimeoutMs when nothing listens, naming store and cause', async () => {
+    const adapter = redisAdapter({ url: 'redis://127.0.0.1:1', commandTimeoutMs: 300 })
+    await expectEachRejects(adapter, 300, /connection refused/)
+    // Concurrent calls too, and again after the reconnect pause.
+    await sleep(150)
+    const results = await Promise.allSettled(operations(adapter).map(([, call]) => call()))
+    expect(results.every((r) => r.status === 'rejected')).toBe(true)
+    await adapter.close()
+  })
+
+  it('rejects every call within commandTimeoutMs when the server accepts but never answers', async () => {
+    const sockets = new Set()
+    const silent = net.createServer((socket) => {
+      sockets.add(socket)
+      socket.on('error', () => {})
+    })
+    silent.listen(0, '127.0.0.1')
+    await once(silent, 'listening')
+    const adapter = redisAdapter({ url: `redis://127.0.0.1:${silent.address().port}`, commandTimeoutMs: 300, connectTimeoutMs: 500 })
+    try {
+      await expectEachRejects(adapter, 300, /(within 300 ms|no answer within 500 ms)/)
+    } finally {
+      await adapter.close()
+      for (const socket of sockets) socket.destroy()
+      silent.close()
+    }
+  })
+
+  it('recovers within a second once a killed server is back, with no action by the user', async () => {
+    const port = await sparePort()
+    let server = await startRedis(port)
+    const adapter = redisAdapter({ url: `redis://127.0.0.1:${port}`, commandTimeoutMs: 500 })
+    try {
+      expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
+      server.kill('SIGKILL')
+      await once(server, 'exit')
+      await expectEachRejects(adapter, 500, /(refused|reset|closed|broken pipe|terminated|within 500 ms)/)
+
+      server = await startRedis(port)
+      const ready = Date.now()
+      let recovered = null
+      while (recovered === null && Date.now() - ready < 5000) {
+        recovered = await adapter.circuitBreakerStore.recordFailure('after').then(
+          (snapshot) => snapshot,
+          () => null,
+        )
+        if (recovered === null) await sleep(20)
+      }
+      expect(recovered).toMatchObject({ failureCount: 1 })
+      expect(Date.now() - ready).toBeLessThanOrEqual(1000)
+      // The new server has an empty script cache: EVALSHA reloads it.
+      expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
+    } finally {
+      await adapter.close()
+      server.kill('SIGKILL')
+    }
+  })
+})
+
+describe('redis: process lifetime', () => {
+  /** Runs `source` in a fresh node process; resolves with its exit code, or 'hung'. */
+  async function runNode(source, limitMs = 10_000) {
+    const child = spawn(process.execPath, ['-e', source], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, STOMA_NATIVE: entry } })
+    let out = ''
+    child.stdout.on('data', (chunk) => (out += chunk))
+    const timer = setTimeout(() => child.kill('SIGKILL'), limitMs)
+    const [code, signal] = await once(child, 'exit')
+    clearTimeout(timer)
+    return { code: signal === 'SIGKILL' ? 'hung' : code, out }
+  }
+
+  it('a process holding an open adapter exits by itself when its work is done', async () => {
+    const prefix = newPrefix()
+    const { code, out } = await runNode(`
+      const { redisAdapter } = require(process.env.STOMA_NATIVE)
+      const adapter = redisAdapter({ url: ${JSON.stringify(url)}, prefix: ${JSON.stringify(prefix)} })
+      Promise.all([
+        adapter.rateLimitStore.increment('k', 60),
+        adapter.circuitBreakerStore.recordFailure('k'),
+        adapter.cacheStore.put('k', new Response('x'), 60).then(() => adapter.cacheStore.get('k')).then((r) => r.text()),
+      ]).then(([hit, snapshot, text]) => console.log(hit.count, snapshot.failureCount, text))
+    `)
+    expect({ code, out: out.trim() }).toEqual({ code: 0, out: '1 1 x' })
+  })
+
+  it('…also when the server is down, and when nothing was ever called', async () => {
+    const down = await runNode(`
+      const { redisAdapter } = require(process.env.STOMA_NATIVE)
+      redisAdapter({ url: 'redis://127.0.0.1:1' }).rateLimitStore.increment('k', 60).catch((e) => console.log(e.message))
+    `)
+    expect(down.code).toBe(0)
+    expect(down.out).toMatch(/^RedisRateLimitStore: .*refused/i)
+    const idle = await runNode(`require(process.env.STOMA_NATIVE).redisAdapter({ url: ${JSON.stringify(url)} })`)
+    expect(idle.code).toBe(0)
+  })
+})
+
+/** A TCP port nothing listens on right now. */
+async function sparePort() {
+  const probe = net.createServer().listen(0, '127.0.0.1')
+  await once(probe, 'listening')
+  const { port } = probe.address()
+  await new Promise((resolve) => probe.close(resolve))
+  return port
+}
+
+/** Starts a private, persistence-free redis-server on `port` and waits until it answers. */
+async function startRedis(port) {
+  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+  const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  probe.on('error', () => {})
+  try {
+    for (let i = 0; i < 200; i++) {
+      try {
+        await probe.connect()
+        await probe.ping()
+        return server
+      } catch {
+        probe.disconnect()
+        await sleep(25)
+      }
+    }
+    throw new Error(`redis-server on port ${port} did not start`)
+  } finally {
+    probe.disconnect()
+  }
+}

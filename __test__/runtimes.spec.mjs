@@ -1,0 +1,205 @@
+// The packed package, installed the way a user installs it and run in Node
+// (ESM and CommonJS), Bun and Deno.
+//
+// beforeAll packs pkg/ (scripts/package.mjs, the work of `npm run package`
+// minus the build, which `npm test` has just done), installs
+// pkg/stoma-native-<v>.tgz and pkg/stoma-native-linux-x64-gnu-<v>.tgz into an
+// empty project under os.tmpdir() with no cargo/rustc on PATH, an
+// unreachable registry and a private npm cache, and copies in
+// __test__/runtimes/ (the smoke script, the contract runner, the Deno vitest
+// shim, the type check) and store-contract.mjs. Each runtime then runs there
+// under a bounded timeout. Everything is removed afterwards, Redis keys too.
+import { execFile, spawnSync } from 'node:child_process'
+import { accessSync, constants, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { delimiter, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import Redis from 'ioredis'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const bin = (name) => join(root, 'node_modules', '.bin', name)
+const redisUrl = process.env.REDIS_URL || 'redis://127.0.0.1:6379'
+const keyPrefix = `stoma-native-runtimes:${process.pid}:${Date.now()}:`
+const denoPermissions = ['--allow-read', '--allow-env', '--allow-ffi', '--allow-net', '--allow-sys']
+const smokeChecks = [
+  'import and require give the same objects',
+  'addon from the platform package',
+  '<runtime>Adapter stores',
+  'memory stores: named state, binary bodies, bad input',
+  'redis increment',
+  'TestAdapter waitAll',
+]
+
+/** Runs a command to completion; rejects with its output on failure or after `timeout` ms (then SIGKILLed). */
+function run(command, args, { cwd, env, timeout = 60_000 }) {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { cwd, env, timeout, killSignal: 'SIGKILL', maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
+      if (error) {
+        error.message = `${command} ${args.join(' ')} failed (${error.killed ? `killed after ${timeout} ms` : `exit ${error.code}`}):\n${stdout}\n${stderr}`
+        reject(error)
+      } else resolve({ stdout, stderr })
+    })
+  })
+}
+
+/** PATH without any directory that holds cargo or rustc. */
+function pathWithoutRust() {
+  const hasRust = (dir) =>
+    ['cargo', 'rustc'].some((tool) => {
+      try {
+        accessSync(join(dir, tool), constants.X_OK)
+        return true
+      } catch {
+        return false
+      }
+    })
+  return process.env.PATH.split(delimiter).filter((dir) => dir && !hasRust(dir)).join(delimiter)
+}
+
+let project
+let env
+let packed
+
+beforeAll(async () => {
+  const { stdout } = await run(process.execPath, [join(root, 'scripts', 'package.mjs')], { cwd: root, env: process.env, timeout: 120_000 })
+  packed = JSON.parse(stdout)
+
+  project = mkdtempSync(join(tmpdir(), 'stoma-native-runtimes-'))
+  // Nothing from an enclosing `npm test` (npm_config_local_prefix, …) leaks into the install.
+  const outer = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^npm_/i.test(key)))
+  env = {
+    ...outer,
+    PATH: pathWithoutRust(),
+    REDIS_URL: redisUrl,
+    STOMA_SMOKE_PREFIX: keyPrefix,
+    NO_COLOR: '1',
+    // caches inside the project, removed with it
+    npm_config_cache: join(project, '.npm-cache'),
+    DENO_DIR: join(project, '.deno'),
+    DENO_NO_UPDATE_CHECK: '1',
+    BUN_RUNTIME_TRANSPILER_CACHE_PATH: '0',
+    BUN_INSTALL_CACHE_DIR: join(project, '.bun'),
+  }
+  writeFileSync(join(project, 'package.json'), `${JSON.stringify({ name: 'stoma-native-smoke', private: true }, null, 2)}\n`)
+  await run(
+    'npm',
+    [
+      'install',
+      '--registry=http://127.0.0.1:9/', // nothing listens there: any registry request fails at once
+      '--fetch-retries=0',
+      '--no-audit',
+      '--no-fund',
+      '--no-update-notifier',
+      join(root, packed.main.tarball),
+      ...packed.platforms.map((p) => join(root, p.tarball)),
+    ],
+    { cwd: project, env, timeout: 120_000 },
+  )
+  for (const file of readdirSync(join(root, '__test__', 'runtimes'))) cpSync(join(root, '__test__', 'runtimes', file), join(project, file))
+  cpSync(join(root, '__test__', 'store-contract.mjs'), join(project, 'store-contract.mjs'))
+  writeFileSync(join(project, 'deno.json'), `${JSON.stringify({ nodeModulesDir: 'manual', imports: { vitest: './vitest-deno-shim.mjs' } }, null, 2)}\n`)
+}, 300_000)
+
+afterAll(async () => {
+  if (project) rmSync(project, { recursive: true, force: true })
+  const client = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
+  try {
+    let cursor = '0'
+    do {
+      const [next, keys] = await client.scan(cursor, 'MATCH', `${keyPrefix}*`, 'COUNT', 1000)
+      if (keys.length > 0) await client.del(...keys)
+      cursor = next
+    } while (cursor !== '0')
+  } finally {
+    client.disconnect()
+  }
+})
+
+/** The SMOKE line a run printed, parsed. */
+function smokeResult(stdout) {
+  const line = stdout.split('\n').find((l) => l.startsWith('SMOKE '))
+  expect(line, stdout).toBeDefined()
+  return JSON.parse(line.slice('SMOKE '.length))
+}
+
+function expectSmoke(result, runtime, how) {
+  expect(result).toMatchObject({ runtime, how })
+  expect(result.checks).toEqual(smokeChecks.map((c) => c.replace('<runtime>', runtime)))
+  expect(result.addon).toBe(join(project, 'node_modules', 'stoma-native-linux-x64-gnu', 'stoma-native.linux-x64-gnu.node'))
+}
+
+describe('packed tarballs', () => {
+  it('main tarball: no addon; platform tarball: exactly one stripped release addon', () => {
+    expect(packed.main.tarball).toBe(`pkg/stoma-native-${packed.main.version}.tgz`)
+    expect(packed.platforms.map((p) => p.name)).toContain('stoma-native-linux-x64-gnu')
+    expect(Object.keys(packed.main.optionalDependencies)).toEqual(packed.platforms.map((p) => p.name))
+    const listing = (tarball) => spawnSync('tar', ['tzf', join(root, tarball)], { encoding: 'utf8' }).stdout.trim().split('\n')
+    expect(listing(packed.main.tarball).filter((f) => f.endsWith('.node'))).toEqual([])
+    for (const p of packed.platforms) {
+      expect(listing(p.tarball).sort()).toEqual(['package/README.md', 'package/package.json', `package/${p.node}`].sort())
+    }
+    const installed = join(project, 'node_modules', 'stoma-native-linux-x64-gnu', 'stoma-native.linux-x64-gnu.node')
+    expect(spawnSync('file', ['-b', installed], { encoding: 'utf8' }).stdout).toMatch(/ELF 64-bit.*x86-64.*, stripped/)
+  })
+
+  it('install into an empty project, with no Rust toolchain and no registry, compiles nothing', () => {
+    for (const tool of ['cargo', 'rustc']) expect(spawnSync(tool, ['--version'], { env }).error?.code).toBe('ENOENT')
+    const modules = join(project, 'node_modules')
+    expect(readdirSync(modules).filter((d) => !d.startsWith('.')).sort()).toEqual(['stoma-native', 'stoma-native-linux-x64-gnu'])
+    expect(readdirSync(join(modules, 'stoma-native')).filter((f) => f.endsWith('.node'))).toEqual([])
+    const manifest = JSON.parse(readFileSync(join(modules, 'stoma-native', 'package.json'), 'utf8'))
+    for (const hook of ['preinstall', 'install', 'postinstall', 'prepare']) expect(manifest.scripts?.[hook]).toBeUndefined()
+    expect(readdirSync(join(modules, 'stoma-native-linux-x64-gnu')).filter((f) => f.endsWith('.node'))).toEqual(['stoma-native.linux-x64-gnu.node'])
+  })
+
+  it('TypeScript resolves the declarations through exports (import and require)', async () => {
+    writeFileSync(
+      join(project, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: { target: 'ES2022', module: 'nodenext', moduleResolution: 'nodenext', strict: true, noEmit: true, types: [], lib: ['ES2022', 'DOM'] },
+        files: ['types-check.mts', 'types-check.cts'],
+      }),
+    )
+    await run(bin('tsc'), ['-p', 'tsconfig.json'], { cwd: project, env })
+  })
+})
+
+describe('smoke script in every runtime', () => {
+  it('node, ESM (import)', async () => {
+    expectSmoke(smokeResult((await run(process.execPath, ['smoke.mjs', '--esm'], { cwd: project, env })).stdout), 'node', 'import')
+  })
+
+  it('node, CommonJS (require)', async () => {
+    expectSmoke(smokeResult((await run(process.execPath, ['smoke.cjs'], { cwd: project, env })).stdout), 'node', 'require')
+  })
+
+  it('bun, ESM and CommonJS', async () => {
+    expectSmoke(smokeResult((await run(bin('bun'), ['smoke.mjs', '--esm'], { cwd: project, env })).stdout), 'bun', 'import')
+    expectSmoke(smokeResult((await run(bin('bun'), ['smoke.cjs'], { cwd: project, env })).stdout), 'bun', 'require')
+  })
+
+  it('deno, ESM and CommonJS', async () => {
+    expectSmoke(smokeResult((await run(bin('deno'), ['run', ...denoPermissions, 'smoke.mjs', '--esm'], { cwd: project, env })).stdout), 'deno', 'import')
+    expectSmoke(smokeResult((await run(bin('deno'), ['run', ...denoPermissions, 'smoke.cjs'], { cwd: project, env })).stdout), 'deno', 'require')
+  })
+})
+
+describe('store contract in other runtimes', () => {
+  const suites = (runtime) => ['memory', 'TestAdapter', 'redis'].map((b) => `${runtime} ${b}: store contract`)
+
+  it('bun test (vitest imports mapped to bun:test)', async () => {
+    const { stdout, stderr } = await run(bin('bun'), ['test', './contract.test.mjs'], { cwd: project, env, timeout: 120_000 })
+    const output = stdout + stderr
+    expect(output).toMatch(/\b42 pass\b/)
+    expect(output).toMatch(/\b0 fail\b/)
+    for (const suite of suites('bun')) expect(output).toContain(suite)
+  }, 150_000)
+
+  it('deno test (vitest imports mapped to a describe/it/expect shim on Deno.test)', async () => {
+    const { stdout, stderr } = await run(bin('deno'), ['test', '--no-check', ...denoPermissions, 'contract.test.mjs'], { cwd: project, env, timeout: 120_000 })
+    const output = stdout + stderr
+    expect(output).toMatch(/ok \| 3 passed \(51 steps\) \| 0 failed/)
+    for (const suite of suites('deno')) expect(output).toContain(`${suite} ... ok`)
+  }, 150_000)
+})

@@ -1,0 +1,240 @@
+'use strict'
+// The Redis stores: thin JS shells over one native connection
+// (`src/redis.rs`), which keeps the same keys and values as Stoma's JS
+// redisAdapter. Every operation returns a Promise; bad arguments reject with
+// TypeError/RangeError before anything is sent, and Redis failures reject
+// with an Error naming the store and the cause, within commandTimeoutMs.
+
+const native = require('../native.js')
+const { checkKey, checkSeconds, checkCircuitState, positiveInteger, optionsObject, describe } = require('./validate.js')
+const { checkResponse, responseParts, buildResponse } = require('./response.js')
+const { checkWaitUntil } = require('./adapters.js')
+
+const DEFAULT_URL = 'redis://127.0.0.1:6379'
+const DEFAULT_PREFIX = 'stoma:'
+const DEFAULT_CONNECT_TIMEOUT_MS = 2000
+const DEFAULT_COMMAND_TIMEOUT_MS = 1000
+
+// redisAdapter hands its one connection to its stores under this key, so
+// they share it (and its pipelining) instead of each opening their own.
+const SHARED_CONNECTION = Symbol('stoma-native shared Redis connection')
+
+/** The url with any password hidden, for error messages. */
+function redactUrl(url) {
+  return url.replace(/^([^:/]+:\/\/[^/@:]*:)[^/@]*@/, '$1***@')
+}
+
+/**
+ * Opens a native connection from `{ url, prefix, connectTimeoutMs,
+ * commandTimeoutMs }`. A malformed url throws a TypeError at once; the
+ * connection itself is made in the background.
+ */
+function openConnection(who, opts) {
+  const url = opts.url ?? (process.env.REDIS_URL || DEFAULT_URL)
+  if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
+  const prefix = opts.prefix ?? DEFAULT_PREFIX
+  if (typeof prefix !== 'string') throw new TypeError(`${who}: prefix must be a string, got ${describe(prefix)}`)
+  const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
+  const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
+  try {
+    return new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs)
+  } catch (error) {
+    if (error?.code !== 'InvalidArg') throw error
+    throw new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(url))}: ${error.message}`)
+  }
+}
+
+/** A store's connection: its adapter's, or one of its own from `options`. */
+function storeConnection(store, options) {
+  const opts = optionsObject(store, options)
+  const shared = opts[SHARED_CONNECTION]
+  return shared === undefined ? { redis: openConnection(store, opts), owned: true } : { redis: shared, owned: false }
+}
+
+/**
+ * What a store holds after destroy(): every operation throws (and so
+ * rejects). A store that opened its own connection closes it.
+ */
+function destroyConnection(store, { redis, owned }) {
+  if (owned) redis.close()
+  const destroyed = () => {
+    throw new Error(`${store}: the store was destroyed`)
+  }
+  return { redis: new Proxy({}, { get: () => destroyed }), owned: false }
+}
+
+/**
+ * Fixed-window rate-limit counters in Redis under `<prefix>rl:<key>`, the
+ * same integer counters Stoma's RedisRateLimitStore keeps. Each increment is
+ * one atomic script run by EVALSHA; windows are kept in milliseconds, so
+ * fractional windows work, and anything else found under a key starts a
+ * fresh window instead of failing.
+ */
+class RedisRateLimitStore {
+  #connection
+
+  constructor(options) {
+    this.#connection = storeConnection('RedisRateLimitStore', options)
+  }
+
+  increment(key, windowSeconds) {
+    try {
+      checkKey('RedisRateLimitStore', key)
+      checkSeconds('RedisRateLimitStore', windowSeconds, 'windowSeconds')
+      return this.#connection.redis.increment(key, windowSeconds * 1000)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** Release this store (closing its connection if it opened one); later calls reject. */
+  destroy() {
+    this.#connection = destroyConnection('RedisRateLimitStore', this.#connection)
+  }
+}
+
+/**
+ * Circuit-breaker state in Redis under `<prefix>cb:<key>`: Stoma's JSON
+ * snapshot with a 24-hour expiry. Every operation is one script run on the
+ * server (read, change and write back atomically), so concurrent updates are
+ * never lost; a missing or unreadable value is a fresh closed circuit.
+ */
+class RedisCircuitBreakerStore {
+  #connection
+
+  constructor(options) {
+    this.#connection = storeConnection('RedisCircuitBreakerStore', options)
+  }
+
+  #run(operation, key, to) {
+    try {
+      checkKey('RedisCircuitBreakerStore', key)
+      if (operation === 'transition') checkCircuitState('RedisCircuitBreakerStore', to)
+      return this.#connection.redis[operation](key, to)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  getState(key) {
+    return this.#run('getState', key)
+  }
+
+  recordSuccess(key) {
+    return this.#run('recordSuccess', key)
+  }
+
+  recordFailure(key) {
+    return this.#run('recordFailure', key)
+  }
+
+  transition(key, to) {
+    return this.#run('transition', key, to)
+  }
+
+  reset(key) {
+    return this.#run('resetCircuit', key)
+  }
+
+  /** Release this store (closing its connection if it opened one); later calls reject. */
+  destroy() {
+    this.#connection = destroyConnection('RedisCircuitBreakerStore', this.#connection)
+  }
+}
+
+/**
+ * Cached responses in Redis under `<prefix>cache:<key>`: the JSON envelope
+ * (status, headers in order, base64 body) Stoma's RedisCacheStore writes,
+ * expiring after the ttl. The envelope is encoded and decoded natively and
+ * the body crosses as one buffer; an unreadable entry is a miss. A ttl of 0
+ * stores nothing (and removes any older entry).
+ */
+class RedisCacheStore {
+  #connection
+
+  constructor(options) {
+    this.#connection = storeConnection('RedisCacheStore', options)
+  }
+
+  get(key) {
+    try {
+      checkKey('RedisCacheStore', key)
+      return this.#connection.redis.cacheGet(key).then(toResponse)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  async put(key, response, ttlSeconds) {
+    checkKey('RedisCacheStore', key)
+    checkResponse('RedisCacheStore', response)
+    checkSeconds('RedisCacheStore', ttlSeconds, 'ttlSeconds')
+    const { status, headers, body } = await responseParts(response)
+    await this.#connection.redis.cachePut(key, status, headers, body, ttlSeconds * 1000)
+  }
+
+  delete(key) {
+    try {
+      checkKey('RedisCacheStore', key)
+      return this.#connection.redis.cacheDelete(key)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** Release this store (closing its connection if it opened one); later calls reject. */
+  destroy() {
+    this.#connection = destroyConnection('RedisCacheStore', this.#connection)
+  }
+}
+
+function toResponse(hit) {
+  return hit == null ? null : buildResponse(hit.status, hit.headers, hit.body)
+}
+
+function checkStoreFlags(flags) {
+  const stores = optionsObject('redisAdapter', flags, 'stores')
+  for (const name of ['rateLimit', 'circuitBreaker', 'cache']) {
+    if (stores[name] !== undefined && typeof stores[name] !== 'boolean') {
+      throw new TypeError(`redisAdapter: stores.${name} must be a boolean, got ${describe(stores[name])}`)
+    }
+  }
+  return stores
+}
+
+/**
+ * A GatewayAdapter whose stores live in Redis and share one connection,
+ * interchangeable with Stoma's `redisAdapter` on the same server and prefix.
+ * Returns at once and connects in the background; `close()` closes the
+ * connection (idempotent), after which every call rejects.
+ */
+function redisAdapter(options) {
+  const opts = optionsObject('redisAdapter', options)
+  const stores = checkStoreFlags(opts.stores)
+  const waitUntil = checkWaitUntil('redisAdapter', opts.waitUntil)
+  const redis = openConnection('redisAdapter', opts)
+  const shared = { [SHARED_CONNECTION]: redis }
+  const adapter = {}
+  if (stores.rateLimit !== false) adapter.rateLimitStore = new RedisRateLimitStore(shared)
+  if (stores.circuitBreaker !== false) adapter.circuitBreakerStore = new RedisCircuitBreakerStore(shared)
+  if (stores.cache !== false) adapter.cacheStore = new RedisCacheStore(shared)
+  if (waitUntil) adapter.waitUntil = waitUntil
+  adapter.close = () => {
+    redis.close()
+    return Promise.resolve()
+  }
+  return adapter
+}
+
+module.exports = {
+  RedisRateLimitStore,
+  RedisCircuitBreakerStore,
+  RedisCacheStore,
+  redisAdapter,
+  DEFAULTS: {
+    url: DEFAULT_URL,
+    prefix: DEFAULT_PREFIX,
+    connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
+    commandTimeoutMs: DEFAULT_COMMAND_TIMEOUT_MS,
+  },
+}
