@@ -16,7 +16,7 @@ use napi::{Env, Result};
 use napi_derive::napi;
 
 use super::{bound, Held, Registry};
-use crate::clock::now_ms;
+use crate::clock::Now;
 use crate::errors::{guard, lock};
 use crate::fastcall::{bound_call, Answer, CallError};
 
@@ -101,23 +101,25 @@ impl CircuitTable {
     }
   }
 
-  pub fn get(&self, key: &str, now: i64) -> Snapshot {
+  /// The key's circuit, marking it recently used (an open circuit is read on
+  /// every request, so it must not be the first forgotten).
+  pub fn get(&self, key: &str, now: &Now) -> Snapshot {
     lock(&self.circuits)
       .get(key)
       .copied()
-      .unwrap_or_else(|| Snapshot::fresh(now))
+      .unwrap_or_else(|| Snapshot::fresh(now.ms()))
   }
 
   /// Applies `change` to the key's circuit (creating it if needed) and
   /// returns the result, all under one lock so concurrent updates from
   /// several worker threads are never lost.
-  pub fn update(&self, key: &str, now: i64, change: impl FnOnce(&mut Snapshot)) -> Snapshot {
+  pub fn update(&self, key: &str, now: &Now, change: impl FnOnce(&mut Snapshot)) -> Snapshot {
     let mut circuits = lock(&self.circuits);
     if let Some(snapshot) = circuits.get_mut(key) {
       change(snapshot);
       return *snapshot;
     }
-    let mut snapshot = Snapshot::fresh(now);
+    let mut snapshot = Snapshot::fresh(now.ms());
     change(&mut snapshot);
     while circuits.len() >= self.max_keys {
       circuits.pop_lru();
@@ -166,19 +168,20 @@ impl NativeMemoryCircuitBreakerStore {
   pub fn bind_operations(&self, env: &Env) -> Result<Object<'static>> {
     bound_call(env, c"circuit", self.table.get()?.clone(), 5, |bound, args| {
       let op = args.number(0, "op")?;
-      let now = now_ms();
+      // Read lazily: reading or counting on a known circuit needs no clock.
+      let now = &Now::read();
       let table = &bound.state;
       let snapshot = args.with_str(1, "key", |key| match op as u32 {
         0 => Ok(table.get(key, now)),
         1 => Ok(table.update(key, now, |s| s.success_count += 1)),
         2 => Ok(table.update(key, now, |s| {
           s.failure_count += 1;
-          s.last_failure_time = now;
+          s.last_failure_time = now.ms();
         })),
         3 => {
           let to = args.number(2, "to")? as u32;
           let to = CircuitState::from_code(to).ok_or_else(|| CallError::Type(format!("unknown circuit state code {to}")))?;
-          Ok(table.update(key, now, |s| s.transition(to, now)))
+          Ok(table.update(key, now, |s| s.transition(to, now.ms())))
         }
         other => Err(CallError::Type(format!("unknown circuit operation {other}"))),
       })??;
@@ -223,24 +226,24 @@ mod tests {
   #[test]
   fn transitions_reset_counters_like_stoma() {
     let t = CircuitTable::new(10);
-    t.update("k", 1, |s| s.failure_count += 1);
-    t.update("k", 2, |s| s.success_count += 1);
-    let s = t.update("k", 3, |s| s.transition(CircuitState::HalfOpen, 3));
+    t.update("k", &Now::at(1), |s| s.failure_count += 1);
+    t.update("k", &Now::at(2), |s| s.success_count += 1);
+    let s = t.update("k", &Now::at(3), |s| s.transition(CircuitState::HalfOpen, 3));
     assert_eq!((s.failure_count, s.success_count, s.last_state_change), (1, 0, 3));
-    let s = t.update("k", 4, |s| s.transition(CircuitState::Closed, 4));
+    let s = t.update("k", &Now::at(4), |s| s.transition(CircuitState::Closed, 4));
     assert_eq!((s.failure_count, s.success_count), (0, 0));
   }
 
   #[test]
   fn holds_at_most_max_keys_and_reads_store_nothing() {
     let t = CircuitTable::new(2);
-    t.get("unknown", 0);
+    t.get("unknown", &Now::at(0));
     assert_eq!(t.len(), 0);
     for key in ["a", "b", "c"] {
-      t.update(key, 0, |s| s.failure_count += 1);
+      t.update(key, &Now::at(0), |s| s.failure_count += 1);
     }
     assert_eq!(t.len(), 2);
-    assert_eq!(t.get("a", 9).failure_count, 0, "least recently used is forgotten");
-    assert_eq!(t.get("c", 9).failure_count, 1);
+    assert_eq!(t.get("a", &Now::at(9)).failure_count, 0, "least recently used is forgotten");
+    assert_eq!(t.get("c", &Now::at(9)).failure_count, 1);
   }
 }
