@@ -111,42 +111,54 @@ export declare class NativePostgres {
 /**
  * One Redis connection and the operations of the three stores over it
  * (see `lib/redis.js`, which shares one between an adapter's stores).
+ *
+ * Each operation takes a call id chosen by the JS layer and returns at
+ * once; its answer arrives later through the `settle` function given to the
+ * constructor (see [`Replies`] and [`Batch`]).
  */
 export declare class NativeRedisConnection {
   /**
    * Parses `url` (throwing an `InvalidArg` error at once if it is
    * malformed) and starts connecting in the background.
    */
-  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number)
-  /** Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`. */
-  increment(key: string, windowMs: number): Promise<RedisRateLimitHit>
-  getState(key: string): Promise<RedisCircuitSnapshot>
-  recordSuccess(key: string): Promise<RedisCircuitSnapshot>
-  recordFailure(key: string): Promise<RedisCircuitSnapshot>
+  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, settle: (batch: unknown[]) => void)
+  /** Sends the calls queued since the last flush (see [`Link::flush`]). */
+  flush(): void
+  /**
+   * Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
+   * answers `{ count, resetAt }`.
+   */
+  increment(id: number, key: string, windowMs: number): void
+  /** Answers the snapshot of circuit `<prefix>cb:<key>`. */
+  getState(id: number, key: string): void
+  recordSuccess(id: number, key: string): void
+  recordFailure(id: number, key: string): void
   /**
    * `to` is "closed", "open" or "half-open" (checked by the JS layer and
    * again by the script).
    */
-  transition(key: string, to: string): Promise<RedisCircuitSnapshot>
+  transition(id: number, key: string, to: string): void
   /** Forgets the circuit `<prefix>cb:<key>`. */
-  resetCircuit(key: string): Promise<void>
+  resetCircuit(id: number, key: string): void
   /**
-   * The response under `<prefix>cache:<key>`, or `null` when there is none
-   * or what is there is not a well-formed envelope.
+   * Answers the response under `<prefix>cache:<key>`, or `null` when
+   * there is none or what is there is not a well-formed envelope.
    */
-  cacheGet(key: string): Promise<RedisCachedResponse | null>
+  cacheGet(id: number, key: string): void
   /**
    * Stores a response for `ttlMs` (rounded up to whole ms). A ttl of 0
    * stores nothing — Redis rejects an expiry of 0 — and removes any older
    * entry, since a response that expires at once replaces it.
    *
-   * `body` is a private copy made by the JS layer (`arrayBuffer()`), so
-   * reading it here, off the JS thread, races with nothing.
+   * A small envelope is encoded right here; a larger one on napi-rs's
+   * runtime, off the JS thread, and queued from there. `body` is a private
+   * copy made by the JS layer (`arrayBuffer()`), so reading it off the JS
+   * thread races with nothing.
    */
-  cachePut(key: string, status: number, headers: string, body: Uint8Array, ttlMs: number): Promise<void>
+  cachePut(id: number, key: string, status: number, headers: string, body: Uint8Array, ttlMs: number): void
   /** Removes `<prefix>cache:<key>`; answers whether something was there. */
-  cacheDelete(key: string): Promise<boolean>
-  /** Closes the connection; later calls reject. Calls in flight finish. */
+  cacheDelete(id: number, key: string): void
+  /** Closes the connection; later calls fail. Calls in flight finish. */
   close(): void
   get closed(): boolean
 }
@@ -189,27 +201,3 @@ export interface PgRateLimitHit {
 
 /** `POSTGRES_SCHEMA_SQL` for another table prefix. */
 export declare function postgresSchemaSql(tablePrefix: string): string
-
-/** A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`). */
-export interface RedisCachedResponse {
-  status: number
-  headers: string
-  body: Buffer
-}
-
-/** A circuit-breaker snapshot in Stoma's shape. */
-export interface RedisCircuitSnapshot {
-  /** "closed", "open" or "half-open". */
-  state: string
-  failureCount: number
-  successCount: number
-  lastFailureTime: number
-  lastStateChange: number
-}
-
-/** `{ count, resetAt }` as Stoma's `RateLimitStore.increment` answers it. */
-export interface RedisRateLimitHit {
-  count: number
-  /** Epoch ms at which the window ends. */
-  resetAt: number
-}

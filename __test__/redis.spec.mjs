@@ -4,6 +4,7 @@
 // tolerance, and behaviour when the server is down or comes back.
 // Every test works under its own key prefix and deletes it afterwards.
 import { spawn } from 'node:child_process'
+import { createRequire } from 'node:module'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import net from 'node:net'
@@ -18,6 +19,7 @@ const url = process.env.REDIS_URL || 'redis://127.0.0.1:6379'
 const runPrefix = `stoma-native-test:${process.pid}:${Date.now()}:`
 const entry = fileURLToPath(new URL('../index.js', import.meta.url))
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+const require = createRequire(import.meta.url)
 
 let prefixes = 0
 /** A fresh key prefix under this run's. */
@@ -421,8 +423,9 @@ describe('redis: server down', () => {
 
 describe('redis: process lifetime', () => {
   /** Runs `source` in a fresh node process; resolves with its exit code, or 'hung'. */
-  async function runNode(source, limitMs = 10_000) {
-    const child = spawn(process.execPath, ['-e', source], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, STOMA_NATIVE: entry } })
+  async function runNode(source, limitMs = 10_000, flags = []) {
+    const env = { ...process.env, STOMA_NATIVE: entry, IOREDIS: require.resolve('ioredis') }
+    const child = spawn(process.execPath, [...flags, '-e', source], { stdio: ['ignore', 'pipe', 'inherit'], env })
     let out = ''
     child.stdout.on('data', (chunk) => (out += chunk))
     const timer = setTimeout(() => child.kill('SIGKILL'), limitMs)
@@ -443,6 +446,36 @@ describe('redis: process lifetime', () => {
       ]).then(([hit, snapshot, text]) => console.log(hit.count, snapshot.failureCount, text))
     `)
     expect({ code, out: out.trim() }).toEqual({ code: 0, out: '1 1 x' })
+  })
+
+  it('an adapter dropped without close() is collected and its connection closed', async () => {
+    const port = await sparePort()
+    const server = await startRedis(port)
+    try {
+      const { code, out } = await runNode(
+        `
+        const Redis = require(process.env.IOREDIS)
+        const { redisAdapter } = require(process.env.STOMA_NATIVE)
+        const admin = new Redis(${port}, '127.0.0.1')
+        const clients = async () => (await admin.client('LIST')).trim().split('\\n').length
+        ;(async () => {
+          for (let i = 0; i < 20; i++) await redisAdapter({ url: 'redis://127.0.0.1:${port}' }).rateLimitStore.increment('k', 60)
+          const open = await clients()
+          for (let i = 0; i < 10 && (await clients()) > 1; i++) {
+            global.gc()
+            await new Promise((resolve) => setTimeout(resolve, 100))
+          }
+          console.log(open, await clients())
+          admin.disconnect()
+        })()
+      `,
+        15_000,
+        ['--expose-gc'],
+      )
+      expect({ code, out: out.trim() }).toEqual({ code: 0, out: '21 1' })
+    } finally {
+      server.kill('SIGKILL')
+    }
   })
 
   it('…also when the server is down, and when nothing was ever called', async () => {

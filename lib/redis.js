@@ -24,23 +24,132 @@ function redactUrl(url) {
   return url.replace(/^([^:/]+:\/\/[^/@:]*:)[^/@]*@/, '$1***@')
 }
 
+// What a call answers, which tells `settle` how to read its values.
+const HIT = 0 // { count, resetAt }
+const SNAPSHOT = 1 // a circuit snapshot
+const CACHED = 2 // a Response or null
+const VALUE = 3 // one value as is (a boolean, or undefined)
+
+const OPERATIONS = {
+  increment: HIT,
+  getState: SNAPSHOT,
+  recordSuccess: SNAPSHOT,
+  recordFailure: SNAPSHOT,
+  transition: SNAPSHOT,
+  resetCircuit: VALUE,
+  cacheGet: CACHED,
+  cachePut: VALUE,
+  cacheDelete: VALUE,
+}
+
+const CIRCUIT_STATES = ['closed', 'open', 'half-open']
+
 /**
- * Opens a native connection from `{ url, prefix, connectTimeoutMs,
- * commandTimeoutMs }`. A malformed url throws a TypeError at once; the
- * connection itself is made in the background.
+ * Settles the calls answered in `batch`, the flat array of primitives the
+ * native side sends (see `Batch` in src/redis.rs): each answer is its call
+ * id and its values, or `-id` and an error message for a failed call.
  */
-function openConnection(who, opts) {
-  const url = opts.url ?? (process.env.REDIS_URL || DEFAULT_URL)
-  if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
-  const prefix = opts.prefix ?? DEFAULT_PREFIX
-  if (typeof prefix !== 'string') throw new TypeError(`${who}: prefix must be a string, got ${describe(prefix)}`)
-  const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
-  const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
-  try {
-    return new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs)
-  } catch (error) {
-    if (error?.code !== 'InvalidArg') throw error
-    throw new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(url))}: ${error.message}`)
+function settle(calls, batch) {
+  let i = 0
+  while (i < batch.length) {
+    const id = batch[i++]
+    const call = calls.get(Math.abs(id))
+    calls.delete(Math.abs(id))
+    if (id < 0) {
+      call.reject(new Error(batch[i++]))
+      continue
+    }
+    switch (call.kind) {
+      case HIT:
+        call.resolve({ count: batch[i], resetAt: batch[i + 1] })
+        i += 2
+        break
+      case SNAPSHOT:
+        call.resolve({
+          state: CIRCUIT_STATES[batch[i]],
+          failureCount: batch[i + 1],
+          successCount: batch[i + 2],
+          lastFailureTime: batch[i + 3],
+          lastStateChange: batch[i + 4],
+        })
+        i += 5
+        break
+      case CACHED:
+        if (batch[i] === 0) {
+          call.resolve(null)
+          i += 1
+        } else {
+          call.resolve(buildResponse(batch[i], batch[i + 1], batch[i + 2]))
+          i += 3
+        }
+        break
+      default:
+        call.resolve(batch[i++])
+    }
+  }
+}
+
+/**
+ * One native connection and its calls in flight. A native operation takes
+ * a call id and returns at once; answers come back in batches (see
+ * `Replies` in src/redis.rs), each settling the Promise of its call.
+ */
+class Connection {
+  #native
+  #calls = new Map()
+  #lastId = 0
+  #flushing = false
+  // Sends what this turn of the event loop queued, as one pipeline.
+  #flush = () => {
+    this.#flushing = false
+    this.#native.flush()
+  }
+
+  /**
+   * Opens a connection from `{ url, prefix, connectTimeoutMs,
+   * commandTimeoutMs }`. A malformed url throws a TypeError at once; the
+   * connection itself is made in the background.
+   */
+  constructor(who, opts) {
+    const url = opts.url ?? (process.env.REDIS_URL || DEFAULT_URL)
+    if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
+    const prefix = opts.prefix ?? DEFAULT_PREFIX
+    if (typeof prefix !== 'string') throw new TypeError(`${who}: prefix must be a string, got ${describe(prefix)}`)
+    const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
+    const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
+    // The native side keeps this function (and through it the calls map)
+    // alive; it must not reach back to this object, or neither could ever
+    // be collected.
+    const calls = this.#calls
+    const onAnswers = (batch) => settle(calls, batch)
+    try {
+      this.#native = new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs, onAnswers)
+    } catch (error) {
+      if (error?.code !== 'InvalidArg') throw error
+      throw new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(url))}: ${error.message}`)
+    }
+  }
+
+  /** Starts native operation `name` with `args`; answers its Promise. */
+  call(name, ...args) {
+    const id = ++this.#lastId
+    const kind = OPERATIONS[name]
+    const answer = new Promise((resolve, reject) => this.#calls.set(id, { resolve, reject, kind }))
+    try {
+      this.#native[name](id, ...args)
+    } catch (error) {
+      this.#calls.delete(id)
+      throw error
+    }
+    if (!this.#flushing) {
+      this.#flushing = true
+      queueMicrotask(this.#flush)
+    }
+    return answer
+  }
+
+  close() {
+    this.#native.close()
   }
 }
 
@@ -48,7 +157,7 @@ function openConnection(who, opts) {
 function storeConnection(store, options) {
   const opts = optionsObject(store, options)
   const shared = opts[SHARED_CONNECTION]
-  return shared === undefined ? { redis: openConnection(store, opts), owned: true } : { redis: shared, owned: false }
+  return shared === undefined ? { redis: new Connection(store, opts), owned: true } : { redis: shared, owned: false }
 }
 
 /**
@@ -57,10 +166,12 @@ function storeConnection(store, options) {
  */
 function destroyConnection(store, { redis, owned }) {
   if (owned) redis.close()
-  const destroyed = () => {
-    throw new Error(`${store}: the store was destroyed`)
+  const destroyed = {
+    call() {
+      throw new Error(`${store}: the store was destroyed`)
+    },
   }
-  return { redis: new Proxy({}, { get: () => destroyed }), owned: false }
+  return { redis: destroyed, owned: false }
 }
 
 /**
@@ -81,7 +192,7 @@ class RedisRateLimitStore {
     try {
       checkKey('RedisRateLimitStore', key)
       checkSeconds('RedisRateLimitStore', windowSeconds, 'windowSeconds')
-      return this.#connection.redis.increment(key, windowSeconds * 1000)
+      return this.#connection.redis.call('increment', key, windowSeconds * 1000)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -109,8 +220,11 @@ class RedisCircuitBreakerStore {
   #run(operation, key, to) {
     try {
       checkKey('RedisCircuitBreakerStore', key)
-      if (operation === 'transition') checkCircuitState('RedisCircuitBreakerStore', to)
-      return this.#connection.redis[operation](key, to)
+      if (operation === 'transition') {
+        checkCircuitState('RedisCircuitBreakerStore', to)
+        return this.#connection.redis.call(operation, key, to)
+      }
+      return this.#connection.redis.call(operation, key)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -159,7 +273,7 @@ class RedisCacheStore {
   get(key) {
     try {
       checkKey('RedisCacheStore', key)
-      return this.#connection.redis.cacheGet(key).then(toResponse)
+      return this.#connection.redis.call('cacheGet', key)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -170,13 +284,13 @@ class RedisCacheStore {
     checkResponse('RedisCacheStore', response)
     checkSeconds('RedisCacheStore', ttlSeconds, 'ttlSeconds')
     const { status, headers, body } = await responseParts(response)
-    await this.#connection.redis.cachePut(key, status, headers, body, ttlSeconds * 1000)
+    await this.#connection.redis.call('cachePut', key, status, headers, body, ttlSeconds * 1000)
   }
 
   delete(key) {
     try {
       checkKey('RedisCacheStore', key)
-      return this.#connection.redis.cacheDelete(key)
+      return this.#connection.redis.call('cacheDelete', key)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -186,10 +300,6 @@ class RedisCacheStore {
   destroy() {
     this.#connection = destroyConnection('RedisCacheStore', this.#connection)
   }
-}
-
-function toResponse(hit) {
-  return hit == null ? null : buildResponse(hit.status, hit.headers, hit.body)
 }
 
 function checkStoreFlags(flags) {
@@ -212,7 +322,7 @@ function redisAdapter(options) {
   const opts = optionsObject('redisAdapter', options)
   const stores = checkStoreFlags(opts.stores)
   const waitUntil = checkWaitUntil('redisAdapter', opts.waitUntil)
-  const redis = openConnection('redisAdapter', opts)
+  const redis = new Connection('redisAdapter', opts)
   const shared = { [SHARED_CONNECTION]: redis }
   const adapter = {}
   if (stores.rateLimit !== false) adapter.rateLimitStore = new RedisRateLimitStore(shared)

@@ -73,22 +73,44 @@ impl StoredResponse {
     BASE64.encode(&self.body)
   }
 
-  /// The Redis envelope text.
+  /// The Redis envelope text. Written directly rather than through a JSON
+  /// value: base64 needs no escaping, so the body is encoded straight into
+  /// the output, once (a third of the time of building and serializing a
+  /// `Value` for a 64 KiB body).
   pub fn to_envelope(&self) -> String {
-    serde_json::json!({
-      "status": self.status,
-      "headers": self.headers_json(),
-      "body": self.body_base64(),
-    })
-    .to_string()
+    let headers = self.headers_json().to_string();
+    let mut text = String::with_capacity(48 + headers.len() + self.body.len().div_ceil(3) * 4);
+    text.push_str(r#"{"status":"#);
+    text.push_str(&self.status.to_string());
+    text.push_str(r#","headers":"#);
+    text.push_str(&headers);
+    text.push_str(r#","body":""#);
+    BASE64.encode_string(&self.body, &mut text);
+    text.push_str(r#""}"#);
+    text
   }
 
-  /// Reads a Redis envelope; `None` for anything malformed.
+  /// Reads a Redis envelope; `None` for anything malformed. The body is
+  /// borrowed from `text` (base64 has nothing to unescape) and decoded once.
   pub fn from_envelope(text: &[u8]) -> Option<Self> {
-    let value: Value = serde_json::from_slice(text).ok()?;
-    let status = value.get("status")?.as_u64()?;
-    let body = value.get("body").map_or(Some(""), Value::as_str)?;
-    Self::from_columns(status as i64, value.get("headers").unwrap_or(&Value::Null), body)
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+      status: u64,
+      #[serde(default)]
+      headers: Value,
+      /// Absent reads as empty; `null` or a non-string is malformed.
+      #[serde(borrow, default = "empty_body")]
+      body: Option<std::borrow::Cow<'a, str>>,
+    }
+    fn empty_body<'a>() -> Option<std::borrow::Cow<'a, str>> {
+      Some("".into())
+    }
+    // Only an object is an envelope (serde would also take an array).
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+      return None;
+    }
+    let envelope: Envelope = serde_json::from_slice(text).ok()?;
+    Self::from_columns(i64::try_from(envelope.status).ok()?, &envelope.headers, &envelope.body?)
   }
 
   /// Reads PostgreSQL's columns; `None` for anything malformed.
@@ -183,3 +205,4 @@ mod tests {
     }
   }
 }
+

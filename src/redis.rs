@@ -12,14 +12,23 @@
 //! - Every circuit update runs as one Lua script on the server (read, change
 //!   and write back atomically), so concurrent `recordFailure` calls are all
 //!   counted; Stoma's adapter reads, changes and writes in three round trips
-//!   and loses updates. Both scripts run by `EVALSHA`; the `redis` crate's
-//!   [`Script`] loads a script again when the server answers `NOSCRIPT`.
-//! - One multiplexed connection carries every call of an adapter, so
-//!   concurrent calls are pipelined on one socket.
-//! - The cache envelope's JSON and base64 are handled here, off the JS
-//!   thread, and the body crosses into JS as one buffer.
+//!   and loses updates. Both scripts are loaded when a connection opens and
+//!   run by `EVALSHA`; commands the server answers with `NOSCRIPT` (it lost
+//!   its script cache) are sent again once the scripts are reloaded.
+//! - One multiplexed connection carries every call of an adapter. The calls
+//!   one turn of the JS event loop makes are queued and sent together as
+//!   pipelines ([`Link::flush`]), and answers return to JS in batches
+//!   ([`Replies`]), so under load a call costs a fraction of a wake-up.
+//! - The cache envelope's JSON and base64 are handled in Rust
+//!   ([`StoredResponse`]) and the body crosses into JS as one buffer.
 //! - Garbage under our keys reads as a cache miss, a fresh closed circuit or
 //!   a fresh rate-limit window, never as an error.
+//!
+//! The life of a call: the JS layer (`lib/redis.js`) picks a call id and
+//! calls a method here, which builds the command and queues it; a microtask
+//! flushes the queue to the Redis I/O thread ([`IO`]), which sends it and
+//! decodes the answer; the answer is queued for JS and delivered, with the
+//! others ready by then, to the JS function that settles each call's Promise.
 //!
 //! Failure behaviour: each call is bounded by `commandTimeoutMs` (waiting
 //! for a connection included) and rejects with an error naming the store and
@@ -28,20 +37,22 @@
 //! succeed again shortly after the server comes back, with no user action.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use napi::bindgen_prelude::{Buffer, Uint8Array};
-use napi::{Error, Result, Status};
+use napi::bindgen_prelude::{Buffer, Function, ToNapiValue, Uint8Array, Unknown};
+use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{check_status, sys, Env, Error, Result, Status};
 use napi_derive::napi;
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, RedisError, RedisResult, Script};
+use ::redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Script, ServerErrorKind, Value};
 use tokio::sync::watch;
 
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
-use crate::errors::{guard, guard_async, lock, store_error};
+use crate::errors::{guard, guard_async, lock};
 
 const RATE_LIMIT_STORE: &str = "RedisRateLimitStore";
 const CIRCUIT_STORE: &str = "RedisCircuitBreakerStore";
@@ -56,6 +67,39 @@ const CIRCUIT_TTL_SECONDS: u32 = 86_400;
 /// dead server costs one attempt, yet the first call after the pause
 /// reconnects, well within a second of the server coming back.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Cache envelopes up to this size are encoded on the JS thread and decoded
+/// on the I/O thread, where they are (about 25 µs each); larger ones on
+/// napi-rs's runtime, so neither thread stalls on a big response.
+const INLINE_ENVELOPE_BYTES: usize = 32 * 1024;
+
+/// The thread all Redis I/O of the process runs on: one current-thread
+/// tokio runtime. Connection drivers, batch tasks and timers all live there,
+/// so a call costs one wake-up of this thread and one of the JS thread; on
+/// napi-rs's shared multi-thread runtime, workers also woke each other to
+/// steal work, which cost more CPU than the calls themselves. CPU-heavy work
+/// (a large cache envelope) runs on napi-rs's runtime instead. The thread
+/// never ends; it holds nothing that keeps Node running.
+static IO: LazyLock<tokio::runtime::Handle> = LazyLock::new(|| {
+  let runtime = tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()
+    .expect("cannot build the Redis I/O runtime");
+  let handle = runtime.handle().clone();
+  std::thread::Builder::new()
+    .name("stoma-redis-io".into())
+    .spawn(move || runtime.block_on(std::future::pending::<()>()))
+    .expect("cannot start the Redis I/O thread");
+  handle
+});
+
+/// Runs `task` on the Redis I/O thread.
+fn spawn_io(task: impl Future<Output = ()> + Send + 'static) {
+  IO.spawn(task);
+}
+
+/// Most commands sent as one pipeline (see [`Link::flush`]).
+const BATCH: usize = 16;
 
 /// How many commands may queue for the socket before callers wait; the
 /// crate's default of 50 is below the 64 in flight a busy gateway has.
@@ -75,21 +119,29 @@ const PIPELINE_BUFFER: usize = 1024;
 const RATE_LIMIT_LUA: &str = r#"
 local key, window = KEYS[1], ARGV[1]
 
-local function reset_at()
+-- When the key expires, in epoch ms; -1 if it has no expiry.
+local function expires_at()
   local at = redis.pcall('PEXPIRETIME', key)
   if type(at) == 'number' then
     return at
   end
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    return -1
+  end
   local now = redis.call('TIME')
-  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + redis.call('PTTL', key)
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
 end
 
 local count = redis.pcall('INCR', key)
-if type(count) == 'number' and count > 1 and redis.call('PTTL', key) > 0 then
-  return { count, reset_at() }
+if type(count) == 'number' and count > 1 then
+  local at = expires_at()
+  if at > 0 then
+    return { count, at }
+  end
 end
 redis.call('SET', key, 1, 'PX', window)
-return { 1, reset_at() }
+return { 1, expires_at() }
 "#;
 
 /// One circuit-breaker operation, read-modify-write on the server.
@@ -173,6 +225,19 @@ enum LinkState {
   Closed,
 }
 
+/// Turns a call's answer from Redis into its reply (a server error for that
+/// one command arrives as an `Err`).
+type Decode = Box<dyn FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send>;
+
+/// A call waiting in the outbox: its command (built on the JS thread) and
+/// what to do with the answer.
+struct Job {
+  id: f64,
+  store: &'static str,
+  command: Cmd,
+  decode: Decode,
+}
+
 /// The one connection an adapter's stores share, opened in the background
 /// and reopened on demand.
 ///
@@ -193,13 +258,15 @@ struct Link {
   command_timeout: Duration,
   state: Mutex<LinkState>,
   generations: AtomicU64,
+  /// Calls queued by the JS thread, sent together by the next batch task.
+  outbox: Mutex<Vec<Job>>,
 }
 
 impl Link {
   fn new(url: &str, prefix: String, connect_timeout_ms: f64, command_timeout_ms: f64) -> RedisResult<Arc<Self>> {
     let client = Client::open(url)?;
     let connect_timeout = Duration::from_millis(duration_ms(connect_timeout_ms).max(1) as u64);
-    // The connection's own response timeout is off: `call` bounds the
+    // The connection's own response timeout is off: `run_batch` bounds each
     // whole call (waiting for a connection included) with the command timeout.
     let config = AsyncConnectionConfig::new()
       .set_connection_timeout(Some(connect_timeout))
@@ -214,11 +281,18 @@ impl Link {
       command_timeout: Duration::from_millis(duration_ms(command_timeout_ms).max(1) as u64),
       state: Mutex::new(LinkState::Down { failed: None }),
       generations: AtomicU64::new(0),
+      outbox: Mutex::new(Vec::new()),
     }))
   }
 
+  /// `<prefix><kind>:<key>`, e.g. `stoma:rl:<key>`.
   fn key(&self, kind: &str, key: &str) -> String {
-    format!("{}{kind}:{key}", self.prefix)
+    let mut full = String::with_capacity(self.prefix.len() + kind.len() + 1 + key.len());
+    full.push_str(&self.prefix);
+    full.push_str(kind);
+    full.push(':');
+    full.push_str(key);
+    full
   }
 
   /// Starts an attempt now if there is no connection yet, so the first
@@ -236,7 +310,7 @@ impl Link {
     let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
     let (sender, attempt) = watch::channel(None);
     let link = Arc::clone(self);
-    napi::bindgen_prelude::spawn(async move {
+    spawn_io(async move {
       let opened = tokio::time::timeout(link.connect_timeout, async {
         let mut connection = link.client.get_multiplexed_async_connection_with_config(&link.config).await?;
         // Loading up front spares the first calls a NOSCRIPT round trip;
@@ -324,40 +398,152 @@ impl Link {
     matches!(*lock(&self.state), LinkState::Closed)
   }
 
-  /// Runs `command` on the connection within the command timeout, turning
-  /// every failure into an error naming `store` and the cause.
-  async fn call<T, F, Fut>(self: &Arc<Self>, store: &str, command: F) -> Result<T>
-  where
-    F: FnOnce(MultiplexedConnection) -> Fut,
-    Fut: Future<Output = RedisResult<T>>,
-  {
-    let mut used = None;
-    let work = async {
-      let live = self.connection().await?;
-      used = Some(live.generation);
-      command(live.connection).await.map_err(|error| -> Arc<str> {
-        if error.is_unrecoverable_error() {
-          self.forget(live.generation);
-        }
-        format!("Redis at {}: {}", self.address, describe(&error)).into()
-      })
-    };
-    let outcome = tokio::time::timeout(self.command_timeout, work).await;
-    let ms = self.command_timeout.as_millis();
-    match outcome {
-      Ok(Ok(value)) => Ok(value),
-      Ok(Err(cause)) => Err(store_error(store, cause)),
-      Err(_) => match used {
-        // No answer on an open connection: it may be dead without knowing
-        // it (a frozen server, a lost route), so the next call opens anew.
-        Some(generation) => {
-          self.forget(generation);
-          Err(store_error(store, format!("Redis at {} did not answer within {ms} ms", self.address)))
-        }
-        None => Err(store_error(store, format!("cannot connect to Redis at {} within {ms} ms", self.address))),
-      },
+  /// Queues `job` until the next [`flush`](Self::flush).
+  fn submit(&self, job: Job) {
+    lock(&self.outbox).push(job);
+  }
+
+  /// Sends everything queued, in pipelines of up to [`BATCH`] commands,
+  /// each from a task of its own. The JS layer flushes once per turn of its
+  /// event loop (in a microtask), so the calls one turn makes share a few
+  /// tasks, writes and wake-ups instead of costing one each. Several smaller
+  /// pipelines rather than one big one let the first answers reach JS (and
+  /// their callers issue new calls) while later ones are still on the wire.
+  fn flush(self: &Arc<Self>, replies: &Arc<Replies>) {
+    let mut jobs = std::mem::take(&mut *lock(&self.outbox));
+    while !jobs.is_empty() {
+      let rest = jobs.split_off(jobs.len().min(BATCH));
+      let link = Arc::clone(self);
+      let replies = Arc::clone(replies);
+      spawn_io(async move { link.send_batch(jobs, &replies).await });
+      jobs = rest;
     }
   }
+
+  /// Sends the queued jobs and replies to each, every one within the
+  /// command timeout; if anything panics, every job of the batch fails.
+  async fn send_batch(self: &Arc<Self>, jobs: Vec<Job>, replies: &Arc<Replies>) {
+    let calls: Vec<(f64, &'static str)> = jobs.iter().map(|job| (job.id, job.store)).collect();
+    match guard_async("batch", async { Ok(self.run_batch(jobs).await) }).await {
+      Ok(answers) => {
+        let (later, now): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(_, reply)| matches!(reply, Reply::Later(_)));
+        replies.send_all(now);
+        for (id, reply) in later {
+          if let Reply::Later(finish) = reply {
+            finish_elsewhere(id, finish, Arc::clone(replies));
+          }
+        }
+      }
+      Err(panicked) => replies.send_all(
+        calls
+          .into_iter()
+          .map(|(id, store)| (id, Reply::Failed(format!("{store}: {}", panicked.reason))))
+          .collect(),
+      ),
+    }
+  }
+
+  async fn run_batch(self: &Arc<Self>, jobs: Vec<Job>) -> Vec<(f64, Reply)> {
+    let mut pipeline = ::redis::pipe();
+    let mut decoders = Vec::with_capacity(jobs.len());
+    for job in jobs {
+      pipeline.add_command(job.command);
+      decoders.push((job.id, job.store, job.decode));
+    }
+    let mut used = None;
+    let sent = tokio::time::timeout(self.command_timeout, self.exchange(&pipeline, decoders.len(), &mut used)).await;
+    let failure: Arc<str> = match sent {
+      Ok(Ok(values)) => {
+        return decoders
+          .into_iter()
+          .zip(values)
+          .map(|((id, store, decode), value)| match decode(value.extract_error()) {
+            Ok(reply) => (id, reply),
+            Err(error) => (id, Reply::Failed(format!("{store}: Redis at {}: {}", self.address, describe(&error)))),
+          })
+          .collect();
+      }
+      Ok(Err(cause)) => cause,
+      Err(_) => self.timed_out(used).into(),
+    };
+    decoders
+      .into_iter()
+      .map(|(id, store, _)| (id, Reply::Failed(format!("{store}: {failure}"))))
+      .collect()
+  }
+
+  /// Sends `pipeline` (of `count` commands) and returns one answer per
+  /// command. Commands refused with NOSCRIPT (the server lost its script
+  /// cache, e.g. after a restart) are sent again once the scripts are loaded.
+  async fn exchange(self: &Arc<Self>, pipeline: &Pipeline, count: usize, used: &mut Option<u64>) -> std::result::Result<Vec<Value>, Arc<str>> {
+    let live = self.connection().await?;
+    *used = Some(live.generation);
+    let mut connection = live.connection;
+    let lost = |error: RedisError| -> Arc<str> {
+      if error.is_unrecoverable_error() {
+        self.forget(live.generation);
+      }
+      format!("Redis at {}: {}", self.address, describe(&error)).into()
+    };
+    let mut values = connection.send_packed_commands(pipeline, 0, count).await.map_err(lost)?;
+    let missing: Vec<usize> = (0..values.len()).filter(|&i| is_noscript(&values[i])).collect();
+    if !missing.is_empty() {
+      for script in [&*RATE_LIMIT_SCRIPT, &*CIRCUIT_SCRIPT] {
+        script.prepare_invoke().load_async(&mut connection).await.map_err(lost)?;
+      }
+      let commands: Vec<&Cmd> = pipeline.cmd_iter().collect();
+      let mut again = ::redis::pipe();
+      for &index in &missing {
+        again.add_command(commands[index].clone());
+      }
+      let answers = connection.send_packed_commands(&again, 0, missing.len()).await.map_err(lost)?;
+      for (index, answer) in missing.into_iter().zip(answers) {
+        values[index] = answer;
+      }
+    }
+    Ok(values)
+  }
+
+  /// Why a call timed out: no connection in time, or no answer on one
+  /// (which is then forgotten: it may be dead without knowing it, e.g. a
+  /// frozen server or a lost route, so the next call opens anew).
+  fn timed_out(&self, used: Option<u64>) -> String {
+    let ms = self.command_timeout.as_millis();
+    match used {
+      Some(generation) => {
+        self.forget(generation);
+        format!("Redis at {} did not answer within {ms} ms", self.address)
+      }
+      None => format!("cannot connect to Redis at {} within {ms} ms", self.address),
+    }
+  }
+}
+
+/// Computes a costly answer on napi-rs's multi-thread runtime, off the I/O
+/// thread, and sends it as the answer to call `id`.
+fn finish_elsewhere(id: f64, finish: Box<dyn FnOnce() -> Reply + Send>, replies: Arc<Replies>) {
+  napi::bindgen_prelude::spawn(async move {
+    let reply = guard_async(CACHE_STORE, async { Ok(finish()) }).await;
+    replies.send(id, reply.unwrap_or_else(|panicked| Reply::Failed(panicked.reason.clone())));
+  });
+}
+
+fn is_noscript(value: &Value) -> bool {
+  matches!(value, Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoScript))
+}
+
+/// `name key`, e.g. `GET <key>`.
+fn command(name: &str, key: String) -> Cmd {
+  let mut command = ::redis::cmd(name);
+  command.arg(key);
+  command
+}
+
+/// `EVALSHA <sha> 1 <key>`; the caller adds the script's arguments.
+fn evalsha(script: &Script, key: String) -> Cmd {
+  let mut command = ::redis::cmd("EVALSHA");
+  command.arg(script.get_hash()).arg(1).arg(key);
+  command
 }
 
 fn closed_cause() -> Arc<str> {
@@ -375,38 +561,177 @@ fn describe(error: &RedisError) -> String {
   }
 }
 
-/// `{ count, resetAt }` as Stoma's `RateLimitStore.increment` answers it.
-#[napi(object)]
-pub struct RedisRateLimitHit {
-  pub count: f64,
-  /// Epoch ms at which the window ends.
-  pub reset_at: f64,
+/// The answer to one call, on its way back to JS.
+enum Reply {
+  /// A rate-limit hit: `count, resetAt`.
+  Hit { count: f64, reset_at: f64 },
+  /// A circuit snapshot: the state's code (see [`state_code`]), then
+  /// `failureCount, successCount, lastFailureTime, lastStateChange`.
+  Snapshot { state: u8, numbers: [f64; 4] },
+  /// A cache answer: a hit's status, joined headers and body, or a miss.
+  Cached(Option<(u16, String, Vec<u8>)>),
+  Removed(bool),
+  Done,
+  /// The error message, naming the store and the cause.
+  Failed(String),
+  /// An answer still to be computed, away from the I/O thread.
+  Later(Box<dyn FnOnce() -> Reply + Send>),
 }
 
-/// A circuit-breaker snapshot in Stoma's shape.
-#[napi(object)]
-pub struct RedisCircuitSnapshot {
-  /// "closed", "open" or "half-open".
-  pub state: String,
-  pub failure_count: f64,
-  pub success_count: f64,
-  pub last_failure_time: f64,
-  pub last_state_change: f64,
+/// The code of a circuit state, as `lib/redis.js` maps it back.
+fn state_code(state: &str) -> u8 {
+  match state {
+    "open" => 1,
+    "half-open" => 2,
+    _ => 0,
+  }
 }
 
-/// A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`).
-#[napi(object)]
-pub struct RedisCachedResponse {
-  pub status: u32,
-  pub headers: String,
-  pub body: Buffer,
+/// A batch of answers as the JS layer receives it: one flat array of
+/// primitives, each answer its call id followed by its values —
+/// `count, resetAt` for a hit; `stateCode, failureCount, successCount,
+/// lastFailureTime, lastStateChange` for a snapshot; `status, headers, body`
+/// for a cache hit and `0` for a miss; one value for the rest. A failed call
+/// has `-id` followed by its error message. The JS side knows each call's
+/// kind and builds the objects itself: V8 makes an object literal far
+/// faster than N-API can assemble one property by property.
+pub struct Batch(Vec<(f64, Reply)>);
+
+impl ToNapiValue for Batch {
+  unsafe fn to_napi_value(env: sys::napi_env, batch: Self) -> Result<sys::napi_value> {
+    let mut array = ptr::null_mut();
+    check_status!(unsafe { sys::napi_create_array(env, &mut array) })?;
+    let mut next = 0u32;
+    let mut push = |value: sys::napi_value| {
+      next += 1;
+      check_status!(unsafe { sys::napi_set_element(env, array, next - 1, value) })
+    };
+    let number = |value: f64| unsafe { f64::to_napi_value(env, value) };
+    for (id, reply) in batch.0 {
+      match reply {
+        Reply::Failed(message) => {
+          push(number(-id)?)?;
+          push(unsafe { String::to_napi_value(env, message)? })?;
+          continue;
+        }
+        _ => push(number(id)?)?,
+      }
+      match reply {
+        Reply::Hit { count, reset_at } => {
+          push(number(count)?)?;
+          push(number(reset_at)?)?;
+        }
+        Reply::Snapshot { state, numbers } => {
+          push(number(f64::from(state))?)?;
+          for value in numbers {
+            push(number(value)?)?;
+          }
+        }
+        Reply::Cached(None) => push(number(0.0)?)?,
+        Reply::Cached(Some((status, headers, body))) => {
+          push(number(f64::from(status))?)?;
+          push(unsafe { String::to_napi_value(env, headers)? })?;
+          push(unsafe { Buffer::to_napi_value(env, body.into())? })?;
+        }
+        Reply::Removed(removed) => push(unsafe { bool::to_napi_value(env, removed)? })?,
+        Reply::Done => push(unsafe { <()>::to_napi_value(env, ())? })?,
+        Reply::Failed(_) | Reply::Later(_) => unreachable!("handled above, or finished before delivery"),
+      }
+    }
+    Ok(array)
+  }
+}
+
+/// The JS function answers are delivered to. Weak: it does not by itself
+/// keep Node's event loop alive (see [`Replies::hold`]).
+type Deliver = ThreadsafeFunction<(), Unknown<'static>, Batch, Status, false, true>;
+
+/// Answers travel back to JS in batches through one threadsafe function,
+/// rather than through a Promise and threadsafe function made per call (as
+/// napi-rs `async fn` does): at 64 calls in flight that per-call machinery
+/// kept the JS thread busier than everything else together.
+///
+/// A finished call queues its answer and wakes the JS side only if the queue
+/// was empty; the wake-up drains everything queued by then. Between the
+/// first call started and the last answer delivered, the function is
+/// referenced so Node waits for the answers; otherwise it is not, so a
+/// process holding an idle connection still exits by itself.
+struct Replies {
+  queue: Arc<ReplyQueue>,
+  deliver: Deliver,
+}
+
+/// What both the calls' tasks and the delivering callback reach.
+#[derive(Default)]
+struct ReplyQueue {
+  ready: Mutex<Vec<(f64, Reply)>>,
+  /// Calls started and not yet delivered; changed only on the JS thread.
+  pending: AtomicUsize,
+  /// The threadsafe function, for un-referencing it from its own callback
+  /// (which only runs while it exists).
+  raw: AtomicPtr<sys::napi_threadsafe_function__>,
+}
+
+impl Replies {
+  fn new(settle: Function<'_, Batch, Unknown<'static>>) -> Result<Self> {
+    let queue = Arc::new(ReplyQueue::default());
+    let delivering = Arc::clone(&queue);
+    let deliver = settle
+      .build_threadsafe_function::<()>()
+      .callee_handled::<false>()
+      .weak::<true>()
+      .build_callback(move |ctx: ThreadsafeCallContext<()>| {
+        let batch = std::mem::take(&mut *lock(&delivering.ready));
+        let before = delivering.pending.fetch_sub(batch.len(), Ordering::Relaxed);
+        if before == batch.len() && !batch.is_empty() {
+          // SAFETY: called on the JS thread with its env, for the function
+          // whose callback this is.
+          unsafe { sys::napi_unref_threadsafe_function(ctx.env.raw(), delivering.raw.load(Ordering::Relaxed)) };
+        }
+        Ok(Batch(batch))
+      })?;
+    queue.raw.store(deliver.raw(), Ordering::Relaxed);
+    Ok(Replies { queue, deliver })
+  }
+
+  /// Counts a call started (on the JS thread), making Node wait for its answer.
+  fn hold(&self, env: &Env) {
+    if self.queue.pending.fetch_add(1, Ordering::Relaxed) == 0 {
+      // SAFETY: called on the JS thread with its env.
+      unsafe { sys::napi_ref_threadsafe_function(env.raw(), self.deliver.raw()) };
+    }
+  }
+
+  /// Queues the answer to call `id` (from any thread).
+  fn send(&self, id: f64, reply: Reply) {
+    self.send_all(vec![(id, reply)]);
+  }
+
+  /// Queues answers (from any thread), waking the JS side if it has
+  /// nothing queued yet.
+  fn send_all(&self, answers: Vec<(f64, Reply)>) {
+    let was_empty = {
+      let mut ready = lock(&self.queue.ready);
+      let was_empty = ready.is_empty();
+      ready.extend(answers);
+      was_empty
+    };
+    if was_empty {
+      self.deliver.call((), ThreadsafeFunctionCallMode::NonBlocking);
+    }
+  }
 }
 
 /// One Redis connection and the operations of the three stores over it
 /// (see `lib/redis.js`, which shares one between an adapter's stores).
+///
+/// Each operation takes a call id chosen by the JS layer and returns at
+/// once; its answer arrives later through the `settle` function given to the
+/// constructor (see [`Replies`] and [`Batch`]).
 #[napi]
 pub struct NativeRedisConnection {
   link: Arc<Link>,
+  replies: Arc<Replies>,
 }
 
 #[napi]
@@ -414,168 +739,224 @@ impl NativeRedisConnection {
   /// Parses `url` (throwing an `InvalidArg` error at once if it is
   /// malformed) and starts connecting in the background.
   #[napi(constructor)]
-  pub fn new(url: String, prefix: String, connect_timeout_ms: f64, command_timeout_ms: f64) -> Result<Self> {
+  pub fn new(
+    url: String,
+    prefix: String,
+    connect_timeout_ms: f64,
+    command_timeout_ms: f64,
+    #[napi(ts_arg_type = "(batch: unknown[]) => void")] settle: Function<'_, Batch, Unknown<'static>>,
+  ) -> Result<Self> {
     guard("redisAdapter", || {
       let link = Link::new(&url, prefix, connect_timeout_ms, command_timeout_ms)
         .map_err(|error| Error::new(Status::InvalidArg, error.to_string()))?;
+      let replies = Arc::new(Replies::new(settle)?);
       link.connect_in_background();
-      Ok(NativeRedisConnection { link })
+      Ok(NativeRedisConnection { link, replies })
     })
   }
 
-  /// Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`.
+  /// Queues `command` for the next [`flush`](Self::flush); `decode` makes
+  /// its reply.
+  fn submit(
+    &self,
+    env: &Env,
+    id: f64,
+    store: &'static str,
+    command: Cmd,
+    decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static,
+  ) {
+    self.replies.hold(env);
+    let job = Job {
+      id,
+      store,
+      command,
+      decode: Box::new(decode),
+    };
+    self.link.submit(job);
+  }
+
+  /// Sends the calls queued since the last flush (see [`Link::flush`]).
   #[napi]
-  pub async fn increment(&self, key: String, window_ms: f64) -> Result<RedisRateLimitHit> {
-    guard_async(RATE_LIMIT_STORE, async {
-      let window_ms = duration_ms(window_ms);
+  pub fn flush(&self) -> Result<()> {
+    guard("redisAdapter", || {
+      self.link.flush(&self.replies);
+      Ok(())
+    })
+  }
+
+  /// Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
+  /// answers `{ count, resetAt }`.
+  #[napi]
+  pub fn increment(&self, env: &Env, id: f64, key: String, window_ms: f64) -> Result<()> {
+    guard(RATE_LIMIT_STORE, || {
       let key = self.link.key("rl", &key);
+      let window_ms = duration_ms(window_ms);
       if window_ms == 0 {
         // A zero window ends at once: every hit opens (and closes) its own.
-        let now = now_ms();
-        self.link.call(RATE_LIMIT_STORE, |mut c| async move { ::redis::cmd("DEL").arg(key).exec_async(&mut c).await }).await?;
-        return Ok(RedisRateLimitHit { count: 1.0, reset_at: now as f64 });
+        let now = now_ms() as f64;
+        self.submit(env, id, RATE_LIMIT_STORE, command("DEL", key), move |answer| {
+          answer?;
+          Ok(Reply::Hit { count: 1.0, reset_at: now })
+        });
+        return Ok(());
       }
-      let (count, reset_at): (i64, i64) = self
-        .link
-        .call(RATE_LIMIT_STORE, |mut c| async move {
-          RATE_LIMIT_SCRIPT.key(key).arg(window_ms).invoke_async(&mut c).await
+      let mut command = evalsha(&RATE_LIMIT_SCRIPT, key);
+      command.arg(window_ms);
+      self.submit(env, id, RATE_LIMIT_STORE, command, |answer| {
+        let (count, reset_at): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
+        Ok(Reply::Hit {
+          count: count as f64,
+          reset_at: reset_at as f64,
         })
-        .await?;
-      Ok(RedisRateLimitHit {
-        count: count as f64,
-        reset_at: reset_at as f64,
-      })
+      });
+      Ok(())
     })
-    .await
+  }
+
+  /// Answers the snapshot of circuit `<prefix>cb:<key>`.
+  #[napi]
+  pub fn get_state(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      self.circuit(env, id, key, "get", "");
+      Ok(())
+    })
   }
 
   #[napi]
-  pub async fn get_state(&self, key: String) -> Result<RedisCircuitSnapshot> {
-    self.circuit(key, "get", "").await
+  pub fn record_success(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      self.circuit(env, id, key, "success", "");
+      Ok(())
+    })
   }
 
   #[napi]
-  pub async fn record_success(&self, key: String) -> Result<RedisCircuitSnapshot> {
-    self.circuit(key, "success", "").await
-  }
-
-  #[napi]
-  pub async fn record_failure(&self, key: String) -> Result<RedisCircuitSnapshot> {
-    self.circuit(key, "failure", "").await
+  pub fn record_failure(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      self.circuit(env, id, key, "failure", "");
+      Ok(())
+    })
   }
 
   /// `to` is "closed", "open" or "half-open" (checked by the JS layer and
   /// again by the script).
   #[napi]
-  pub async fn transition(&self, key: String, to: String) -> Result<RedisCircuitSnapshot> {
-    self.circuit(key, "transition", &to).await
+  pub fn transition(&self, env: &Env, id: f64, key: String, to: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      self.circuit(env, id, key, "transition", &to);
+      Ok(())
+    })
   }
 
   /// Forgets the circuit `<prefix>cb:<key>`.
   #[napi]
-  pub async fn reset_circuit(&self, key: String) -> Result<()> {
-    guard_async(CIRCUIT_STORE, async {
-      let key = self.link.key("cb", &key);
-      self.link.call(CIRCUIT_STORE, |mut c| async move { ::redis::cmd("DEL").arg(key).exec_async(&mut c).await }).await
+  pub fn reset_circuit(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      let command = command("DEL", self.link.key("cb", &key));
+      self.submit(env, id, CIRCUIT_STORE, command, |answer| answer.map(|_| Reply::Done));
+      Ok(())
     })
-    .await
   }
 
-  async fn circuit(&self, key: String, op: &str, to: &str) -> Result<RedisCircuitSnapshot> {
-    guard_async(CIRCUIT_STORE, async {
-      let key = self.link.key("cb", &key);
-      let now = now_ms();
-      let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) = self
-        .link
-        .call(CIRCUIT_STORE, |mut c| async move {
-          CIRCUIT_SCRIPT
-            .key(key)
-            .arg(op)
-            .arg(now)
-            .arg(to)
-            .arg(CIRCUIT_TTL_SECONDS)
-            .invoke_async(&mut c)
-            .await
-        })
-        .await?;
-      Ok(RedisCircuitSnapshot {
-        state,
-        failure_count: failures as f64,
-        success_count: successes as f64,
-        last_failure_time: last_failure as f64,
-        last_state_change: last_change as f64,
+  fn circuit(&self, env: &Env, id: f64, key: String, op: &str, to: &str) {
+    let mut command = evalsha(&CIRCUIT_SCRIPT, self.link.key("cb", &key));
+    command.arg(op).arg(now_ms()).arg(to).arg(CIRCUIT_TTL_SECONDS);
+    self.submit(env, id, CIRCUIT_STORE, command, |answer| {
+      let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) =
+        FromRedisValue::from_redis_value(answer?)?;
+      Ok(Reply::Snapshot {
+        state: state_code(&state),
+        numbers: [failures as f64, successes as f64, last_failure as f64, last_change as f64],
       })
-    })
-    .await
+    });
   }
 
-  /// The response under `<prefix>cache:<key>`, or `null` when there is none
-  /// or what is there is not a well-formed envelope.
+  /// Answers the response under `<prefix>cache:<key>`, or `null` when
+  /// there is none or what is there is not a well-formed envelope.
   #[napi]
-  pub async fn cache_get(&self, key: String) -> Result<Option<RedisCachedResponse>> {
-    guard_async(CACHE_STORE, async {
-      let key = self.link.key("cache", &key);
-      let raw: Option<Vec<u8>> = self
-        .link
-        .call(CACHE_STORE, |mut c| async move {
-          match ::redis::cmd("GET").arg(key).query_async(&mut c).await {
-            // Another Redis type under the key is garbage too: a miss.
-            Err(error) if error.code() == Some("WRONGTYPE") => Ok(None),
-            other => other,
-          }
-        })
-        .await?;
-      Ok(raw.and_then(|raw| StoredResponse::from_envelope(&raw)).map(|hit| RedisCachedResponse {
-        status: u32::from(hit.status),
-        headers: hit.joined_headers(),
-        body: hit.body.into(),
-      }))
+  pub fn cache_get(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CACHE_STORE, || {
+      let command = command("GET", self.link.key("cache", &key));
+      self.submit(env, id, CACHE_STORE, command, |answer| {
+        let raw: Option<Vec<u8>> = match answer {
+          // Another Redis type under the key is garbage too: a miss.
+          Err(error) if error.code() == Some("WRONGTYPE") => None,
+          answer => FromRedisValue::from_redis_value(answer?)?,
+        };
+        let raw_len = raw.as_ref().map_or(0, Vec::len);
+        let finish = move || {
+          let hit = raw.and_then(|raw| StoredResponse::from_envelope(&raw));
+          Reply::Cached(hit.map(|hit| (hit.status, hit.joined_headers(), hit.body)))
+        };
+        Ok(if raw_len > INLINE_ENVELOPE_BYTES { Reply::Later(Box::new(finish)) } else { finish() })
+      });
+      Ok(())
     })
-    .await
   }
 
   /// Stores a response for `ttlMs` (rounded up to whole ms). A ttl of 0
   /// stores nothing — Redis rejects an expiry of 0 — and removes any older
   /// entry, since a response that expires at once replaces it.
   ///
-  /// `body` is a private copy made by the JS layer (`arrayBuffer()`), so
-  /// reading it here, off the JS thread, races with nothing.
+  /// A small envelope is encoded right here; a larger one on napi-rs's
+  /// runtime, off the JS thread, and queued from there. `body` is a private
+  /// copy made by the JS layer (`arrayBuffer()`), so reading it off the JS
+  /// thread races with nothing.
   #[napi]
-  pub async fn cache_put(&self, key: String, status: u32, headers: String, body: Uint8Array, ttl_ms: f64) -> Result<()> {
-    guard_async(CACHE_STORE, async {
+  pub fn cache_put(&self, env: &Env, id: f64, key: String, status: u32, headers: String, body: Uint8Array, ttl_ms: f64) -> Result<()> {
+    guard(CACHE_STORE, || {
       let key = self.link.key("cache", &key);
       let ttl_ms = duration_ms(ttl_ms);
+      let stored = |answer: RedisResult<Value>| answer.map(|_| Reply::Done);
       if ttl_ms == 0 {
-        return self.link.call(CACHE_STORE, |mut c| async move { ::redis::cmd("DEL").arg(key).exec_async(&mut c).await }).await;
+        self.submit(env, id, CACHE_STORE, command("DEL", key), stored);
+        return Ok(());
       }
-      let status = u16::try_from(status).map_err(|_| store_error(CACHE_STORE, format!("status {status} is out of range")))?;
-      let envelope = StoredResponse::from_joined(status, &headers, body.to_vec()).to_envelope();
-      drop(body);
-      self
-        .link
-        .call(CACHE_STORE, |mut c| async move {
-          ::redis::cmd("SET").arg(key).arg(envelope).arg("PX").arg(ttl_ms).exec_async(&mut c).await
-        })
-        .await
+      // A status no Response has (only `Response.error()`'s 0 fits a u32
+      // here) is kept as an envelope that reads back as a miss.
+      let status = u16::try_from(status).unwrap_or(u16::MAX);
+      let set = move |body: &[u8]| {
+        let envelope = StoredResponse::from_joined(status, &headers, body.to_vec()).to_envelope();
+        let mut set = command("SET", key);
+        set.arg(envelope).arg("PX").arg(ttl_ms);
+        set
+      };
+      if body.len() <= INLINE_ENVELOPE_BYTES {
+        let set = set(&body);
+        self.submit(env, id, CACHE_STORE, set, stored);
+        return Ok(());
+      }
+      self.replies.hold(env);
+      let (link, replies) = (Arc::clone(&self.link), Arc::clone(&self.replies));
+      napi::bindgen_prelude::spawn(async move {
+        match guard_async(CACHE_STORE, async { Ok(set(&body)) }).await {
+          Ok(command) => {
+            drop(body);
+            let decode = Box::new(stored);
+            link.submit(Job { id, store: CACHE_STORE, command, decode });
+            link.flush(&replies);
+          }
+          Err(panicked) => replies.send(id, Reply::Failed(panicked.reason.clone())),
+        }
+      });
+      Ok(())
     })
-    .await
   }
 
   /// Removes `<prefix>cache:<key>`; answers whether something was there.
   #[napi]
-  pub async fn cache_delete(&self, key: String) -> Result<bool> {
-    guard_async(CACHE_STORE, async {
-      let key = self.link.key("cache", &key);
-      let removed: i64 = self
-        .link
-        .call(CACHE_STORE, |mut c| async move { ::redis::cmd("DEL").arg(key).query_async(&mut c).await })
-        .await?;
-      Ok(removed > 0)
+  pub fn cache_delete(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CACHE_STORE, || {
+      let command = command("DEL", self.link.key("cache", &key));
+      self.submit(env, id, CACHE_STORE, command, |answer| {
+        let removed: i64 = FromRedisValue::from_redis_value(answer?)?;
+        Ok(Reply::Removed(removed > 0))
+      });
+      Ok(())
     })
-    .await
   }
 
-  /// Closes the connection; later calls reject. Calls in flight finish.
+  /// Closes the connection; later calls fail. Calls in flight finish.
   #[napi]
   pub fn close(&self) {
     self.link.close();
@@ -586,6 +967,7 @@ impl NativeRedisConnection {
     self.link.is_closed()
   }
 }
+
 
 #[cfg(test)]
 mod tests {
