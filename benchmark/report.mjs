@@ -70,14 +70,19 @@ export function chart(rows, date) {
     const x1 = x(row.ratio)
     parts.push(`<text x="${label - 8}" y="${y + 15}" text-anchor="end">${escapeXml(row.name)}</text>`)
     parts.push(`<rect x="${Math.min(x0, x1)}" y="${y}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${barHeight}" fill="${fill}"/>`)
-    parts.push(`<text x="${Math.max(x0, x1) + 6}" y="${y + 15}">${ratioText(row.ratio)}</text>`)
+    const labelAt = row.ratio >= 1 ? `x="${x1 + 6}"` : `x="${x1 - 6}" text-anchor="end"`
+    parts.push(`<text ${labelAt} y="${y + 15}">${ratioText(row.ratio)}</text>`)
     if (row.target !== undefined) {
       parts.push(`<line x1="${x(row.target)}" x2="${x(row.target)}" y1="${y - 2}" y2="${y + barHeight + 2}" stroke="#000" stroke-dasharray="3,2"/>`)
     }
   })
   const bottom = top + rows.length * (barHeight + 8)
-  parts.push(`<line x1="${x(1)}" x2="${x(1)}" y1="${top - 6}" y2="${bottom}" stroke="#000"/>`)
-  parts.push(`<text x="${x(1)}" y="${bottom + 16}" text-anchor="middle">1×</text>`)
+  for (const tick of [0.5, 1, 2, 10, 100, 1000, 10000]) {
+    if (Math.log10(tick) < minLog || Math.log10(tick) > maxLog) continue
+    const stroke = tick === 1 ? 'stroke="#000"' : 'stroke="#ccc" stroke-dasharray="1,3"'
+    parts.push(`<line x1="${x(tick)}" x2="${x(tick)}" y1="${top - 6}" y2="${bottom}" ${stroke}/>`)
+    parts.push(`<text x="${x(tick)}" y="${bottom + 16}" text-anchor="middle" fill="#444">${tick}×</text>`)
+  }
   parts.push(`<text x="${width - 10}" y="${height - 10}" text-anchor="end" fill="#666">dashed: target · ${escapeXml(date)}</text>`)
   parts.push('</svg>')
   return `${parts.join('\n')}\n`
