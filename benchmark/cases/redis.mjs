@@ -3,6 +3,7 @@
 // ioredis, same server, each side under its own key prefix.
 import Redis from 'ioredis'
 import { redisAdapter } from 'stoma-native'
+import { cacheCase, incrementCase } from './network.mjs'
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 
@@ -23,44 +24,10 @@ async function adapters(stoma) {
   }
 }
 
-function incrementCase(name, concurrency, target) {
-  return {
-    name,
-    target,
-    concurrency,
-    async setup({ stoma }) {
-      const { ours, theirs, teardown } = await adapters(stoma)
-      return {
-        ours: (i) => ours.rateLimitStore.increment(`client:${i % 1000}`, 60),
-        theirs: (i) => theirs.rateLimitStore.increment(`client:${i % 1000}`, 60),
-        teardown,
-      }
-    },
-  }
-}
-
-function cacheCase(name, bytes, target) {
-  const body = new Uint8Array(bytes).map((_, i) => (i * 7) % 256)
-  return {
-    name,
-    target,
-    samples: 5,
-    async setup({ stoma }) {
-      const { ours, theirs, teardown } = await adapters(stoma)
-      const roundTrip = (store) => async (i) => {
-        const key = `page:${i % 8}`
-        await store.put(key, new Response(body, { headers: { 'content-type': 'application/octet-stream' } }), 60)
-        await (await store.get(key)).arrayBuffer()
-      }
-      return { ours: roundTrip(ours.cacheStore), theirs: roundTrip(theirs.cacheStore), teardown }
-    },
-  }
-}
-
 export default function redisCases() {
   return [
-    incrementCase('redis: rate-limit increment, sequential', 1, 1.5),
-    incrementCase('redis: rate-limit increment, 64 in flight', 64, 2.5),
+    incrementCase('redis: rate-limit increment, sequential', { adapters, concurrency: 1, target: 1.5 }),
+    incrementCase('redis: rate-limit increment, 64 in flight', { adapters, concurrency: 64, target: 2.5 }),
     {
       name: 'redis: circuit recordFailure, 64 in flight',
       concurrency: 64,
@@ -73,7 +40,7 @@ export default function redisCases() {
         }
       },
     },
-    cacheCase('redis: cache put+get 64 KiB', 64 * 1024, 10),
-    cacheCase('redis: cache put+get 1 MiB', 1024 * 1024, 30),
+    cacheCase('redis: cache put+get 64 KiB', { adapters, bytes: 64 * 1024, target: 10 }),
+    cacheCase('redis: cache put+get 1 MiB', { adapters, bytes: 1024 * 1024, target: 30 }),
   ]
 }
