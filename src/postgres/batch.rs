@@ -31,15 +31,13 @@
 //!
 //! Locks, and why this cannot deadlock: a transaction holds the row lock of
 //! every row it wrote until `COMMIT`, so two open transactions taking the
-//! same rows in opposite orders would deadlock. Two rules prevent it.
-//! Within a process, the pool sends every write of a key to the same
-//! connection (`hash(key) % poolSize`, see `pool.rs`), and a connection has
-//! one group open at a time, so a key's writes never span two of our open
-//! transactions: our groups never wait on one another's locks (a hot key
-//! also cannot stall groups on other connections). Across processes sharing
-//! the database, each group's writes are sent sorted by (table, key), one
-//! global order in which every group takes its locks, so waits cannot form
-//! a cycle. The sort is stable, so writes to one key keep their queue order;
+//! same rows in opposite orders would deadlock. Each group's writes are
+//! therefore sent sorted by (table, key): every group — on any connection,
+//! in any process sharing the database — takes its locks in that one global
+//! order, so waits cannot form a cycle. (The pool also queues a key's writes
+//! on the connection its key hashes to, see `pool.rs`, so within a process
+//! our groups rarely wait on one another at all.) The sort is stable, so
+//! writes to one key keep their queue order;
 //! writes to different keys touch different rows and commute, so the
 //! results are those of the queue order. Statements outside a group hold at
 //! most the one lock they wait for, and cleanups skip locked rows

@@ -6,17 +6,17 @@
 //! several together (writes in one transaction, sharing one WAL flush) when
 //! calls queue up behind a busy one.
 //!
-//! Which connection a call uses:
-//! - a write of one row goes to the connection its key hashes to
-//!   (`hash(key) % size`), so one key's writes never sit in two open
-//!   transactions at once — the pool's own groups never wait on each
-//!   other's row locks, which is half of why groups cannot deadlock
-//!   (`batch.rs` has the other half);
-//! - anything else (reads, cleanups, the schema) takes a free open
-//!   connection if there is one, else opens another while the pool has
-//!   room, else joins the one with the fewest calls — so one caller at a
-//!   time keeps reusing a warm connection, while concurrent readers spread
-//!   over several server processes.
+//! Which connection a call uses: a free open one if there is one, so one
+//! caller at a time keeps reusing a warm connection and runs alone. When
+//! none is free:
+//! - a write of one row queues on the connection its key hashes to
+//!   (`hash(key) % size`), so one key's queued writes all go in groups on
+//!   one connection: the pool's own groups do not wait on each other's row
+//!   locks, and a hot key cannot stall groups on other connections (why
+//!   groups cannot deadlock is in `batch.rs`);
+//! - anything else (reads, cleanups, the schema) opens another connection
+//!   while the pool has room, else joins the one with the fewest calls, so
+//!   concurrent readers spread over several server processes.
 //!
 //! Each connection prepares a statement the first time it runs it and
 //! reuses it afterwards. Nothing connects until the first call, and a
@@ -230,16 +230,16 @@ impl Pool {
     }
   }
 
-  /// A connection for one call: the one in slot `home` if given; else an
-  /// idle open one if any; else a new one if the pool has room; else the
-  /// open one with the fewest calls in flight.
+  /// A connection for one call: an idle open one if any; else, for a write
+  /// of one row, the one in slot `home`; else a new one if the pool has
+  /// room; else the open one with the fewest calls in flight.
   async fn connection(&self, store: &str, home: Option<usize>) -> Result<Lease> {
     if self.is_closed() {
       return Err(closed_error(store));
     }
     let index = match home {
-      Some(index) => match self.slots[index].live() {
-        Some(conn) => return Ok(Lease::new(index, conn)),
+      Some(index) => match self.idle().or_else(|| self.slots[index].live().map(|conn| (index, conn))) {
+        Some((index, conn)) => return Ok(Lease::new(index, conn)),
         None => index,
       },
       None => match self.pick() {
@@ -260,6 +260,13 @@ impl Pool {
         ),
       )),
     }
+  }
+
+  /// An open connection with no call in flight, if any.
+  fn idle(&self) -> Option<(usize, Arc<Conn>)> {
+    self.slots.iter().enumerate().find_map(|(index, slot)| {
+      slot.live().filter(|conn| conn.in_flight.load(Ordering::Relaxed) == 0).map(|conn| (index, conn))
+    })
   }
 
   /// A connection for a call that may use any: a lease on an open one, or
