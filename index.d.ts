@@ -150,11 +150,14 @@ export interface PostgresStoreOptions {
   url?: string
   /** Table name prefix, matching /^[A-Za-z_][A-Za-z0-9_]{0,40}$/ (default `"stoma_"`). */
   tablePrefix?: string
-  /** Most connections opened (default 4); each carries many pipelined calls. */
+  /**
+   * Most connections opened (default 4). Calls that queue behind a busy
+   * connection go together: writes in one transaction, sharing one disk flush.
+   */
   poolSize?: number
   /** Longest wait for a connection, in ms (default 2000). */
   connectTimeoutMs?: number
-  /** Longest wait for a statement's answer, in ms (default 1000). */
+  /** Longest wait for a statement's answer, queueing included, in ms (default 1000). */
   statementTimeoutMs?: number
   /** Delete expired rows this often, in ms, off the JS thread (default: never). */
   cleanupIntervalMs?: number

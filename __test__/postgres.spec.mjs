@@ -298,6 +298,82 @@ describe('postgres atomicity and cleanup', () => {
     expect(hits.map((h) => h.count).sort((a, b) => a - b)).toEqual(Array.from({ length: 500 }, (_, i) => i + 1))
   })
 
+  it('a mixed concurrent workload over overlapping keys, from two pools and with cleanups, counts exactly and never deadlocks', async () => {
+    // Two adapters on the same tables stand for two gateway processes: their
+    // groups of writes take row locks on the same keys at the same time.
+    const tablePrefix = freshPrefix('mixed')
+    const [one, other] = [await adapterOn(tablePrefix, { poolSize: 2 }), await adapterOn(tablePrefix, { poolSize: 1 })]
+    const keys = Array.from({ length: 7 }, (_, i) => `mix:${i}`)
+    const expected = { hits: new Map(), failures: new Map() }
+    const bump = (map, key) => map.set(key, (map.get(key) ?? 0) + 1)
+    const calls = []
+    for (let i = 0; i < 2400; i++) {
+      const side = i % 3 === 0 ? other : one
+      // Walk the keys forwards on one side and backwards on the other, so
+      // groups list the same keys in opposite orders.
+      const key = keys[side === other ? keys.length - 1 - (i % keys.length) : (i * 5) % keys.length]
+      switch (i % 6) {
+        case 0:
+        case 1:
+          bump(expected.hits, key)
+          calls.push(side.rateLimitStore.increment(key, 60))
+          break
+        case 2:
+          bump(expected.failures, key)
+          calls.push(side.circuitBreakerStore.recordFailure(key))
+          break
+        case 3:
+          calls.push(side.circuitBreakerStore.getState(key))
+          break
+        case 4:
+          calls.push(side.cacheStore.put(key, new Response(`body ${i}`), 60))
+          break
+        case 5:
+          calls.push(i % 12 === 5 ? side.cacheStore.get(key) : side.rateLimitStore.cleanup())
+          break
+      }
+    }
+    const deadlocks = async () =>
+      Number((await admin.query('SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()')).rows[0].deadlocks)
+    const deadlocksBefore = await deadlocks()
+    const settled = await Promise.allSettled(calls)
+    await other.close()
+    expect(settled.filter((s) => s.status === 'rejected').map((s) => s.reason.message)).toEqual([])
+    await sleep(1100) // the server publishes its statistics at most once a second
+    expect(await deadlocks()).toBe(deadlocksBefore)
+    for (const key of keys) {
+      const { rows } = await admin.query(`SELECT count FROM ${tablePrefix}rate_limits WHERE key = $1`, [key])
+      expect(rows[0].count, key).toBe(expected.hits.get(key))
+      expect((await one.circuitBreakerStore.getState(key)).failureCount, key).toBe(expected.failures.get(key))
+      expect(await (await one.cacheStore.get(key)).text()).toMatch(/^body \d+$/)
+    }
+    await one.close()
+  })
+
+  it('a call that fails in a group of writes fails alone; its neighbours succeed with their own results', async () => {
+    // One connection, so every write below queues behind the first and they
+    // go together; the counter at INTEGER's maximum cannot be incremented.
+    const tablePrefix = freshPrefix('group')
+    const single = await adapterOn(tablePrefix, { poolSize: 1 })
+    await admin.query(`INSERT INTO ${tablePrefix}rate_limits (key, count, reset_at) VALUES ('full', 2147483647, $1)`, [
+      Date.now() + 60_000,
+    ])
+    const hit = (i) => single.rateLimitStore.increment(`group:${i % 4}`, 60)
+    const good = Array.from({ length: 40 }, (_, i) => i)
+    const calls = [...good.slice(0, 20).map(hit), single.rateLimitStore.increment('full', 60), ...good.slice(20).map(hit)]
+    const settled = await Promise.allSettled(calls)
+    await single.close()
+    const [bad] = settled.splice(20, 1)
+    expect(bad.status).toBe('rejected')
+    expect(bad.reason.message).toMatch(/^PostgresRateLimitStore: PostgreSQL error: integer out of range/)
+    expect(settled.filter((s) => s.status === 'rejected')).toEqual([])
+    // Each of the four keys counted exactly 1..10, each caller its own hit.
+    for (let k = 0; k < 4; k++) {
+      const mine = settled.filter((_, i) => i % 4 === k).map((s) => s.value.count)
+      expect(mine.sort((x, y) => x - y)).toEqual(Array.from({ length: 10 }, (_, n) => n + 1))
+    }
+  })
+
   it('cleanup() deletes expired rows only and answers how many', async () => {
     await adapter.rateLimitStore.increment('rl:short', 0.05)
     await adapter.rateLimitStore.increment('rl:long', 60)

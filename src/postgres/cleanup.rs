@@ -14,6 +14,7 @@ use napi::Result;
 use tokio::task::AbortHandle;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
+use super::batch::{params, Call};
 use super::pool::Pool;
 use super::sql::Stmt;
 use crate::clock::now_ms;
@@ -27,7 +28,7 @@ pub struct Targets {
 
 /// Deletes the expired rows of one table; answers how many were deleted.
 pub async fn run(pool: &Pool, store: &str, stmt: Stmt) -> Result<f64> {
-  Ok(pool.execute(store, stmt, &[&now_ms()]).await? as f64)
+  Ok(pool.execute(store, Call::unkeyed(stmt, params![now_ms()])).await? as f64)
 }
 
 /// Starts cleaning `targets` every `every`, first after one period.

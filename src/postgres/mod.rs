@@ -11,6 +11,7 @@
 //! Times are the caller's wall clock in epoch milliseconds, as in Stoma's
 //! adapter, so a fleet mixing both agrees on every window and expiry.
 
+mod batch;
 mod cleanup;
 mod pool;
 mod sql;
@@ -32,6 +33,7 @@ use tokio_postgres::{Config, Row};
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
 use crate::errors::{guard, lock, store_error};
+use batch::{params, Call};
 use pool::{Pool, PoolOptions};
 use sql::{Stmt, Tables};
 
@@ -154,7 +156,7 @@ impl NativePostgres {
     caught(RATE_LIMIT, async move {
       let now = now_ms();
       let reset_at = now.saturating_add(duration_ms(window_ms));
-      let rows = pool.query(RATE_LIMIT, Stmt::Increment, &[&key, &now, &reset_at]).await?;
+      let rows = pool.query(RATE_LIMIT, Call::keyed(Stmt::Increment, key, params![now, reset_at])).await?;
       let row = only_row(RATE_LIMIT, &rows)?;
       Ok(PgRateLimitHit {
         count: column::<i32>(RATE_LIMIT, row, 0)? as f64,
@@ -175,7 +177,7 @@ impl NativePostgres {
   pub async fn circuit_get(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
-      let rows = pool.query(CIRCUIT, Stmt::CircuitGet, &[&key]).await?;
+      let rows = pool.query(CIRCUIT, Call::keyed(Stmt::CircuitGet, key, params![])).await?;
       match rows.first() {
         Some(row) => snapshot(row),
         None => Ok(PgCircuitSnapshot {
@@ -194,7 +196,7 @@ impl NativePostgres {
   pub async fn circuit_record_success(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
-      let rows = pool.query(CIRCUIT, Stmt::CircuitSuccess, &[&key, &now_ms()]).await?;
+      let rows = pool.query(CIRCUIT, Call::keyed(Stmt::CircuitSuccess, key, params![now_ms()])).await?;
       snapshot(only_row(CIRCUIT, &rows)?)
     })
     .await
@@ -204,7 +206,7 @@ impl NativePostgres {
   pub async fn circuit_record_failure(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
-      let rows = pool.query(CIRCUIT, Stmt::CircuitFailure, &[&key, &now_ms()]).await?;
+      let rows = pool.query(CIRCUIT, Call::keyed(Stmt::CircuitFailure, key, params![now_ms()])).await?;
       snapshot(only_row(CIRCUIT, &rows)?)
     })
     .await
@@ -218,7 +220,7 @@ impl NativePostgres {
       if !matches!(to.as_str(), "closed" | "open" | "half-open") {
         return Err(store_error(CIRCUIT, format!("unknown circuit state {to:?}")));
       }
-      let rows = pool.query(CIRCUIT, Stmt::CircuitTransition, &[&key, &to, &now_ms()]).await?;
+      let rows = pool.query(CIRCUIT, Call::keyed(Stmt::CircuitTransition, key, params![to, now_ms()])).await?;
       snapshot(only_row(CIRCUIT, &rows)?)
     })
     .await
@@ -228,7 +230,7 @@ impl NativePostgres {
   pub async fn circuit_reset(&self, key: String) -> Result<()> {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
-      pool.execute(CIRCUIT, Stmt::CircuitReset, &[&key]).await?;
+      pool.execute(CIRCUIT, Call::keyed(Stmt::CircuitReset, key, params![])).await?;
       Ok(())
     })
     .await
@@ -240,7 +242,7 @@ impl NativePostgres {
   pub async fn cache_get(&self, key: String) -> Result<Option<PgCachedResponse>> {
     let pool = self.pool.clone();
     caught(CACHE, async move {
-      let rows = pool.query(CACHE, Stmt::CacheGet, &[&key, &now_ms()]).await?;
+      let rows = pool.query(CACHE, Call::keyed(Stmt::CacheGet, key, params![now_ms()])).await?;
       let Some(row) = rows.first() else {
         return Ok(None);
       };
@@ -284,9 +286,8 @@ impl NativePostgres {
       let headers_json = response.headers_json().to_string();
       let body_base64 = response.body_base64();
       let expires_at = now_ms().saturating_add(duration_ms(ttl_ms));
-      pool
-        .execute(CACHE, Stmt::CachePut, &[&key, &status, &headers_json, &body_base64, &expires_at])
-        .await?;
+      let put = Call::keyed(Stmt::CachePut, key, params![status, headers_json, body_base64, expires_at]);
+      pool.execute(CACHE, put).await?;
       Ok(())
     }))
   }
@@ -295,7 +296,7 @@ impl NativePostgres {
   #[napi]
   pub async fn cache_delete(&self, key: String) -> Result<bool> {
     let pool = self.pool.clone();
-    caught(CACHE, async move { Ok(pool.execute(CACHE, Stmt::CacheDelete, &[&key]).await? > 0) }).await
+    caught(CACHE, async move { Ok(pool.execute(CACHE, Call::keyed(Stmt::CacheDelete, key, params![])).await? > 0) }).await
   }
 
   /// Deletes expired cache rows; answers how many.

@@ -1,25 +1,34 @@
 //! A small pool of PostgreSQL connections, connected lazily, with every wait
 //! bounded by a timeout.
 //!
-//! tokio-postgres pipelines: a `Client` sends each query as soon as it is
-//! issued and matches answers in order, so many calls can be in flight on one
-//! connection and no call holds a connection exclusively. The pool is
-//! therefore just up to `size` connections — no checkout, no queue. Each call
-//! takes the connection with the fewest calls in flight, opening another one
-//! only when every open one is busy: one caller at a time keeps reusing one
-//! warm connection, while concurrent callers spread over several server
-//! processes (PostgreSQL runs one connection's statements one after another).
-//! Each connection prepares a statement the first time it runs it and reuses
-//! it afterwards.
+//! There is no checkout: each connection has a [`Lane`] (see `batch.rs`)
+//! through which all its calls go — one alone when the connection is free,
+//! several together (writes in one transaction, sharing one WAL flush) when
+//! calls queue up behind a busy one.
 //!
-//! Nothing connects until the first call, and a connection that broke (the
-//! server restarted, the network dropped) is replaced by a later call, so a
-//! store recovers by itself once the database is back.
-//! A call waits at most `connectTimeout` for a connection and then at most
-//! `statementTimeout` for its answer; either way it fails with an error that
-//! says which store failed, where it tried to reach and why.
+//! Which connection a call uses: a free open one if there is one, so one
+//! caller at a time keeps reusing a warm connection and runs alone. When
+//! none is free:
+//! - a write of one row queues on the connection its key hashes to
+//!   (`hash(key) % size`), so one key's queued writes all go in groups on
+//!   one connection: the pool's own groups do not wait on each other's row
+//!   locks, and a hot key cannot stall groups on other connections (why
+//!   groups cannot deadlock is in `batch.rs`);
+//! - anything else (reads, cleanups, the schema) opens another connection
+//!   while the pool has room, else joins the one with the fewest calls, so
+//!   concurrent readers spread over several server processes.
+//!
+//! Each connection prepares a statement the first time it runs it and
+//! reuses it afterwards. Nothing connects until the first call, and a
+//! connection that broke (the server restarted, the network dropped) is
+//! replaced by a later call, so a store recovers by itself once the database
+//! is back. A call waits at most `connectTimeout` for a connection and then
+//! at most `statementTimeout` for its answer, queueing included; either way
+//! it fails with an error that says which store failed, where it tried to
+//! reach and why.
 
 use std::error::Error as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,14 +38,11 @@ use tokio::sync::OnceCell;
 use tokio::time::timeout;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
+use super::batch::{self, Answer, Call, Lane};
 use super::sql::{Statements, Stmt, Tables};
 use crate::errors::{lock, store_error};
-
-/// A statement's parameters, as tokio-postgres takes them.
-pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// How the pool was asked to behave.
 pub struct PoolOptions {
@@ -49,12 +55,24 @@ pub struct PoolOptions {
   pub synchronous_commit: bool,
 }
 
-/// One live connection, the statements prepared on it so far, and how many
-/// calls are using it.
-struct Conn {
-  client: Client,
+/// One live connection, the statements prepared on it so far, the lane its
+/// calls go through, and how many calls are using it.
+pub struct Conn {
+  pub client: Client,
+  pub lane: Lane,
+  statements: Arc<Statements>,
   prepared: [OnceCell<Statement>; Stmt::COUNT],
   in_flight: AtomicUsize,
+}
+
+impl Conn {
+  /// `stmt` prepared on this connection (the first call prepares it).
+  pub async fn prepare(&self, stmt: Stmt) -> std::result::Result<Statement, tokio_postgres::Error> {
+    self.prepared[stmt as usize]
+      .get_or_try_init(|| self.client.prepare(self.statements.text(stmt)))
+      .await
+      .cloned()
+  }
 }
 
 /// A connection taken for one call; gives its place back when dropped,
@@ -107,7 +125,7 @@ pub struct Pool {
   /// which may hold a password).
   target: String,
   tables: Tables,
-  statements: Statements,
+  statements: Arc<Statements>,
   slots: Box<[Slot]>,
   closed: AtomicBool,
 }
@@ -117,7 +135,7 @@ impl Pool {
     let target = describe_target(&options.config);
     let slots = (0..options.size.max(1)).map(|_| Slot::default()).collect();
     Pool {
-      statements: Statements::new(&tables),
+      statements: Arc::new(Statements::new(&tables)),
       tables,
       target,
       slots,
@@ -144,58 +162,39 @@ impl Pool {
     }
   }
 
-  /// Runs prepared statement `stmt` and returns its rows.
-  pub async fn query(&self, store: &str, stmt: Stmt, params: Params<'_>) -> Result<Vec<Row>> {
-    let lease = self.connection(store).await?;
-    let answer = timeout(self.options.statement_timeout, async {
-      let statement = self.prepare(&lease.conn, stmt).await?;
-      lease.conn.client.query(&statement, params).await
-    })
-    .await;
-    self.settle(store, Some(stmt), &lease, answer, self.options.statement_timeout)
+  /// Runs `call` (a query) and returns its rows.
+  pub async fn query(&self, store: &str, call: Call) -> Result<Vec<Row>> {
+    match self.run(store, call, self.options.statement_timeout).await? {
+      Answer::Rows(rows) => Ok(rows),
+      Answer::Count(_) => Err(store_error(store, "PostgreSQL returned no rows for a query")),
+    }
   }
 
-  /// Runs prepared statement `stmt` and returns how many rows it changed.
-  pub async fn execute(&self, store: &str, stmt: Stmt, params: Params<'_>) -> Result<u64> {
-    let lease = self.connection(store).await?;
-    let answer = timeout(self.options.statement_timeout, async {
-      let statement = self.prepare(&lease.conn, stmt).await?;
-      lease.conn.client.execute(&statement, params).await
-    })
-    .await;
-    self.settle(store, Some(stmt), &lease, answer, self.options.statement_timeout)
+  /// Runs `call` and returns how many rows it changed.
+  pub async fn execute(&self, store: &str, call: Call) -> Result<u64> {
+    match self.run(store, call, self.options.statement_timeout).await? {
+      Answer::Count(count) => Ok(count),
+      Answer::Rows(rows) => Ok(rows.len() as u64),
+    }
   }
 
   /// Runs a script of SQL statements (no parameters) within `limit`.
   pub async fn batch(&self, store: &str, sql: &str, limit: Duration) -> Result<()> {
-    let lease = self.connection(store).await?;
-    let answer = timeout(limit, lease.conn.client.batch_execute(sql)).await;
-    self.settle(store, None, &lease, answer, limit)
+    self.run(store, Call::Script(sql.to_string()), limit).await.map(|_| ())
   }
 
-  async fn prepare(&self, conn: &Conn, stmt: Stmt) -> std::result::Result<Statement, tokio_postgres::Error> {
-    let text = self.statements.text(stmt);
-    conn.prepared[stmt as usize]
-      .get_or_try_init(|| conn.client.prepare(text))
-      .await
-      .cloned()
-  }
-
-  /// Turns a timed statement's outcome into the call's result, discarding
-  /// the connection if it did not answer in time: a connection that stalls
-  /// is more likely dead than slow, and its replacement is cheap.
-  fn settle<T>(
-    &self,
-    store: &str,
-    stmt: Option<Stmt>,
-    lease: &Lease,
-    answer: std::result::Result<std::result::Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
-    limit: Duration,
-  ) -> Result<T> {
-    match answer {
-      Ok(Ok(value)) => Ok(value),
-      Ok(Err(error)) => Err(self.query_error(store, stmt, &error)),
-      Err(_) => {
+  /// Runs `call` on its connection, waiting at most `limit` for the answer,
+  /// time in the lane's queue included. A connection that does not answer
+  /// in time is discarded: one that stalls is more likely dead than slow,
+  /// and its replacement is cheap.
+  async fn run(&self, store: &str, call: Call, limit: Duration) -> Result<Answer> {
+    let stmt = call.stmt();
+    let home = call.row().map(|(_, key)| self.home(key));
+    let lease = self.connection(store, home).await?;
+    match timeout(limit, batch::run(&lease.conn, call, limit)).await {
+      Ok(Some(Ok(answer))) => Ok(answer),
+      Ok(Some(Err(error))) => Err(self.query_error(store, stmt, &error)),
+      Ok(None) | Err(_) => {
         self.slots[lease.slot].discard(&lease.conn);
         let option = if stmt.is_some() { " (statementTimeoutMs)" } else { "" };
         Err(store_error(
@@ -204,6 +203,13 @@ impl Pool {
         ))
       }
     }
+  }
+
+  /// The slot whose connection runs every write of `key`.
+  fn home(&self, key: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % self.slots.len() as u64) as usize
   }
 
   fn query_error(&self, store: &str, stmt: Option<Stmt>, error: &tokio_postgres::Error) -> napi::Error {
@@ -224,12 +230,48 @@ impl Pool {
     }
   }
 
-  /// A connection for one call: an idle open one if any; else a new one if
-  /// the pool has room; else the open one with the fewest calls in flight.
-  async fn connection(&self, store: &str) -> Result<Lease> {
+  /// A connection for one call: an idle open one if any; else, for a write
+  /// of one row, the one in slot `home`; else a new one if the pool has
+  /// room; else the open one with the fewest calls in flight.
+  async fn connection(&self, store: &str, home: Option<usize>) -> Result<Lease> {
     if self.is_closed() {
       return Err(closed_error(store));
     }
+    let index = match home {
+      Some(index) => match self.idle().or_else(|| self.slots[index].live().map(|conn| (index, conn))) {
+        Some((index, conn)) => return Ok(Lease::new(index, conn)),
+        None => index,
+      },
+      None => match self.pick() {
+        Ok(lease) => return Ok(lease),
+        Err(index) => index,
+      },
+    };
+    // The whole wait — for another caller's attempt and for our own — is
+    // bounded, so callers queued behind a hanging connect fail together.
+    match timeout(self.options.connect_timeout, self.connect(store, index)).await {
+      Ok(result) => result.map(|conn| Lease::new(index, conn)),
+      Err(_) => Err(store_error(
+        store,
+        format!(
+          "could not connect to PostgreSQL at {} within {} ms (connectTimeoutMs)",
+          self.target,
+          self.options.connect_timeout.as_millis()
+        ),
+      )),
+    }
+  }
+
+  /// An open connection with no call in flight, if any.
+  fn idle(&self) -> Option<(usize, Arc<Conn>)> {
+    self.slots.iter().enumerate().find_map(|(index, slot)| {
+      slot.live().filter(|conn| conn.in_flight.load(Ordering::Relaxed) == 0).map(|conn| (index, conn))
+    })
+  }
+
+  /// A connection for a call that may use any: a lease on an open one, or
+  /// the slot to connect.
+  fn pick(&self) -> std::result::Result<Lease, usize> {
     let mut least_busy: Option<(usize, Arc<Conn>, usize)> = None;
     let mut unopened = None; // no connection, and nobody connecting it
     let mut opening = None; // another caller is connecting it
@@ -252,24 +294,11 @@ impl Pool {
         }
       }
     }
-    let index = match (unopened, least_busy, opening) {
-      (Some(index), _, _) => index,
-      (None, Some((index, conn, _)), _) => return Ok(Lease::new(index, conn)),
-      (None, None, Some(index)) => index,
-      (None, None, None) => 0, // unreachable: the pool has at least one slot
-    };
-    // The whole wait — for another caller's attempt and for our own — is
-    // bounded, so callers queued behind a hanging connect fail together.
-    match timeout(self.options.connect_timeout, self.connect(store, index)).await {
-      Ok(result) => result.map(|conn| Lease::new(index, conn)),
-      Err(_) => Err(store_error(
-        store,
-        format!(
-          "could not connect to PostgreSQL at {} within {} ms (connectTimeoutMs)",
-          self.target,
-          self.options.connect_timeout.as_millis()
-        ),
-      )),
+    match (unopened, least_busy, opening) {
+      (Some(index), _, _) => Err(index),
+      (None, Some((index, conn, _)), _) => Ok(Lease::new(index, conn)),
+      (None, None, Some(index)) => Err(index),
+      (None, None, None) => Err(0), // unreachable: the pool has at least one slot
     }
   }
 
@@ -296,6 +325,8 @@ impl Pool {
     }
     let conn = Arc::new(Conn {
       client,
+      lane: Lane::default(),
+      statements: self.statements.clone(),
       prepared: std::array::from_fn(|_| OnceCell::new()),
       in_flight: AtomicUsize::new(0),
     });

@@ -13,6 +13,12 @@
 //! table gets an alias and every column in `SET` is qualified (with the alias
 //! or `EXCLUDED`); Stoma's `transition()` leaves one unqualified and fails
 //! with `column reference "failure_count" is ambiguous`.
+//!
+//! Cleanups delete only rows nobody holds (`FOR UPDATE SKIP LOCKED`): a row
+//! locked by an open transaction is being written, so it is left for the
+//! next cleanup rather than waited for. A cleanup that waited could hold
+//! some expired rows while wanting one that a group of writes holds, as
+//! that group wants one of the cleanup's — a deadlock (see `batch.rs`).
 
 /// The schema for `stoma_` tables: the same text as Stoma's
 /// `POSTGRES_SCHEMA_SQL` (our tests compare the two), written as a template
@@ -94,7 +100,7 @@ impl Tables {
 pub enum Stmt {
   /// `($1 key, $2 now, $3 now + window) → (count, reset_at)`
   Increment,
-  /// `($1 now)`
+  /// `($1 now)`, skipping locked rows
   CleanupRateLimits,
   /// `($1 key) → snapshot row or none`
   CircuitGet,
@@ -112,7 +118,7 @@ pub enum Stmt {
   CachePut,
   /// `($1 key)`, one row affected if something was removed
   CacheDelete,
-  /// `($1 now)`
+  /// `($1 now)`, skipping locked rows
   CleanupCache,
 }
 
@@ -128,6 +134,43 @@ impl Stmt {
       }
       Stmt::CacheGet | Stmt::CachePut | Stmt::CacheDelete | Stmt::CleanupCache => &tables.cache,
     }
+  }
+
+  /// The table as a number, for sorting a group's writes by (table, key).
+  pub fn table_rank(self) -> u8 {
+    match self {
+      Stmt::Increment | Stmt::CleanupRateLimits => 0,
+      Stmt::CircuitGet | Stmt::CircuitSuccess | Stmt::CircuitFailure | Stmt::CircuitTransition | Stmt::CircuitReset => 1,
+      Stmt::CacheGet | Stmt::CachePut | Stmt::CacheDelete | Stmt::CleanupCache => 2,
+    }
+  }
+
+  /// Whether the statement writes exactly the one row under its key (`$1`):
+  /// those may share a transaction with other writes (see `batch.rs`).
+  pub fn changes_one_row(self) -> bool {
+    matches!(
+      self,
+      Stmt::Increment
+        | Stmt::CircuitSuccess
+        | Stmt::CircuitFailure
+        | Stmt::CircuitTransition
+        | Stmt::CircuitReset
+        | Stmt::CachePut
+        | Stmt::CacheDelete
+    )
+  }
+
+  /// Whether the caller wants the rows (else how many rows changed).
+  pub fn returns_rows(self) -> bool {
+    matches!(
+      self,
+      Stmt::Increment
+        | Stmt::CircuitGet
+        | Stmt::CircuitSuccess
+        | Stmt::CircuitFailure
+        | Stmt::CircuitTransition
+        | Stmt::CacheGet
+    )
   }
 }
 
@@ -152,7 +195,7 @@ impl Statements {
            reset_at = CASE WHEN r.reset_at <= $2 THEN $3 ELSE r.reset_at END \
          RETURNING r.count, r.reset_at"
       ),
-      format!("DELETE FROM {rl} WHERE reset_at <= $1"),
+      format!("DELETE FROM {rl} WHERE key IN (SELECT key FROM {rl} WHERE reset_at <= $1 FOR UPDATE SKIP LOCKED)"),
       format!("SELECT {SNAPSHOT} FROM {cb} AS c WHERE c.key = $1"),
       format!(
         "INSERT INTO {cb} AS c (key, state, failure_count, success_count, last_failure_time, last_state_change) \
@@ -187,7 +230,7 @@ impl Statements {
            status = EXCLUDED.status, headers = EXCLUDED.headers, body = EXCLUDED.body, expires_at = EXCLUDED.expires_at"
       ),
       format!("DELETE FROM {cache} WHERE key = $1"),
-      format!("DELETE FROM {cache} WHERE expires_at <= $1"),
+      format!("DELETE FROM {cache} WHERE key IN (SELECT key FROM {cache} WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)"),
     ];
     debug_assert_eq!(texts.len(), Stmt::COUNT);
     Statements { texts }
@@ -226,5 +269,6 @@ mod tests {
     assert!(statements.text(Stmt::Increment).contains("INTO t_rate_limits AS r"));
     assert!(statements.text(Stmt::CircuitTransition).contains("INTO t_circuit_breakers AS c"));
     assert!(statements.text(Stmt::CleanupCache).contains("FROM t_cache"));
+    assert!(statements.text(Stmt::CleanupRateLimits).ends_with("FOR UPDATE SKIP LOCKED)"));
   }
 }
