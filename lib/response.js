@@ -24,6 +24,11 @@ function checkResponse(store, value) {
   if (!isResponse(value)) {
     throw new TypeError(`${store}: response must be a Response, got ${describe(value)}`)
   }
+  // A Response can only carry 200–599; anything else (from a Response-like
+  // object) could be stored but never rebuilt, so get() would throw.
+  if (!Number.isInteger(value.status) || value.status < 200 || value.status > 599) {
+    throw new RangeError(`${store}: response.status must be an integer from 200 to 599, got ${describe(value.status)}`)
+  }
 }
 
 function joinHeaders(headers) {

@@ -87,12 +87,18 @@ impl Now {
   }
 }
 
+/// The longest duration kept: 2^52 ms, about 142,700 years. Any instant
+/// `now + MAX_DURATION_MS` is still a safe integer in JS and a valid `Date`
+/// (whose limit is 8.64e15 ms), so a huge window or ttl never yields a
+/// `resetAt` that `new Date()` rejects or that loses precision.
+pub const MAX_DURATION_MS: i64 = 1 << 52;
+
 /// Converts a JS duration in milliseconds (validated as finite and
 /// non-negative by the JS layer) into whole milliseconds, rounding up so a
-/// fractional window never ends early, and saturating at 2^53 ms so that
-/// arithmetic on instants cannot overflow.
+/// fractional window never ends early, and saturating at
+/// [`MAX_DURATION_MS`] so that arithmetic on instants cannot overflow.
 pub fn duration_ms(ms: f64) -> i64 {
-  const MAX: f64 = (1u64 << 53) as f64;
+  const MAX: f64 = MAX_DURATION_MS as f64;
   if ms.is_nan() || ms <= 0.0 {
     0
   } else {
@@ -110,7 +116,9 @@ mod tests {
     assert_eq!(duration_ms(0.0), 0);
     assert_eq!(duration_ms(-5.0), 0);
     assert_eq!(duration_ms(f64::NAN), 0);
-    assert_eq!(duration_ms(f64::INFINITY), 1i64 << 53);
+    assert_eq!(duration_ms(f64::INFINITY), MAX_DURATION_MS);
+    assert_eq!(duration_ms(f64::MAX), MAX_DURATION_MS);
+    assert!(((now_ms() + MAX_DURATION_MS) as f64) < 8.64e15);
   }
 
   #[test]

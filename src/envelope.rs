@@ -204,5 +204,167 @@ mod tests {
       assert_eq!(StoredResponse::from_envelope(garbage), None, "{}", String::from_utf8_lossy(garbage));
     }
   }
+
+  /// Replays the checked-in seed corpus (`fuzz/corpus/envelope/`): files named
+  /// `hit-*` must decode and survive a round trip, `miss-*` must read as a miss.
+  #[test]
+  fn the_seed_corpus_decodes_as_named() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/envelope");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/envelope exists") {
+      let path = entry.unwrap().path();
+      let name = path.file_name().unwrap().to_string_lossy().into_owned();
+      let bytes = std::fs::read(&path).unwrap();
+      let decoded = StoredResponse::from_envelope(&bytes);
+      if name.starts_with("hit-") {
+        let response = decoded.unwrap_or_else(|| panic!("{name} should decode"));
+        assert_eq!(StoredResponse::from_envelope(response.to_envelope().as_bytes()), Some(response), "{name}");
+      } else if name.starts_with("miss-") {
+        assert_eq!(decoded, None, "{name} should read as a miss");
+      } else {
+        continue;
+      }
+      seen += 1;
+    }
+    assert!(seen >= 10, "only {seen} corpus files");
+  }
+}
+
+/// Property-based fuzzing of the decoders (stable Rust: proptest rather than
+/// cargo-fuzz). Case counts are bounded so `cargo test --release` runs each in
+/// well under a second; failures are persisted to `proptest-regressions/`
+/// and replayed first on every later run.
+#[cfg(test)]
+mod fuzz {
+  use super::*;
+  use proptest::prelude::*;
+
+  fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+      cases,
+      max_shrink_iters: 2_000,
+      ..ProptestConfig::default()
+    }
+  }
+
+  /// Arbitrary JSON values, biased towards envelope-like shapes.
+  fn json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+      Just(Value::Null),
+      any::<bool>().prop_map(Value::Bool),
+      any::<i64>().prop_map(Value::from),
+      any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+      (100u64..700).prop_map(Value::from),
+      ".{0,12}".prop_map(Value::String),
+      "[A-Za-z0-9+/=%]{0,16}".prop_map(Value::String),
+      prop_oneof![Just("status"), Just("headers"), Just("body"), Just("content-type")].prop_map(|s| Value::String(s.into())),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+      prop_oneof![
+        prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+        prop::collection::vec((prop_oneof![Just("status".to_string()), Just("headers".to_string()), Just("body".to_string()), ".{0,6}".prop_map(String::from)], inner), 0..5)
+          .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+      ]
+    })
+  }
+
+  /// Envelope-shaped objects whose fields are each right or wrong.
+  fn envelope_like() -> impl Strategy<Value = Vec<u8>> {
+    let status = prop_oneof![(0i64..1000).prop_map(Value::from), json()];
+    let header = prop_oneof![
+      ("[a-z-]{1,10}", "[ -~]{0,20}").prop_map(|(n, v)| serde_json::json!([n, v])),
+      (".{0,8}", ".{0,8}").prop_map(|(n, v)| serde_json::json!([n, v])),
+      json(),
+    ];
+    let headers = prop_oneof![prop::collection::vec(header, 0..6).prop_map(Value::Array), json()];
+    let body = prop_oneof![prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| Value::String(BASE64.encode(b))), json()];
+    (status, headers, body, any::<bool>()).prop_map(|(status, headers, body, trailing)| {
+      let mut text = serde_json::json!({ "status": status, "headers": headers, "body": body }).to_string();
+      if trailing {
+        text.push('\n');
+      }
+      text.into_bytes()
+    })
+  }
+
+  /// Responses a `Response` could carry: valid statuses, token names,
+  /// Latin-1 values without NUL/CR/LF, any body.
+  fn response() -> impl Strategy<Value = StoredResponse> {
+    let name = "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16}";
+    let value = prop::collection::vec(prop_oneof![0x20u8..0x7f, 0xa0u8..=0xff, Just(b'\t')], 0..24)
+      .prop_map(|bytes| bytes.into_iter().map(char::from).collect::<String>());
+    (200u16..=599, prop::collection::vec((name, value), 0..8), prop::collection::vec(any::<u8>(), 0..256))
+      .prop_map(|(status, headers, body)| StoredResponse { status, headers, body })
+  }
+
+  /// What every successful decode must satisfy.
+  fn check_decoded(response: &StoredResponse) -> Result<(), TestCaseError> {
+    prop_assert!((200..=599).contains(&response.status));
+    for (name, value) in &response.headers {
+      prop_assert!(is_token(name) && is_field_value(value), "{name:?}: {value:?}");
+    }
+    let again = StoredResponse::from_envelope(response.to_envelope().as_bytes());
+    prop_assert_eq!(again.as_ref(), Some(response));
+    Ok(())
+  }
+
+  proptest! {
+    #![proptest_config(config(4_000))]
+
+    #[test]
+    fn from_envelope_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+      if let Some(response) = StoredResponse::from_envelope(&bytes) {
+        check_decoded(&response)?;
+      }
+    }
+
+    #[test]
+    fn from_envelope_never_panics_on_json(value in json()) {
+      if let Some(response) = StoredResponse::from_envelope(value.to_string().as_bytes()) {
+        check_decoded(&response)?;
+      }
+    }
+
+    #[test]
+    fn from_envelope_sorts_envelope_like_text(text in envelope_like()) {
+      if let Some(response) = StoredResponse::from_envelope(&text) {
+        check_decoded(&response)?;
+      }
+    }
+
+    #[test]
+    fn from_columns_never_panics(status in any::<i64>(), headers in json(), body in prop_oneof![".{0,40}", "[A-Za-z0-9+/]{0,40}={0,3}[ \n]{0,2}"]) {
+      if let Some(response) = StoredResponse::from_columns(status, &headers, &body) {
+        check_decoded(&response)?;
+      }
+    }
+
+    #[test]
+    fn envelopes_round_trip(response in response()) {
+      let text = response.to_envelope();
+      prop_assert_eq!(StoredResponse::from_envelope(text.as_bytes()), Some(response.clone()));
+      let headers = response.headers_json();
+      prop_assert_eq!(StoredResponse::from_columns(response.status.into(), &headers, &response.body_base64()), Some(response.clone()));
+      let joined = StoredResponse::from_joined(response.status, &response.joined_headers(), response.body.clone());
+      prop_assert_eq!(joined, response);
+    }
+
+    #[test]
+    fn one_flipped_byte_never_panics(response in response(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+      let mut text = response.to_envelope().into_bytes();
+      let i = at.index(text.len());
+      text[i] = byte;
+      if let Some(decoded) = StoredResponse::from_envelope(&text) {
+        check_decoded(&decoded)?;
+      }
+    }
+
+    #[test]
+    fn from_joined_never_panics(joined in ".{0,64}", body in prop::collection::vec(any::<u8>(), 0..16)) {
+      let response = StoredResponse::from_joined(200, &joined, body);
+      let _ = response.to_envelope();
+      let _ = response.joined_headers();
+    }
+  }
 }
 

@@ -11,6 +11,7 @@
 //! - [`memory`]   — in-process stores, called synchronously from JS.
 //! - [`postgres`] — PostgreSQL stores on Stoma's tables, over tokio-postgres.
 //! - [`redis`]    — stores in Redis, sharing data with Stoma's JS `redisAdapter`.
+//! - [`testing`]  — hidden hooks that panic on purpose, for the boundary tests.
 //!
 //! The JavaScript layer (`lib/*.js`) wraps the classes exported here into the
 //! exact shapes Stoma's policies expect (Promise-returning stores, real
@@ -23,4 +24,5 @@ pub mod fastcall;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+pub mod testing;
 

@@ -153,9 +153,11 @@ pub struct NativeMemoryCircuitBreakerStore {
 #[napi]
 impl NativeMemoryCircuitBreakerStore {
   #[napi(constructor)]
-  pub fn new(max_keys: f64, name: Option<String>) -> Self {
-    let table = NAMED.get_or_create(name.as_deref(), || CircuitTable::new(bound(max_keys)));
-    NativeMemoryCircuitBreakerStore { table: Held::new(STORE, table) }
+  pub fn new(max_keys: f64, name: Option<String>) -> Result<Self> {
+    guard(STORE, || {
+      let table = NAMED.get_or_create(name.as_deref(), || CircuitTable::new(bound(max_keys)));
+      Ok(NativeMemoryCircuitBreakerStore { table: Held::new(STORE, table) })
+    })
   }
 
 
@@ -166,7 +168,7 @@ impl NativeMemoryCircuitBreakerStore {
   /// (see [`bound_call`]).
   #[napi(ts_return_type = "{ call: (op: number, key: string, to?: number) => void; out: Float64Array }")]
   pub fn bind_operations(&self, env: &Env) -> Result<Object<'static>> {
-    bound_call(env, c"circuit", self.table.get()?.clone(), 5, |bound, args| {
+    guard(STORE, || bound_call(env, c"circuit", self.table.get()?.clone(), 5, |bound, args| {
       let op = args.number(0, "op")?;
       // Read lazily: reading or counting on a known circuit needs no clock.
       let now = &Now::read();
@@ -189,7 +191,7 @@ impl NativeMemoryCircuitBreakerStore {
         bound.out.set(index, value);
       }
       Ok(Answer::Undefined)
-    })
+    }))
   }
 
   #[napi]
@@ -214,8 +216,11 @@ impl NativeMemoryCircuitBreakerStore {
   }
 
   #[napi]
-  pub fn destroy(&mut self) {
-    self.table.release();
+  pub fn destroy(&mut self) -> Result<()> {
+    guard(STORE, || {
+      self.table.release();
+      Ok(())
+    })
   }
 }
 

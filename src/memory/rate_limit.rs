@@ -226,11 +226,13 @@ pub struct NativeMemoryRateLimitStore {
 impl NativeMemoryRateLimitStore {
   /// `name` shares the counters with every store of that name in the process.
   #[napi(constructor)]
-  pub fn new(max_keys: f64, name: Option<String>) -> Self {
-    let counters = NAMED.get_or_create(name.as_deref(), || FixedWindowCounters::new(bound(max_keys)));
-    NativeMemoryRateLimitStore {
-      counters: Held::new(STORE, counters),
-    }
+  pub fn new(max_keys: f64, name: Option<String>) -> Result<Self> {
+    guard(STORE, || {
+      let counters = NAMED.get_or_create(name.as_deref(), || FixedWindowCounters::new(bound(max_keys)));
+      Ok(NativeMemoryRateLimitStore {
+        counters: Held::new(STORE, counters),
+      })
+    })
   }
 
 
@@ -238,13 +240,15 @@ impl NativeMemoryRateLimitStore {
   /// returns the count, writing `resetAt` into `out[0]` (see [`bound_call`]).
   #[napi(ts_return_type = "{ call: (key: string, windowMs: number) => number; out: Float64Array }")]
   pub fn bind_increment(&self, env: &Env) -> Result<Object<'static>> {
-    let counters = self.counters.get()?;
-    bound_call(env, c"increment", counters.clone(), 1, |bound, args| {
+    guard(STORE, || {
+      let counters = self.counters.get()?;
+      bound_call(env, c"increment", counters.clone(), 1, |bound, args| {
       let window_ms = duration_ms(args.number(1, "windowMs")?);
       let now = Now::read();
       let hit = args.with_str(0, "key", |key| bound.state.increment(key, window_ms, &now))?;
       bound.out.set(0, hit.reset_at as f64);
-      Ok(Answer::Number(hit.count))
+        Ok(Answer::Number(hit.count))
+      })
     })
   }
 
@@ -265,8 +269,11 @@ impl NativeMemoryRateLimitStore {
 
   /// Releases this store's hold on the counters; later calls throw.
   #[napi]
-  pub fn destroy(&mut self) {
-    self.counters.release();
+  pub fn destroy(&mut self) -> Result<()> {
+    guard(STORE, || {
+      self.counters.release();
+      Ok(())
+    })
   }
 }
 
@@ -313,5 +320,60 @@ mod tests {
     assert!(c.len() <= 1_000);
     let queued: usize = lock(&c.expiries).by_window.iter().map(|(_, q)| q.len()).sum();
     assert!(queued <= 1_000 + RECLAIM_PER_CALL, "{queued} entries queued");
+  }
+
+  /// Model-based fuzzing: random keys, windows and clock steps against a
+  /// plain map with Stoma's fixed-window rules and the fail-closed bound.
+  mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone)]
+    struct Step {
+      key: String,
+      window_ms: i64,
+      advance_ms: i64,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+      let key = prop_oneof![4 => "[a-e]", 1 => ".{0,40}", 1 => "[\\x00\\n\\u{e9}\\u{1F600}]{1,3}"];
+      let window = prop_oneof![Just(0i64), 1i64..50, Just(1000), Just(crate::clock::MAX_DURATION_MS)];
+      (key, window, prop_oneof![3 => Just(0i64), 2 => 0i64..30]).prop_map(|(key, window_ms, advance_ms)| Step { key, window_ms, advance_ms })
+    }
+
+    proptest! {
+      #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+      #[test]
+      fn matches_the_fixed_window_model(max_keys in 1usize..6, steps in prop::collection::vec(step(), 1..120)) {
+        let counters = FixedWindowCounters::new(max_keys);
+        let mut model: HashMap<String, (u64, i64)> = HashMap::new();
+        let mut now = 1_700_000_000_000i64;
+        for Step { key, window_ms, advance_ms } in steps {
+          now += advance_ms;
+          let hit = counters.increment(&key, window_ms, &Now::at(now));
+          let expected = match model.get_mut(&key) {
+            Some((count, reset_at)) if now < *reset_at => {
+              *count += 1;
+              Hit { count: *count as f64, reset_at: *reset_at }
+            }
+            _ => {
+              let live_others = model.iter().filter(|(k, (_, r))| **k != key && now < *r).count();
+              if live_others >= max_keys {
+                model.remove(&key);
+                Hit { count: FAIL_CLOSED_COUNT, reset_at: now + window_ms }
+              } else {
+                model.insert(key.clone(), (1, now + window_ms));
+                Hit { count: 1.0, reset_at: now + window_ms }
+              }
+            }
+          };
+          prop_assert_eq!(hit, expected, "key {:?} at {}", key, now);
+          prop_assert!(counters.len() <= max_keys);
+          prop_assert_eq!(counters.len(), counters.windows.len());
+        }
+      }
+    }
   }
 }
