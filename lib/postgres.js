@@ -21,6 +21,23 @@ const TABLE_PREFIX = /^[A-Za-z_][A-Za-z0-9_]{0,40}$/
 
 const CIRCUIT_STATES = ['closed', 'open', 'half-open']
 
+// PostgreSQL text cannot hold NUL, and a key is a primary key whose btree
+// entry holds at most ~2.7 kB; refuse such keys before a round trip.
+const MAX_KEY_BYTES = 2600
+
+function checkPostgresKey(store, key) {
+  checkKey(store, key)
+  if (key.includes('\0')) {
+    throw new RangeError(`${store}: key must not contain NUL (PostgreSQL text cannot hold it)`)
+  }
+  if (key.length > MAX_KEY_BYTES / 3) {
+    const bytes = Buffer.byteLength(key, 'utf8')
+    if (bytes > MAX_KEY_BYTES) {
+      throw new RangeError(`${store}: key must be at most ${MAX_KEY_BYTES} bytes of UTF-8 (PostgreSQL's index entry limit), got ${bytes}`)
+    }
+  }
+}
+
 // Lets postgresAdapter() hand its stores one shared native pool; stores
 // built directly open their own.
 const SHARED = Symbol('stoma-native: shared PostgreSQL pool')
@@ -115,7 +132,7 @@ class PostgresRateLimitStore {
 
   increment(key, windowSeconds) {
     try {
-      checkKey('PostgresRateLimitStore', key)
+      checkPostgresKey('PostgresRateLimitStore', key)
       checkSeconds('PostgresRateLimitStore', windowSeconds, 'windowSeconds')
       return this.#handle.pool.increment(key, windowSeconds * 1000)
     } catch (error) {
@@ -157,7 +174,7 @@ class PostgresCircuitBreakerStore {
 
   #run(key, call) {
     try {
-      checkKey('PostgresCircuitBreakerStore', key)
+      checkPostgresKey('PostgresCircuitBreakerStore', key)
       return call(this.#handle.pool)
     } catch (error) {
       return Promise.reject(error)
@@ -218,7 +235,7 @@ class PostgresCacheStore {
 
   get(key) {
     try {
-      checkKey('PostgresCacheStore', key)
+      checkPostgresKey('PostgresCacheStore', key)
       return this.#handle.pool
         .cacheGet(key)
         .then((hit) => hit && buildResponse(hit.status, hit.headers, hit.body))
@@ -228,7 +245,7 @@ class PostgresCacheStore {
   }
 
   async put(key, response, ttlSeconds) {
-    checkKey('PostgresCacheStore', key)
+    checkPostgresKey('PostgresCacheStore', key)
     checkResponse('PostgresCacheStore', response)
     checkSeconds('PostgresCacheStore', ttlSeconds, 'ttlSeconds')
     const pool = this.#handle.pool
@@ -238,7 +255,7 @@ class PostgresCacheStore {
 
   delete(key) {
     try {
-      checkKey('PostgresCacheStore', key)
+      checkPostgresKey('PostgresCacheStore', key)
       return this.#handle.pool.cacheDelete(key)
     } catch (error) {
       return Promise.reject(error)
