@@ -153,6 +153,21 @@ describe('cloudflare: bundling for workerd', () => {
     expect(bundle).not.toMatch(/from\s*["']node:/)
   })
 
+  it('resolves the bare package to the plain-JS entry under the workerd conditions', async () => {
+    const result = await build({
+      stdin: { contents: "export { cloudflareAdapter } from 'stoma-native'", resolveDir: fileURLToPath(new URL('.', import.meta.url)) },
+      bundle: true,
+      format: 'esm',
+      platform: 'neutral',
+      conditions: ['workerd', 'worker'],
+      write: false,
+      logLevel: 'silent',
+    })
+    const text = result.outputFiles[0].text
+    expect(bundledFiles(text)).toContain('cloudflare/index.js')
+    expect(text).not.toContain('native.js')
+  })
+
   it('picks Durable Objects over KV, and KV plus isolate circuits without them', async () => {
     const kinds = async (profile) => (await fetchWorker(`/kinds?profile=${profile}`)).json()
     expect(await kinds('durable')).toEqual({
