@@ -151,9 +151,9 @@ export declare class NativeRedisConnection {
    * entry, since a response that expires at once replaces it.
    *
    * A small envelope is encoded right here; a larger one on napi-rs's
-   * runtime, off the JS thread, and queued from there. `body` is a private
-   * copy made by the JS layer (`arrayBuffer()`), so reading it off the JS
-   * thread races with nothing.
+   * runtime, off the JS thread, and queued from there. `body` holds the
+   * bytes of a Response the JS layer has consumed (`lib/response.js`), so
+   * reading it off the JS thread races with nothing.
    */
   cachePut(id: number, key: string, status: number, headers: string, body: Uint8Array, ttlMs: number): void
   /** Removes `<prefix>cache:<key>`; answers whether something was there. */
