@@ -121,7 +121,7 @@ export declare class NativeRedisConnection {
    * Parses `url` (throwing an `InvalidArg` error at once if it is
    * malformed) and starts connecting in the background.
    */
-  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, settle: (batch: unknown[]) => void)
+  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, settle: (batch: [Float64Array, ...unknown[]]) => void)
   /** Sends the calls queued since the last flush (see [`Link::flush`]). */
   flush(): void
   /**
