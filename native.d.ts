@@ -121,7 +121,7 @@ export declare class NativeRedisConnection {
    * Parses `url` (throwing an `InvalidArg` error at once if it is
    * malformed) and starts connecting in the background.
    */
-  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, settle: (batch: unknown[]) => void)
+  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, settle: (batch: [Float64Array, ...unknown[]]) => void)
   /** Sends the calls queued since the last flush (see [`Link::flush`]). */
   flush(): void
   /**
@@ -151,9 +151,9 @@ export declare class NativeRedisConnection {
    * entry, since a response that expires at once replaces it.
    *
    * A small envelope is encoded right here; a larger one on napi-rs's
-   * runtime, off the JS thread, and queued from there. `body` is a private
-   * copy made by the JS layer (`arrayBuffer()`), so reading it off the JS
-   * thread races with nothing.
+   * runtime, off the JS thread, and queued from there. `body` holds the
+   * bytes of a Response the JS layer has consumed (`lib/response.js`), so
+   * reading it off the JS thread races with nothing.
    */
   cachePut(id: number, key: string, status: number, headers: string, body: Uint8Array, ttlMs: number): void
   /** Removes `<prefix>cache:<key>`; answers whether something was there. */

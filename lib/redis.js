@@ -28,7 +28,8 @@ function redactUrl(url) {
 const HIT = 0 // { count, resetAt }
 const SNAPSHOT = 1 // a circuit snapshot
 const CACHED = 2 // a Response or null
-const VALUE = 3 // one value as is (a boolean, or undefined)
+const REMOVED = 3 // a boolean
+const DONE = 4 // undefined
 
 const OPERATIONS = {
   increment: HIT,
@@ -36,55 +37,64 @@ const OPERATIONS = {
   recordSuccess: SNAPSHOT,
   recordFailure: SNAPSHOT,
   transition: SNAPSHOT,
-  resetCircuit: VALUE,
+  resetCircuit: DONE,
   cacheGet: CACHED,
-  cachePut: VALUE,
-  cacheDelete: VALUE,
+  cachePut: DONE,
+  cacheDelete: REMOVED,
 }
 
 const CIRCUIT_STATES = ['closed', 'open', 'half-open']
 
 /**
- * Settles the calls answered in `batch`, the flat array of primitives the
- * native side sends (see `Batch` in src/redis.rs): each answer is its call
- * id and its values, or `-id` and an error message for a failed call.
+ * Settles the calls answered in `batch`, as the native side sends them (see
+ * `Batch` in src/redis.rs): `batch[0]` is a Float64Array holding each
+ * answer's call id and numbers (`-id` for a failed call), and the values
+ * that are not numbers (error messages, a cache hit's headers and body)
+ * follow in `batch`, in order.
  */
 function settle(calls, batch) {
+  const numbers = batch[0]
+  let other = 1
   let i = 0
-  while (i < batch.length) {
-    const id = batch[i++]
+  while (i < numbers.length) {
+    const id = numbers[i++]
     const call = calls.get(Math.abs(id))
     calls.delete(Math.abs(id))
     if (id < 0) {
-      call.reject(new Error(batch[i++]))
+      call.reject(new Error(batch[other++]))
       continue
     }
     switch (call.kind) {
       case HIT:
-        call.resolve({ count: batch[i], resetAt: batch[i + 1] })
+        call.resolve({ count: numbers[i], resetAt: numbers[i + 1] })
         i += 2
         break
       case SNAPSHOT:
         call.resolve({
-          state: CIRCUIT_STATES[batch[i]],
-          failureCount: batch[i + 1],
-          successCount: batch[i + 2],
-          lastFailureTime: batch[i + 3],
-          lastStateChange: batch[i + 4],
+          state: CIRCUIT_STATES[numbers[i]],
+          failureCount: numbers[i + 1],
+          successCount: numbers[i + 2],
+          lastFailureTime: numbers[i + 3],
+          lastStateChange: numbers[i + 4],
         })
         i += 5
         break
-      case CACHED:
-        if (batch[i] === 0) {
+      case CACHED: {
+        const status = numbers[i++]
+        if (status === 0) {
           call.resolve(null)
-          i += 1
         } else {
-          call.resolve(buildResponse(batch[i], batch[i + 1], batch[i + 2]))
-          i += 3
+          call.resolve(buildResponse(status, batch[other], batch[other + 1]))
+          other += 2
         }
         break
+      }
+      case REMOVED:
+        call.resolve(numbers[i++] !== 0)
+        break
       default:
-        call.resolve(batch[i++])
+        i++
+        call.resolve(undefined)
     }
   }
 }
