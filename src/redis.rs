@@ -158,8 +158,10 @@ const CIRCUIT_LUA: &str = r#"
 local key, op, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local STATES = { closed = true, open = true, ['half-open'] = true }
 
+local MAX_COUNT = 9007199254740991 -- Number.MAX_SAFE_INTEGER
+
 local function is_count(v)
-  return type(v) == 'number' and v >= 0 and v == math.floor(v) and v <= 9007199254740991
+  return type(v) == 'number' and v >= 0 and v == math.floor(v) and v <= MAX_COUNT
 end
 
 local function load()
@@ -176,9 +178,11 @@ end
 
 local c = load()
 if op == 'success' then
-  c.successCount = c.successCount + 1
+  -- Saturate: one more would leave the safe range, and the next read would
+  -- then discard the value as garbage and forget the circuit.
+  c.successCount = math.min(c.successCount + 1, MAX_COUNT)
 elseif op == 'failure' then
-  c.failureCount = c.failureCount + 1
+  c.failureCount = math.min(c.failureCount + 1, MAX_COUNT)
   c.lastFailureTime = now
 elseif op == 'transition' then
   local to = ARGV[3]
