@@ -14,7 +14,14 @@ async function startServer(which, prefix) {
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   const [line] = await once(child.stdout, 'data')
-  return { port: JSON.parse(String(line)).port, stop: () => child.kill('SIGTERM') }
+  const exited = once(child, 'exit')
+  return {
+    port: JSON.parse(String(line)).port,
+    stop: () => {
+      child.kill('SIGTERM')
+      return exited // so no late write lands after the keys are deleted
+    },
+  }
 }
 
 async function load(port, path, headers, duration = DURATION_S) {
@@ -47,7 +54,7 @@ function e2eCase(name, path, target) {
           await load(server.port, path, { 'x-client': 'warm' }, 2) // warm up caches and JIT
           runs[which] = await load(server.port, path, { 'x-client': 'bench' })
         } finally {
-          server.stop()
+          await server.stop()
         }
       }
       await deleteKeys(prefix)
