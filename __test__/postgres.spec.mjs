@@ -23,6 +23,7 @@ import {
   postgresSchemaSql,
 } from '../index.mjs'
 import { storeContract } from './store-contract.mjs'
+import { dropTables } from '../scripts/cleanup.mjs'
 
 const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -42,7 +43,7 @@ beforeAll(() => {
 })
 afterAll(async () => {
   for (const prefix of prefixes) {
-    await admin.query(`DROP TABLE IF EXISTS ${prefix}rate_limits, ${prefix}circuit_breakers, ${prefix}cache`)
+    await dropTables(prefix, admin)
   }
   await admin.end()
 })

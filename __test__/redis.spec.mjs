@@ -14,6 +14,7 @@ import Redis from 'ioredis'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { RedisCacheStore, RedisCircuitBreakerStore, RedisRateLimitStore, redisAdapter } from '../index.mjs'
 import { storeContract } from './store-contract.mjs'
+import { deleteRedisKeys } from '../scripts/cleanup.mjs'
 
 const url = process.env.REDIS_URL || 'redis://127.0.0.1:6379'
 const runPrefix = `stoma-native-test:${process.pid}:${Date.now()}:`
@@ -26,14 +27,7 @@ let prefixes = 0
 const newPrefix = () => `${runPrefix}${++prefixes}:`
 
 /** Deletes every key under `prefix`. */
-async function dropPrefix(client, prefix) {
-  let cursor = '0'
-  do {
-    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-    if (keys.length > 0) await client.del(...keys)
-    cursor = next
-  } while (cursor !== '0')
-}
+const dropPrefix = (client, prefix) => deleteRedisKeys(prefix, client)
 
 let client // ioredis, for Stoma's adapter and for inspecting raw data
 beforeAll(() => {

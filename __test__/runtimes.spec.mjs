@@ -14,8 +14,8 @@ import { accessSync, constants, cpSync, mkdtempSync, readdirSync, readFileSync, 
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import Redis from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { deleteRedisKeys } from '../scripts/cleanup.mjs'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const bin = (name) => join(root, 'node_modules', '.bin', name)
@@ -103,17 +103,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (project) rmSync(project, { recursive: true, force: true })
-  const client = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
-  try {
-    let cursor = '0'
-    do {
-      const [next, keys] = await client.scan(cursor, 'MATCH', `${keyPrefix}*`, 'COUNT', 1000)
-      if (keys.length > 0) await client.del(...keys)
-      cursor = next
-    } while (cursor !== '0')
-  } finally {
-    client.disconnect()
-  }
+  await deleteRedisKeys(keyPrefix)
 })
 
 /** The SMOKE line a run printed, parsed. */

@@ -4,11 +4,10 @@
 // every count from 1 to 10,000 handed out exactly once.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import Redis from 'ioredis'
-import pg from 'pg'
 import { afterAll, describe, expect, it } from 'vitest'
 import { postgresAdapter, redisAdapter } from '../../index.mjs'
 import { DATABASE_URL, REDIS_URL, entry } from './helpers.mjs'
+import { deleteRedisKeys, dropTables } from '../../scripts/cleanup.mjs'
 
 const RUN = `xproc${process.pid}_${Date.now().toString(36)}`
 const PER_PROCESS = 5_000
@@ -52,14 +51,8 @@ async function twoProcesses(backend, op) {
 }
 
 afterAll(async () => {
-  const redis = new Redis(REDIS_URL)
-  const keys = await redis.keys(`${RUN}:*`)
-  if (keys.length > 0) await redis.del(...keys)
-  redis.disconnect()
-  const client = new pg.Client({ connectionString: DATABASE_URL })
-  await client.connect()
-  await client.query(`DROP TABLE IF EXISTS ${RUN}_rate_limits, ${RUN}_circuit_breakers, ${RUN}_cache`)
-  await client.end()
+  await deleteRedisKeys(`${RUN}:`)
+  await dropTables(`${RUN}_`)
 })
 
 const backends = {

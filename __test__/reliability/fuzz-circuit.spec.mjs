@@ -12,6 +12,7 @@ import Redis from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { redisAdapter } from '../../index.mjs'
 import { REDIS_URL } from './helpers.mjs'
+import { deleteRedisKeys } from '../../scripts/cleanup.mjs'
 
 const corpus = fileURLToPath(new URL('../../fuzz/corpus/circuit/', import.meta.url))
 const PREFIX = `fuzzcb${process.pid}_${Date.now().toString(36)}:`
@@ -58,8 +59,7 @@ describe('reliability: fuzzing the Redis circuit JSON parser (cjson in the circu
     adapter = redisAdapter({ url: REDIS_URL, prefix: PREFIX })
   })
   afterAll(async () => {
-    const keys = await client.keys(`${PREFIX}*`)
-    if (keys.length > 0) await client.del(...keys)
+    await deleteRedisKeys(PREFIX, client)
     client.disconnect()
     await adapter.close()
   })

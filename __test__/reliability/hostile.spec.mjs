@@ -3,11 +3,10 @@
 // case has the behaviour README "Limits and hostile input" documents, or a
 // clear error naming the store; none crashes. Memory runs every case; Redis
 // and PostgreSQL run on the shared servers under a fresh prefix.
-import Redis from 'ioredis'
-import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { memoryAdapter, postgresAdapter, redisAdapter } from '../../index.mjs'
 import { DATABASE_URL, REDIS_URL, sleep } from './helpers.mjs'
+import { deleteRedisKeys, dropTables } from '../../scripts/cleanup.mjs'
 
 const RUN = `hostile${process.pid}_${Date.now().toString(36)}`
 const MIB = 1 << 20
@@ -36,18 +35,8 @@ const backends = {
 }
 
 afterAll(async () => {
-  const redis = new Redis(REDIS_URL)
-  let cursor = '0'
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${RUN}:*`, 'COUNT', 1000)
-    if (keys.length > 0) await redis.del(...keys)
-    cursor = next
-  } while (cursor !== '0')
-  redis.disconnect()
-  const client = new pg.Client({ connectionString: DATABASE_URL })
-  await client.connect()
-  await client.query(`DROP TABLE IF EXISTS ${RUN}_rate_limits, ${RUN}_circuit_breakers, ${RUN}_cache`)
-  await client.end()
+  await deleteRedisKeys(`${RUN}:`)
+  await dropTables(`${RUN}_`)
 })
 
 for (const [name, backend] of Object.entries(backends)) {

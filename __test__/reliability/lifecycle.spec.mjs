@@ -6,11 +6,10 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
-import Redis from 'ioredis'
-import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { postgresAdapter } from '../../index.mjs'
 import { DATABASE_URL, REDIS_URL, entry, lastJson } from './helpers.mjs'
+import { deleteRedisKeys, dropTables } from '../../scripts/cleanup.mjs'
 
 const child = fileURLToPath(new URL('./lifecycle-child.mjs', import.meta.url))
 const RUN = `life${process.pid}_${Date.now().toString(36)}`
@@ -45,14 +44,8 @@ describe('reliability: 10,000 create/close cycles per adapter', () => {
     await adapter.close()
   })
   afterAll(async () => {
-    const redis = new Redis(REDIS_URL)
-    const keys = await redis.keys(`${RUN}:*`)
-    if (keys.length > 0) await redis.del(...keys)
-    redis.disconnect()
-    const client = new pg.Client({ connectionString: DATABASE_URL })
-    await client.connect()
-    await client.query(`DROP TABLE IF EXISTS ${RUN}_rate_limits, ${RUN}_circuit_breakers, ${RUN}_cache`)
-    await client.end()
+    await deleteRedisKeys(`${RUN}:`)
+    await dropTables(`${RUN}_`)
   })
 
   it('memoryAdapter (after 20,000 warm-up cycles: RSS rises until then, then stays flat)', () => cycles('memory', 10_000, 20_000))

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import autocannon from 'autocannon'
-import Redis from 'ioredis'
+import { deleteRedisKeys } from '../../scripts/cleanup.mjs'
 
 const DURATION_S = 6
 const CONNECTIONS = 32
@@ -30,17 +30,6 @@ async function load(port, path, headers, duration = DURATION_S) {
   return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99 }
 }
 
-/** Removes what both gateways cached under `prefix`. */
-async function deleteKeys(prefix) {
-  const client = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379')
-  try {
-    const keys = await client.keys(`${prefix}*`)
-    if (keys.length > 0) await client.del(...keys)
-  } finally {
-    client.disconnect()
-  }
-}
-
 function e2eCase(name, path, target) {
   return {
     name,
@@ -57,7 +46,7 @@ function e2eCase(name, path, target) {
           await server.stop()
         }
       }
-      await deleteKeys(prefix)
+      await deleteRedisKeys(prefix) // what both gateways cached
       return {
         ours: runs.ours.rps,
         theirs: runs.stoma.rps,

@@ -5,6 +5,7 @@
 import pg from 'pg'
 import { postgresAdapter, postgresSchemaSql } from 'stoma-native'
 import { cacheCase, incrementCase } from './network.mjs'
+import { dropTables } from '../../scripts/cleanup.mjs'
 
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 
@@ -20,9 +21,7 @@ async function adapters(stoma) {
     theirs,
     async teardown() {
       await ours.close()
-      for (const side of ['ours_', 'stoma_']) {
-        await pool.query(`DROP TABLE ${prefix}${side}rate_limits, ${prefix}${side}circuit_breakers, ${prefix}${side}cache`)
-      }
+      for (const side of ['ours_', 'stoma_']) await dropTables(prefix + side, pool)
       await pool.end()
     },
   }

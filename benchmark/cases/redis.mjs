@@ -4,6 +4,7 @@
 import Redis from 'ioredis'
 import { redisAdapter } from 'stoma-native'
 import { cacheCase, incrementCase } from './network.mjs'
+import { deleteRedisKeys } from '../../scripts/cleanup.mjs'
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 
@@ -17,8 +18,7 @@ async function adapters(stoma) {
     theirs,
     async teardown() {
       await ours.close()
-      const keys = await client.keys(`${prefix}*`)
-      if (keys.length > 0) await client.del(...keys)
+      await deleteRedisKeys(prefix, client)
       client.disconnect()
     },
   }
