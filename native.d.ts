@@ -119,11 +119,16 @@ export declare class NativePostgres {
 export declare class NativeRedisConnection {
   /**
    * Parses `url` (throwing an `InvalidArg` error at once if it is
-   * malformed) and starts connecting in the background.
+   * malformed) and starts connecting in the background. `spinMicros` is
+   * how long a flush may poll for its answers (0: never).
    */
-  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, settle: (batch: [Float64Array, ...unknown[]]) => void)
-  /** Sends the calls queued since the last flush (see [`Link::flush`]). */
-  flush(): void
+  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, spinMicros: number, settle: (batch: [Float64Array, ...unknown[]]) => void)
+  /**
+   * Sends the calls queued since the last flush and answers those whose
+   * replies came while it polled (see `Wire::flush`); `null` when none did.
+   * The others arrive through `settle`.
+   */
+  flush(spin: boolean): [Float64Array, ...unknown[]] | null
   /**
    * Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
    * answers `{ count, resetAt }`.

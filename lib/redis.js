@@ -6,7 +6,7 @@
 // with an Error naming the store and the cause, within commandTimeoutMs.
 
 const native = require('../native.js')
-const { checkKey, checkSeconds, checkCircuitState, positiveInteger, optionsObject, describe } = require('./validate.js')
+const { checkKey, checkSeconds, checkCircuitState, positiveInteger, nonNegativeInteger, optionsObject, describe } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
 
@@ -14,6 +14,15 @@ const DEFAULT_URL = 'redis://127.0.0.1:6379'
 const DEFAULT_PREFIX = 'stoma:'
 const DEFAULT_CONNECT_TIMEOUT_MS = 2000
 const DEFAULT_COMMAND_TIMEOUT_MS = 1000
+// How long a flush may poll for its answers on the JS thread before leaving
+// them to the I/O thread: a local Redis answers well within it (see `Spin`
+// in src/redis/wire.rs).
+const DEFAULT_SPIN_MICROS = 50
+// Polling flushes allowed before the event loop turns again, so a chain of
+// awaited calls that keeps getting instant answers still lets timers and
+// other I/O run at least every few milliseconds.
+const SPINS_PER_TURN = 64
+const nextTurn = typeof setImmediate === 'function' ? setImmediate : (run) => setTimeout(run, 0)
 
 // redisAdapter hands its one connection to its stores under this key, so
 // they share it (and its pipelining) instead of each opening their own.
@@ -50,9 +59,10 @@ const CIRCUIT_STATES = ['closed', 'open', 'half-open']
  * `Batch` in src/redis.rs): `batch[0]` is a Float64Array holding each
  * answer's call id and numbers (`-id` for a failed call), and the values
  * that are not numbers (error messages, a cache hit's headers and body)
- * follow in `batch`, in order.
+ * follow in `batch`, in order. Once no call is left, `whenDrained.resolve`
+ * (set by close()) is called.
  */
-function settle(calls, batch) {
+function settle(calls, batch, whenDrained) {
   const numbers = batch[0]
   let other = 1
   let i = 0
@@ -97,6 +107,7 @@ function settle(calls, batch) {
         call.resolve(undefined)
     }
   }
+  if (whenDrained.resolve !== null && calls.size === 0) whenDrained.resolve()
 }
 
 /**
@@ -109,10 +120,19 @@ class Connection {
   #calls = new Map()
   #lastId = 0
   #flushing = false
-  // Sends what this turn of the event loop queued, as one pipeline.
+  #spins = 0
+  // Resolves close()'s Promise once nothing is in flight.
+  #whenDrained = { resolve: null }
+  #newTurn = () => {
+    this.#spins = 0
+  }
+  // Sends what this turn of the event loop queued, as one pipeline, and
+  // settles the calls answered while it polled.
   #flush = () => {
     this.#flushing = false
-    this.#native.flush()
+    if (this.#spins++ === 0) nextTurn(this.#newTurn)
+    const answers = this.#native.flush(this.#spins <= SPINS_PER_TURN)
+    if (answers !== null) settle(this.#calls, answers, this.#whenDrained)
   }
 
   /**
@@ -127,13 +147,15 @@ class Connection {
     if (typeof prefix !== 'string') throw new TypeError(`${who}: prefix must be a string, got ${describe(prefix)}`)
     const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
     const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
+    const spinMicros = nonNegativeInteger(who, opts.spinMicros, 'spinMicros', DEFAULT_SPIN_MICROS)
     // The native side keeps this function (and through it the calls map)
     // alive; it must not reach back to this object, or neither could ever
     // be collected.
     const calls = this.#calls
-    const onAnswers = (batch) => settle(calls, batch)
+    const whenDrained = this.#whenDrained
+    const onAnswers = (batch) => settle(calls, batch, whenDrained)
     try {
-      this.#native = new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs, onAnswers)
+      this.#native = new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, onAnswers)
     } catch (error) {
       if (error?.code !== 'InvalidArg') throw error
       throw new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(url))}: ${error.message}`)
@@ -158,8 +180,13 @@ class Connection {
     return answer
   }
 
+  /** Refuses later calls; resolves once the calls in flight are answered. */
   close() {
     this.#native.close()
+    if (this.#calls.size === 0) return Promise.resolve()
+    return new Promise((resolve) => {
+      this.#whenDrained.resolve = resolve
+    })
   }
 }
 
@@ -175,7 +202,7 @@ function storeConnection(store, options) {
  * rejects). A store that opened its own connection closes it.
  */
 function destroyConnection(store, { redis, owned }) {
-  if (owned) redis.close()
+  if (owned) redis.close().catch(() => {})
   const destroyed = {
     call() {
       throw new Error(`${store}: the store was destroyed`)
@@ -339,10 +366,7 @@ function redisAdapter(options) {
   if (stores.circuitBreaker !== false) adapter.circuitBreakerStore = new RedisCircuitBreakerStore(shared)
   if (stores.cache !== false) adapter.cacheStore = new RedisCacheStore(shared)
   if (waitUntil) adapter.waitUntil = waitUntil
-  adapter.close = () => {
-    redis.close()
-    return Promise.resolve()
-  }
+  adapter.close = () => redis.close()
   return adapter
 }
 
@@ -356,5 +380,6 @@ module.exports = {
     prefix: DEFAULT_PREFIX,
     connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
     commandTimeoutMs: DEFAULT_COMMAND_TIMEOUT_MS,
+    spinMicros: DEFAULT_SPIN_MICROS,
   },
 }

@@ -38,6 +38,18 @@ function positiveInteger(store, value, name, fallback) {
   return value
 }
 
+/** A whole number ≥ 0, or `fallback` when undefined. */
+function nonNegativeInteger(store, value, name, fallback) {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number') {
+    throw new TypeError(`${store}: ${name} must be a number, got ${describe(value)}`)
+  }
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`${store}: ${name} must be a whole number ≥ 0, got ${describe(value)}`)
+  }
+  return value
+}
+
 /** An options argument: undefined or a plain object. */
 function optionsObject(store, value, name = 'options') {
   if (value === undefined || value === null) return {}
@@ -67,4 +79,4 @@ function checkCircuitState(store, to) {
   }
 }
 
-module.exports = { describe, checkKey, checkSeconds, positiveInteger, optionsObject, optionalName, checkCircuitState }
+module.exports = { describe, checkKey, checkSeconds, positiveInteger, nonNegativeInteger, optionsObject, optionalName, checkCircuitState }

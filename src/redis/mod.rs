@@ -1,0 +1,374 @@
+//! Stores in Redis, sharing their data with Stoma's JS `redisAdapter`.
+//!
+//! Keys and values are exactly those Stoma's adapter keeps (see the contract
+//! doc), so a fleet can mix Stoma's stores and ours on one server:
+//!
+//! - `<prefix>rl:<key>`    — an integer counter that expires with its window;
+//! - `<prefix>cb:<key>`    — the circuit's snapshot as JSON, with a 24-hour expiry;
+//! - `<prefix>cache:<key>` — the response envelope ([`StoredResponse`]) with the ttl.
+//!
+//! What differs is how we get there:
+//!
+//! - Every circuit update runs as one Lua script on the server (read, change
+//!   and write back atomically), so concurrent `recordFailure` calls are all
+//!   counted; Stoma's adapter reads, changes and writes in three round trips
+//!   and loses updates ([`scripts`]).
+//! - One connection carries every call of an adapter. The calls one turn of
+//!   the JS event loop makes are written together from the JS thread, which
+//!   then polls briefly for the answers; answers that take longer come back
+//!   in batches from the I/O thread ([`wire`], [`replies`]).
+//! - The cache envelope's JSON and base64 are handled in Rust
+//!   ([`StoredResponse`]) and the body crosses into JS as one buffer.
+//! - Garbage under our keys reads as a cache miss, a fresh closed circuit or
+//!   a fresh rate-limit window, never as an error.
+//!
+//! The life of a call: the JS layer (`lib/redis.js`) picks a call id and
+//! calls a method here, which builds the command and queues it; a microtask
+//! flushes the queue ([`NativeRedisConnection::flush`]), and each answer
+//! settles its call's Promise in the JS layer.
+//!
+//! Failure behaviour: each call is bounded by `commandTimeoutMs` (waiting
+//! for a connection included) and rejects with an error naming the store and
+//! the cause. The connection is opened in the background when the adapter is
+//! built and reopened on demand after it is lost, so calls succeed again
+//! shortly after the server comes back, with no user action.
+
+mod replies;
+mod resp;
+mod scripts;
+mod wire;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use napi::bindgen_prelude::{Function, Uint8Array, Unknown};
+use napi::{Env, Error, Result, Status};
+use napi_derive::napi;
+use ::redis::{Cmd, FromRedisValue, RedisResult, Value};
+
+use crate::clock::{duration_ms, now_ms};
+use crate::envelope::StoredResponse;
+use crate::errors::{guard, guard_async};
+use replies::{state_code, Batch, Replies, Reply};
+use scripts::{Lua, CIRCUIT, RATE_LIMIT};
+use wire::{Job, Wire};
+
+const RATE_LIMIT_STORE: &str = "RedisRateLimitStore";
+const CIRCUIT_STORE: &str = "RedisCircuitBreakerStore";
+const CACHE_STORE: &str = "RedisCacheStore";
+
+/// Stoma keeps circuits for 24 hours after their last update, so that keys
+/// of circuits nobody uses any more do not live forever.
+const CIRCUIT_TTL_SECONDS: u32 = 86_400;
+
+/// Cache envelopes up to this size are encoded and decoded where the call
+/// is (with SIMD base64, about 15 µs for a 64 KiB body); larger ones on
+/// napi-rs's runtime, so the JS thread does not stall on a big response.
+const INLINE_ENVELOPE_BYTES: usize = 256 * 1024;
+
+/// `<prefix><kind>:<key>`, e.g. `stoma:rl:<key>`.
+fn store_key(prefix: &str, kind: &str, key: &str) -> String {
+  let mut full = String::with_capacity(prefix.len() + kind.len() + 1 + key.len());
+  full.push_str(prefix);
+  full.push_str(kind);
+  full.push(':');
+  full.push_str(key);
+  full
+}
+
+/// `name key`, e.g. `GET <key>`.
+fn command(name: &str, key: String) -> Cmd {
+  let mut command = ::redis::cmd(name);
+  command.arg(key);
+  command
+}
+
+/// One Redis connection and the operations of the three stores over it
+/// (see `lib/redis.js`, which shares one between an adapter's stores).
+///
+/// Each operation takes a call id chosen by the JS layer and returns at
+/// once; its answer arrives later through the `settle` function given to the
+/// constructor (see [`Replies`] and [`Batch`]).
+#[napi]
+pub struct NativeRedisConnection {
+  wire: Arc<Wire>,
+  prefix: String,
+}
+
+#[napi]
+impl NativeRedisConnection {
+  /// Parses `url` (throwing an `InvalidArg` error at once if it is
+  /// malformed) and starts connecting in the background. `spinMicros` is
+  /// how long a flush may poll for its answers (0: never).
+  #[napi(constructor)]
+  pub fn new(
+    url: String,
+    prefix: String,
+    connect_timeout_ms: f64,
+    command_timeout_ms: f64,
+    spin_micros: f64,
+    #[napi(ts_arg_type = "(batch: [Float64Array, ...unknown[]]) => void")] settle: Function<'_, Batch, Unknown<'static>>,
+  ) -> Result<Self> {
+    guard("redisAdapter", || {
+      let replies = Arc::new(Replies::new(settle)?);
+      let millis = |ms: f64| Duration::from_millis(duration_ms(ms).max(1) as u64);
+      let spin = Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 { spin_micros as u64 } else { 0 });
+      let wire = Wire::new(&url, millis(connect_timeout_ms), millis(command_timeout_ms), spin, replies)
+        .map_err(|error| Error::new(Status::InvalidArg, error.to_string()))?;
+      wire.connect_in_background();
+      Ok(NativeRedisConnection { wire, prefix })
+    })
+  }
+
+  fn key(&self, kind: &str, key: &str) -> String {
+    store_key(&self.prefix, kind, key)
+  }
+
+  /// A call of `store` sending `command`, whose answer `decode` reads.
+  fn job(&self, id: f64, store: &'static str, command: Cmd, script: Option<&'static Lua>, decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static) -> Job {
+    let deadline = Instant::now() + self.wire.command_timeout;
+    Job { id, store, command, script, decode: Box::new(decode), deadline }
+  }
+
+  /// Queues a call for the next [`flush`](Self::flush), making Node wait
+  /// for its answer.
+  fn submit(
+    &self,
+    env: &Env,
+    id: f64,
+    store: &'static str,
+    command: Cmd,
+    script: Option<&'static Lua>,
+    decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static,
+  ) {
+    self.wire.replies().hold(env);
+    self.wire.submit(self.job(id, store, command, script, decode));
+  }
+
+  /// Sends the calls queued since the last flush and answers those whose
+  /// replies came while it polled (see `Wire::flush`); `null` when none did.
+  /// The others arrive through `settle`.
+  #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
+  pub fn flush(&self, env: &Env, spin: bool) -> Result<Option<Batch>> {
+    guard("redisAdapter", || {
+      let answers = self.wire.flush(spin);
+      if answers.is_empty() {
+        return Ok(None);
+      }
+      self.wire.replies().delivered_here(env, answers.len());
+      Ok(Some(Batch(answers)))
+    })
+  }
+
+  /// Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
+  /// answers `{ count, resetAt }`.
+  #[napi]
+  pub fn increment(&self, env: &Env, id: f64, key: String, window_ms: f64) -> Result<()> {
+    guard(RATE_LIMIT_STORE, || {
+      let key = self.key("rl", &key);
+      let window_ms = duration_ms(window_ms);
+      if window_ms == 0 {
+        // A zero window ends at once: every hit opens (and closes) its own.
+        let now = now_ms() as f64;
+        self.submit(env, id, RATE_LIMIT_STORE, command("DEL", key), None, move |answer| {
+          answer?;
+          Ok(Reply::Hit { count: 1.0, reset_at: now })
+        });
+        return Ok(());
+      }
+      let mut command = RATE_LIMIT.call(key);
+      command.arg(window_ms);
+      self.submit(env, id, RATE_LIMIT_STORE, command, Some(&RATE_LIMIT), |answer| {
+        let (count, reset_at): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
+        Ok(Reply::Hit {
+          count: count as f64,
+          reset_at: reset_at as f64,
+        })
+      });
+      Ok(())
+    })
+  }
+
+  /// Answers the snapshot of circuit `<prefix>cb:<key>`.
+  #[napi]
+  pub fn get_state(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      self.circuit(env, id, key, "get", "");
+      Ok(())
+    })
+  }
+
+  #[napi]
+  pub fn record_success(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      self.circuit(env, id, key, "success", "");
+      Ok(())
+    })
+  }
+
+  #[napi]
+  pub fn record_failure(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      self.circuit(env, id, key, "failure", "");
+      Ok(())
+    })
+  }
+
+  /// `to` is "closed", "open" or "half-open" (checked by the JS layer and
+  /// again by the script).
+  #[napi]
+  pub fn transition(&self, env: &Env, id: f64, key: String, to: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      self.circuit(env, id, key, "transition", &to);
+      Ok(())
+    })
+  }
+
+  /// Forgets the circuit `<prefix>cb:<key>`.
+  #[napi]
+  pub fn reset_circuit(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CIRCUIT_STORE, || {
+      let command = command("DEL", self.key("cb", &key));
+      self.submit(env, id, CIRCUIT_STORE, command, None, |answer| answer.map(|_| Reply::Done));
+      Ok(())
+    })
+  }
+
+  fn circuit(&self, env: &Env, id: f64, key: String, op: &str, to: &str) {
+    let mut command = CIRCUIT.call(self.key("cb", &key));
+    command.arg(op).arg(now_ms()).arg(to).arg(CIRCUIT_TTL_SECONDS);
+    self.submit(env, id, CIRCUIT_STORE, command, Some(&CIRCUIT), |answer| {
+      let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) =
+        FromRedisValue::from_redis_value(answer?)?;
+      Ok(Reply::Snapshot {
+        state: state_code(&state),
+        numbers: [failures as f64, successes as f64, last_failure as f64, last_change as f64],
+      })
+    });
+  }
+
+  /// Answers the response under `<prefix>cache:<key>`, or `null` when
+  /// there is none or what is there is not a well-formed envelope.
+  #[napi]
+  pub fn cache_get(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CACHE_STORE, || {
+      let command = command("GET", self.key("cache", &key));
+      self.submit(env, id, CACHE_STORE, command, None, |answer| {
+        let raw: Option<Vec<u8>> = match answer {
+          // Another Redis type under the key is garbage too: a miss.
+          Err(error) if error.code() == Some("WRONGTYPE") => None,
+          answer => FromRedisValue::from_redis_value(answer?)?,
+        };
+        let raw_len = raw.as_ref().map_or(0, Vec::len);
+        let finish = move || {
+          let hit = raw.and_then(|raw| StoredResponse::from_envelope(&raw));
+          Reply::Cached(hit.map(|hit| (hit.status, hit.joined_headers(), hit.body)))
+        };
+        Ok(if raw_len > INLINE_ENVELOPE_BYTES { Reply::Later(Box::new(finish)) } else { finish() })
+      });
+      Ok(())
+    })
+  }
+
+  /// Stores a response for `ttlMs` (rounded up to whole ms). A ttl of 0
+  /// stores nothing — Redis rejects an expiry of 0 — and removes any older
+  /// entry, since a response that expires at once replaces it.
+  ///
+  /// A small envelope is encoded right here; a larger one on napi-rs's
+  /// runtime, off the JS thread, and queued from there. `body` holds the
+  /// bytes of a Response the JS layer has consumed (`lib/response.js`), so
+  /// reading it off the JS thread races with nothing.
+  #[napi]
+  pub fn cache_put(&self, env: &Env, id: f64, key: String, status: u32, headers: String, body: Uint8Array, ttl_ms: f64) -> Result<()> {
+    guard(CACHE_STORE, || {
+      let key = self.key("cache", &key);
+      let ttl_ms = duration_ms(ttl_ms);
+      let stored = |answer: RedisResult<Value>| answer.map(|_| Reply::Done);
+      if ttl_ms == 0 {
+        self.submit(env, id, CACHE_STORE, command("DEL", key), None, stored);
+        return Ok(());
+      }
+      // A status no Response has (only `Response.error()`'s 0 fits a u32
+      // here) is kept as an envelope that reads back as a miss.
+      let status = u16::try_from(status).unwrap_or(u16::MAX);
+      let set = move |body: &[u8]| {
+        let envelope = StoredResponse::envelope_of_joined(status, &headers, body);
+        let mut set = command("SET", key);
+        set.arg(envelope).arg("PX").arg(ttl_ms);
+        set
+      };
+      if body.len() <= INLINE_ENVELOPE_BYTES {
+        let set = set(&body);
+        self.submit(env, id, CACHE_STORE, set, None, stored);
+        return Ok(());
+      }
+      self.wire.replies().hold(env);
+      let deadline = Instant::now() + self.wire.command_timeout;
+      let wire = Arc::clone(&self.wire);
+      napi::bindgen_prelude::spawn(async move {
+        match guard_async(CACHE_STORE, async { Ok(set(&body)) }).await {
+          Ok(command) => {
+            drop(body);
+            let decode = Box::new(stored);
+            wire.submit(Job { id, store: CACHE_STORE, command, script: None, decode, deadline });
+            wire.flush(false);
+          }
+          Err(panicked) => wire.replies().send(id, Reply::Failed(panicked.reason.clone())),
+        }
+      });
+      Ok(())
+    })
+  }
+
+  /// Removes `<prefix>cache:<key>`; answers whether something was there.
+  #[napi]
+  pub fn cache_delete(&self, env: &Env, id: f64, key: String) -> Result<()> {
+    guard(CACHE_STORE, || {
+      let command = command("DEL", self.key("cache", &key));
+      self.submit(env, id, CACHE_STORE, command, None, |answer| {
+        let removed: i64 = FromRedisValue::from_redis_value(answer?)?;
+        Ok(Reply::Removed(removed > 0))
+      });
+      Ok(())
+    })
+  }
+
+  /// Closes the connection; later calls fail. Calls in flight finish.
+  #[napi]
+  pub fn close(&self) {
+    self.wire.close();
+  }
+
+  #[napi(getter)]
+  pub fn closed(&self) -> bool {
+    self.wire.is_closed()
+  }
+}
+
+
+impl Drop for NativeRedisConnection {
+  /// A connection dropped without `close()` (its adapter was collected)
+  /// closes once its calls are answered.
+  fn drop(&mut self) {
+    self.wire.close();
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn keys_follow_stomas_layout() {
+    assert_eq!(store_key("stoma:", "rl", "ip:1"), "stoma:rl:ip:1");
+    assert_eq!(store_key("stoma:", "cb", "upstream"), "stoma:cb:upstream");
+    assert_eq!(store_key("stoma:", "cache", "GET /x"), "stoma:cache:GET /x");
+  }
+
+  #[test]
+  fn malformed_urls_are_refused_at_once() {
+    for url in ["", "not a url", "http://example.com", "redis://host:99999"] {
+      assert!(::redis::Client::open(url).is_err(), "{url}");
+    }
+  }
+}

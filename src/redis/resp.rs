@@ -1,0 +1,110 @@
+//! Where one RESP reply ends in the bytes read from Redis so far.
+//!
+//! Replies arrive in pieces of whatever size the socket hands over. Before a
+//! reply is decoded (by the `redis` crate's parser) we need to know that all
+//! of it is here, and for a large one how many bytes to make room for.
+//! Scanning the headers is enough: a bulk string's length says how far to
+//! skip, so a reply costs a few steps however large its payload.
+
+/// What the start of a buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scan {
+  /// A whole reply, this many bytes long.
+  Complete(usize),
+  /// Only part of one; the whole reply is at least this many bytes long.
+  Partial(usize),
+}
+
+/// The buffer is not RESP: the connection is out of step and must be dropped.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+/// Scans the reply at the start of `buf`.
+pub fn scan(buf: &[u8]) -> Result<Scan, ProtocolError> {
+  let mut at = 0;
+  // Values still to read: the reply itself, then the elements of every
+  // aggregate met on the way.
+  let mut remaining: u64 = 1;
+  while remaining > 0 {
+    let Some(line_end) = find_crlf(buf, at) else {
+      return Ok(Scan::Partial(buf.len() + 1));
+    };
+    if line_end == at {
+      return Err(ProtocolError("empty reply line".into()));
+    }
+    let kind = buf[at];
+    let header = &buf[at + 1..line_end];
+    at = line_end + 2;
+    remaining -= 1;
+    match kind {
+      // Simple string, error, integer; RESP3 null, double, boolean, big number.
+      b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
+      // Bulk string (or RESP3 blob error, verbatim string): length, bytes, CRLF.
+      b'$' | b'!' | b'=' => {
+        let length = number(header)?;
+        if length >= 0 {
+          let end = at + length as usize + 2;
+          if buf.len() < end {
+            return Ok(Scan::Partial(end));
+          }
+          at = end;
+        }
+      }
+      // Array (or RESP3 set, push): that many values follow.
+      b'*' | b'~' | b'>' => remaining += number(header)?.max(0) as u64,
+      // RESP3 map: twice that many.
+      b'%' => remaining += 2 * number(header)?.max(0) as u64,
+      other => return Err(ProtocolError(format!("unexpected reply type byte 0x{other:02x}"))),
+    }
+  }
+  Ok(Scan::Complete(at))
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+  let line = buf.get(from..)?;
+  line.windows(2).position(|pair| pair == b"\r\n").map(|cr| from + cr)
+}
+
+/// A header's decimal number, bounded so lengths cannot overflow.
+fn number(digits: &[u8]) -> Result<i64, ProtocolError> {
+  std::str::from_utf8(digits)
+    .ok()
+    .and_then(|text| text.parse::<i64>().ok())
+    .filter(|n| (-1..=1 << 40).contains(n))
+    .ok_or_else(|| ProtocolError(format!("bad length {:?}", String::from_utf8_lossy(digits))))
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn whole_replies_of_every_kind() {
+    for reply in [&b"+OK\r\n"[..], b"-ERR no\r\n", b":42\r\n", b"$-1\r\n", b"$3\r\nabc\r\n", b"$0\r\n\r\n", b"*-1\r\n", b"*0\r\n", b"*2\r\n:1\r\n$2\r\nhi\r\n", b"*2\r\n*1\r\n:1\r\n$1\r\n\r\r\n"] {
+      assert_eq!(scan(reply), Ok(Scan::Complete(reply.len())), "{:?}", String::from_utf8_lossy(reply));
+      let mut two = reply.to_vec();
+      two.extend_from_slice(b":7\r\n");
+      assert_eq!(scan(&two), Ok(Scan::Complete(reply.len())));
+    }
+  }
+
+  #[test]
+  fn every_prefix_of_a_reply_is_partial() {
+    let reply = b"*3\r\n:1\r\n$5\r\nhello\r\n*1\r\n+OK\r\n";
+    for cut in 0..reply.len() {
+      assert!(matches!(scan(&reply[..cut]), Ok(Scan::Partial(_))), "cut at {cut}");
+    }
+  }
+
+  #[test]
+  fn a_large_bulk_says_how_much_room_it_needs() {
+    assert_eq!(scan(b"$1000000\r\nabc"), Ok(Scan::Partial(10 + 1_000_000 + 2)));
+  }
+
+  #[test]
+  fn garbage_is_a_protocol_error() {
+    assert!(scan(b"hello\r\n").is_err());
+    assert!(scan(b"$abc\r\n").is_err());
+    assert!(scan(b"$99999999999999999\r\n").is_err());
+  }
+}

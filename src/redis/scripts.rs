@@ -1,0 +1,172 @@
+//! The two Lua scripts the stores run on the server, and how to call them.
+//!
+//! Both are loaded when a connection opens and run by `EVALSHA`; a call the
+//! server refuses with `NOSCRIPT` (it lost its script cache, e.g. after a
+//! restart) is sent again as `EVAL`, which also loads the script.
+
+use std::sync::LazyLock;
+
+use ::redis::{Arg, Cmd, Script};
+
+/// A script's source and its SHA-1, as `EVALSHA` names it.
+pub struct Lua {
+  pub source: &'static str,
+  pub sha: String,
+}
+
+impl Lua {
+  fn new(source: &'static str) -> Self {
+    Lua { source, sha: Script::new(source).get_hash().to_string() }
+  }
+
+  /// `EVALSHA <sha> 1 <key>`; the caller adds the script's arguments.
+  pub fn call(&self, key: String) -> Cmd {
+    let mut command = ::redis::cmd("EVALSHA");
+    command.arg(&self.sha).arg(1).arg(key);
+    command
+  }
+
+  /// The same call as `EVAL <source> …`, for a server that lost the script.
+  pub fn call_with_source(&self, evalsha: &Cmd) -> Cmd {
+    let mut command = ::redis::cmd("EVAL");
+    command.arg(self.source);
+    for arg in evalsha.args_iter().skip(2) {
+      if let Arg::Simple(bytes) = arg {
+        command.arg(bytes);
+      }
+    }
+    command
+  }
+
+  /// `SCRIPT LOAD <source>`.
+  pub fn load(&self) -> Cmd {
+    let mut command = ::redis::cmd("SCRIPT");
+    command.arg("LOAD").arg(self.source);
+    command
+  }
+}
+
+pub static RATE_LIMIT: LazyLock<Lua> = LazyLock::new(|| Lua::new(RATE_LIMIT_LUA));
+pub static CIRCUIT: LazyLock<Lua> = LazyLock::new(|| Lua::new(CIRCUIT_LUA));
+
+/// A fixed-window counter: the same data as Stoma's script (INCR, and an
+/// expiry set on the first hit) but in milliseconds, so fractional windows
+/// work. Anything under the key that is not a counter with an expiry (a
+/// string, another Redis type, a counter left without expiry) is replaced by
+/// a fresh window rather than failing every call.
+///
+/// The window's end is read back as the key's absolute expiry
+/// (PEXPIRETIME, Redis 7; computed from TIME and PTTL on older servers), so
+/// every hit of a window, from any client, reports the same `resetAt`.
+/// KEYS[1]: the counter. ARGV[1]: the window in ms (> 0).
+/// Returns { count, resetAt in epoch ms }.
+const RATE_LIMIT_LUA: &str = r#"
+local key, window = KEYS[1], ARGV[1]
+
+-- When the key expires, in epoch ms; -1 if it has no expiry.
+local function expires_at()
+  local at = redis.pcall('PEXPIRETIME', key)
+  if type(at) == 'number' then
+    return at
+  end
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    return -1
+  end
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
+end
+
+local count = redis.pcall('INCR', key)
+if type(count) == 'number' and count > 1 then
+  local at = expires_at()
+  if at > 0 then
+    return { count, at }
+  end
+end
+redis.call('SET', key, 1, 'PX', window)
+return { 1, expires_at() }
+"#;
+
+/// One circuit-breaker operation, read-modify-write on the server.
+/// KEYS[1]: the circuit. ARGV[1]: "get", "success", "failure" or
+/// "transition"; ARGV[2]: now in epoch ms (the caller's clock, as Stoma uses
+/// `Date.now()`); ARGV[3]: the target state of a transition.
+/// The value is Stoma's JSON, written in Stoma's field order; anything that
+/// does not decode to that shape reads as a fresh closed circuit (decoding
+/// runs under `pcall`, so invalid JSON cannot make the script fail).
+/// Returns { state, failureCount, successCount, lastFailureTime, lastStateChange }.
+const CIRCUIT_LUA: &str = r#"
+local key, op, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local STATES = { closed = true, open = true, ['half-open'] = true }
+
+local MAX_COUNT = 9007199254740991 -- Number.MAX_SAFE_INTEGER
+
+local function is_count(v)
+  return type(v) == 'number' and v >= 0 and v == math.floor(v) and v <= MAX_COUNT
+end
+
+local function load()
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'string' then
+    local ok, c = pcall(cjson.decode, raw)
+    if ok and type(c) == 'table' and STATES[c.state] and is_count(c.failureCount)
+        and is_count(c.successCount) and is_count(c.lastFailureTime) and is_count(c.lastStateChange) then
+      return c
+    end
+  end
+  return { state = 'closed', failureCount = 0, successCount = 0, lastFailureTime = 0, lastStateChange = now }
+end
+
+local c = load()
+if op == 'success' then
+  -- Saturate: one more would leave the safe range, and the next read would
+  -- then discard the value as garbage and forget the circuit.
+  c.successCount = math.min(c.successCount + 1, MAX_COUNT)
+elseif op == 'failure' then
+  c.failureCount = math.min(c.failureCount + 1, MAX_COUNT)
+  c.lastFailureTime = now
+elseif op == 'transition' then
+  local to = ARGV[3]
+  if not STATES[to] then
+    return redis.error_reply('unknown circuit state')
+  end
+  c.state = to
+  c.lastStateChange = now
+  if to == 'closed' then
+    c.failureCount = 0
+    c.successCount = 0
+  elseif to == 'half-open' then
+    c.successCount = 0
+  end
+end
+if op ~= 'get' then
+  redis.call('SET', key, string.format(
+    '{"state":"%s","failureCount":%d,"successCount":%d,"lastFailureTime":%d,"lastStateChange":%d}',
+    c.state, c.failureCount, c.successCount, c.lastFailureTime, c.lastStateChange), 'EX', ARGV[4])
+end
+return { c.state, c.failureCount, c.successCount, c.lastFailureTime, c.lastStateChange }
+"#;
+
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn the_scripts_have_stable_hashes() {
+    assert_eq!(RATE_LIMIT.sha.len(), 40);
+    assert_ne!(RATE_LIMIT.sha, CIRCUIT.sha);
+  }
+
+  #[test]
+  fn a_refused_evalsha_is_resent_with_its_source() {
+    let mut call = RATE_LIMIT.call("stoma:rl:k".into());
+    call.arg(60_000);
+    let eval = RATE_LIMIT.call_with_source(&call);
+    let args: Vec<Vec<u8>> = eval.args_iter().map(|arg| match arg { Arg::Simple(b) => b.to_vec(), Arg::Cursor => vec![] }).collect();
+    assert_eq!(args[0], b"EVAL");
+    assert_eq!(args[1], RATE_LIMIT_LUA.as_bytes());
+    assert_eq!(&args[2..], &[b"1".to_vec(), b"stoma:rl:k".to_vec(), b"60000".to_vec()]);
+  }
+}

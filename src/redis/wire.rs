@@ -1,0 +1,775 @@
+//! One connection to Redis, written and read on the JS thread when it can be.
+//!
+//! On a small machine a round trip to a local Redis costs less in Redis than
+//! in waking threads up: a client that sleeps until the answer arrives waits
+//! ~54 µs for an `EVALSHA` here, one that keeps polling its socket gets the
+//! answer in ~23 µs. ioredis sleeps in Node's event loop; our first design
+//! (the `redis` crate's multiplexed connection on a tokio thread) slept on
+//! two threads, the I/O thread's and then the JS thread's.
+//!
+//! So a [`Wire`] writes the calls one turn of the JS event loop made from
+//! the JS thread itself, then polls the socket for their answers for a short,
+//! bounded time (the *spin*, see [`Spin`]). Answers that arrive in time are
+//! handed back to JS by the flush itself: nobody slept, nobody was woken.
+//! Whatever is still awaited after the spin is left to a watcher task on the
+//! Redis I/O thread ([`IO`]), which waits for the socket in epoll (through
+//! tokio), decodes the answers and hands them to JS through [`Replies`], and
+//! enforces the command timeout. Connecting and the handshake run there too.
+//!
+//! Commands are encoded by the `redis` crate and replies decoded by its
+//! parser; [`resp::scan`] only finds where each reply ends.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::pin::pin;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use ::redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, RedisResult, ServerErrorKind, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+
+use super::replies::{finish_elsewhere, Replies, Reply};
+use super::resp::{self, Scan};
+use super::scripts::{Lua, CIRCUIT, RATE_LIMIT};
+use crate::errors::{guard, lock};
+
+/// The thread all Redis I/O of the process waits on: one current-thread
+/// tokio runtime for connection attempts, watchers and their timers. The
+/// thread never ends; it holds nothing that keeps Node running.
+static IO: LazyLock<tokio::runtime::Handle> = LazyLock::new(|| {
+  let runtime = tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()
+    .expect("cannot build the Redis I/O runtime");
+  let handle = runtime.handle().clone();
+  std::thread::Builder::new()
+    .name("stoma-redis-io".into())
+    .spawn(move || runtime.block_on(std::future::pending::<()>()))
+    .expect("cannot start the Redis I/O thread");
+  handle
+});
+
+/// After a failed connection attempt, calls within this pause fail at once
+/// with its cause instead of each trying again: a burst of calls against a
+/// dead server costs one attempt, yet the first call after the pause
+/// reconnects, well within a second of the server coming back.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often calls waiting for a connection are checked for their deadline.
+const EXPIRY_CHECK: Duration = Duration::from_millis(10);
+
+/// Bytes asked of the socket per read, at least.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Turns a call's answer from Redis into its reply (a server error for that
+/// one command arrives as an `Err`).
+pub type Decode = Box<dyn FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send>;
+
+/// One call: its command, what to do with the answer, and by when.
+pub struct Job {
+  pub id: f64,
+  pub store: &'static str,
+  pub command: ::redis::Cmd,
+  /// The script an `EVALSHA` command runs, to resend it with its source if
+  /// the server lost it (taken once resent, so it is resent at most once).
+  pub script: Option<&'static Lua>,
+  pub decode: Decode,
+  pub deadline: Instant,
+}
+
+/// A connected socket, read and written without blocking.
+enum Socket {
+  Tcp(std::net::TcpStream),
+  #[cfg(unix)]
+  Unix(std::os::unix::net::UnixStream),
+}
+
+impl Socket {
+  fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    match self {
+      Socket::Tcp(stream) => (&*stream).read(buf),
+      #[cfg(unix)]
+      Socket::Unix(stream) => (&*stream).read(buf),
+    }
+  }
+
+  fn write(&self, buf: &[u8]) -> io::Result<usize> {
+    match self {
+      Socket::Tcp(stream) => (&*stream).write(buf),
+      #[cfg(unix)]
+      Socket::Unix(stream) => (&*stream).write(buf),
+    }
+  }
+
+  /// Tells the server we are gone now, even while a watcher still holds a
+  /// duplicate of the socket.
+  fn shut_down(&self) {
+    let _ = match self {
+      Socket::Tcp(stream) => stream.shutdown(std::net::Shutdown::Both),
+      #[cfg(unix)]
+      Socket::Unix(stream) => stream.shutdown(std::net::Shutdown::Both),
+    };
+  }
+
+  /// A duplicate registered with the I/O thread's reactor, to wait on. It
+  /// is registered only while answers are awaited: registered for good, the
+  /// reactor would wake for every answer the JS thread already took.
+  fn watcher(&self) -> io::Result<Watcher> {
+    Ok(match self {
+      Socket::Tcp(stream) => Watcher::Tcp(tokio::net::TcpStream::from_std(stream.try_clone()?)?),
+      #[cfg(unix)]
+      Socket::Unix(stream) => Watcher::Unix(tokio::net::UnixStream::from_std(stream.try_clone()?)?),
+    })
+  }
+}
+
+enum Watcher {
+  Tcp(tokio::net::TcpStream),
+  #[cfg(unix)]
+  Unix(tokio::net::UnixStream),
+}
+
+impl Watcher {
+  /// Waits until the socket is ready for some of `interest`; answers the
+  /// one direction to act on (tokio's `try_io` takes a single one).
+  async fn ready(&self, interest: Interest) -> io::Result<Interest> {
+    let ready = match self {
+      Watcher::Tcp(stream) => stream.ready(interest).await?,
+      #[cfg(unix)]
+      Watcher::Unix(stream) => stream.ready(interest).await?,
+    };
+    Ok(if ready.is_readable() || ready.is_read_closed() || !interest.is_writable() { Interest::READABLE } else { Interest::WRITABLE })
+  }
+
+  /// Runs `io`, clearing the readiness it saw if it ends with `WouldBlock`
+  /// (done inside tokio's `try_io`, so readiness that arrives meanwhile is
+  /// not lost).
+  fn try_io<R>(&self, interest: Interest, io: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+    match self {
+      Watcher::Tcp(stream) => stream.try_io(interest, io),
+      #[cfg(unix)]
+      Watcher::Unix(stream) => stream.try_io(interest, io),
+    }
+  }
+}
+
+/// Where the connection stands.
+enum Link {
+  /// None open: none opened yet, the last one was lost, or the last attempt
+  /// failed at the given instant for the given cause.
+  Down { failed: Option<(Instant, Arc<str>)> },
+  Connecting,
+  Up(Arc<Socket>),
+}
+
+/// How long the JS thread polls for answers after a flush, backing off when
+/// polling keeps failing (a remote server, a big batch, a slow script) so a
+/// connection whose answers always take long costs almost no polling.
+struct Spin {
+  budget: Duration,
+  /// Flushes left before the next attempt to spin.
+  skip: u32,
+  /// The pause after the last failure, in flushes (doubling up to 64).
+  backoff: u32,
+}
+
+impl Spin {
+  fn wanted(&mut self) -> bool {
+    if self.budget.is_zero() {
+      return false;
+    }
+    if self.skip > 0 {
+      self.skip -= 1;
+      return false;
+    }
+    true
+  }
+
+  fn record(&mut self, answered_all: bool) {
+    if answered_all {
+      self.backoff = 0;
+    } else {
+      self.backoff = (self.backoff * 2).clamp(1, 64);
+      self.skip = self.backoff;
+    }
+  }
+}
+
+struct State {
+  link: Link,
+  /// Counts connection attempts, so that tasks of an old connection cannot
+  /// touch its successor.
+  generation: u64,
+  closed: bool,
+  /// Calls submitted since the last flush.
+  queued: Vec<Job>,
+  /// Calls flushed while a connection was being opened.
+  waiting: Vec<Job>,
+  /// Calls written, in the order their answers will come.
+  in_flight: VecDeque<Job>,
+  /// Encoded commands; `unsent[written..]` is still to go.
+  unsent: Vec<u8>,
+  written: usize,
+  /// Bytes read; `inbox[..filled]` holds data (the rest is spare room,
+  /// kept initialized so reads need no unsafe code).
+  inbox: Vec<u8>,
+  filled: usize,
+  /// A watcher task waits on the socket of this generation.
+  watched: bool,
+  spin: Spin,
+}
+
+/// What [`State::pump`] got.
+struct Pumped {
+  answered: Vec<(Job, Value)>,
+  /// The last read and write found nothing more to do without waiting.
+  would_block: bool,
+}
+
+impl State {
+  /// Encodes `job` for sending and counts it in flight.
+  fn enqueue(&mut self, job: Job) {
+    job.command.write_packed_command(&mut self.unsent);
+    self.in_flight.push_back(job);
+  }
+
+  /// Writes what is unsent and reads what has arrived until the socket would
+  /// block, answering every call whose reply is complete. Commands the
+  /// server refused with NOSCRIPT are sent again with their script's source.
+  fn pump(&mut self, socket: &Socket) -> Result<Pumped, String> {
+    let mut answered = Vec::new();
+    loop {
+      let mut progress = false;
+      while self.written < self.unsent.len() {
+        match socket.write(&self.unsent[self.written..]) {
+          Ok(0) => return Err("the connection was closed".into()),
+          Ok(n) => {
+            self.written += n;
+            progress = true;
+          }
+          Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+          Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+          Err(error) => return Err(error.to_string()),
+        }
+      }
+      if self.written == self.unsent.len() {
+        self.unsent.clear();
+        self.written = 0;
+      }
+      if !self.in_flight.is_empty() {
+        loop {
+          if self.inbox.len() - self.filled < READ_CHUNK / 4 {
+            self.inbox.resize(self.filled + READ_CHUNK, 0);
+          }
+          match socket.read(&mut self.inbox[self.filled..]) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(n) => {
+              self.filled += n;
+              progress = true;
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.to_string()),
+          }
+        }
+        self.take_replies(&mut answered)?;
+      }
+      if !progress {
+        return Ok(Pumped { answered, would_block: true });
+      }
+    }
+  }
+
+  /// Decodes the complete replies in the inbox, pairing each with the call
+  /// it answers.
+  fn take_replies(&mut self, answered: &mut Vec<(Job, Value)>) -> Result<(), String> {
+    let mut at = 0;
+    while at < self.filled {
+      let need = match resp::scan(&self.inbox[at..self.filled]).map_err(|error| format!("protocol error: {}", error.0))? {
+        Scan::Complete(length) => {
+          let Some(mut job) = self.in_flight.pop_front() else {
+            return Err("protocol error: an answer to no command".into());
+          };
+          let value = decode_frame(&self.inbox[at..at + length]).map_err(|error| format!("protocol error: {error}"))?;
+          at += length;
+          match job.script.take() {
+            Some(lua) if is_noscript(&value) => {
+              job.command = lua.call_with_source(&job.command);
+              self.enqueue(job);
+            }
+            _ => answered.push((job, value)),
+          }
+          continue;
+        }
+        Scan::Partial(need) => need,
+      };
+      // Make room for the whole of a large reply at once.
+      if self.inbox.len() < self.filled - at + need {
+        self.inbox.resize(self.filled - at + need + READ_CHUNK, 0);
+      }
+      break;
+    }
+    self.inbox.copy_within(at..self.filled, 0);
+    self.filled -= at;
+    if self.inbox.len() > 4 * READ_CHUNK && self.filled < READ_CHUNK {
+      // Give back the room a large reply took.
+      self.inbox.truncate(READ_CHUNK);
+      self.inbox.shrink_to_fit();
+    }
+    Ok(())
+  }
+
+  /// Forgets the connection and everything sent on it; answers every call
+  /// in flight with `cause`.
+  fn drop_link(&mut self, cause: &str) -> Vec<(f64, Reply)> {
+    if let Link::Up(socket) = &self.link {
+      socket.shut_down();
+    }
+    self.link = Link::Down { failed: None };
+    self.watched = false;
+    self.unsent.clear();
+    self.written = 0;
+    self.filled = 0;
+    self.in_flight.drain(..).map(|job| (job.id, Reply::Failed(format!("{}: {cause}", job.store)))).collect()
+  }
+}
+
+/// A reply's bytes as a value. Bulk strings (a cache envelope can be
+/// megabytes) are cut out directly; the rest go through the crate's parser.
+fn decode_frame(frame: &[u8]) -> RedisResult<Value> {
+  if frame.first() == Some(&b'$') && frame.get(1) != Some(&b'-') {
+    if let Some(start) = frame.windows(2).position(|pair| pair == b"\r\n") {
+      return Ok(Value::BulkString(frame[start + 2..frame.len() - 2].to_vec()));
+    }
+  }
+  ::redis::parse_redis_value(frame)
+}
+
+fn is_noscript(value: &Value) -> bool {
+  matches!(value, Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoScript))
+}
+
+/// The connection one adapter's stores share, opened in the background and
+/// reopened on demand.
+pub struct Wire {
+  info: ConnectionInfo,
+  /// Where the server is, for error messages (no credentials).
+  pub address: String,
+  connect_timeout: Duration,
+  pub command_timeout: Duration,
+  state: Mutex<State>,
+  replies: Arc<Replies>,
+}
+
+impl Wire {
+  /// Parses `url`; fails at once if it is malformed or asks for TLS.
+  pub fn new(url: &str, connect_timeout: Duration, command_timeout: Duration, spin: Duration, replies: Arc<Replies>) -> RedisResult<Arc<Self>> {
+    let info = Client::open(url)?.get_connection_info().clone();
+    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+      return Err(RedisError::from((::redis::ErrorKind::InvalidClientConfig, "TLS (rediss://) is not supported")));
+    }
+    Ok(Arc::new(Wire {
+      address: info.addr().to_string(),
+      info,
+      connect_timeout,
+      command_timeout,
+      state: Mutex::new(State {
+        link: Link::Down { failed: None },
+        generation: 0,
+        closed: false,
+        queued: Vec::new(),
+        waiting: Vec::new(),
+        in_flight: VecDeque::new(),
+        unsent: Vec::new(),
+        written: 0,
+        inbox: Vec::new(),
+        filled: 0,
+        watched: false,
+        spin: Spin { budget: spin, skip: 0, backoff: 0 },
+      }),
+      replies,
+    }))
+  }
+
+  pub fn replies(&self) -> &Arc<Replies> {
+    &self.replies
+  }
+
+  /// Starts connecting now, so the first calls do not pay for the handshake.
+  pub fn connect_in_background(self: &Arc<Self>) {
+    let mut state = lock(&self.state);
+    if matches!(state.link, Link::Down { .. }) && !state.closed {
+      self.start_connecting(&mut state);
+    }
+  }
+
+  fn start_connecting(self: &Arc<Self>, state: &mut State) {
+    state.generation += 1;
+    state.link = Link::Connecting;
+    IO.spawn(Arc::clone(self).connect(state.generation));
+  }
+
+  /// Queues `job` until the next [`flush`](Self::flush).
+  pub fn submit(&self, job: Job) {
+    lock(&self.state).queued.push(job);
+  }
+
+  /// Sends the calls queued since the last flush and, if `spin`, polls for
+  /// answers (see [`Spin`]); returns the answers that came. The rest arrive
+  /// through [`Replies`].
+  pub fn flush(self: &Arc<Self>, spin: bool) -> Vec<(f64, Reply)> {
+    let mut state = lock(&self.state);
+    let jobs = std::mem::take(&mut state.queued);
+    if jobs.is_empty() {
+      return Vec::new();
+    }
+    if state.closed {
+      return fail_all(jobs, "the Redis connection was closed");
+    }
+    let socket = match &state.link {
+      Link::Up(socket) => Arc::clone(socket),
+      Link::Down { failed: Some((at, cause)) } if at.elapsed() < RECONNECT_PAUSE => {
+        let cause = cause.clone();
+        return fail_all(jobs, &cause);
+      }
+      Link::Down { .. } => {
+        state.waiting.extend(jobs);
+        self.start_connecting(&mut state);
+        return Vec::new();
+      }
+      Link::Connecting => {
+        state.waiting.extend(jobs);
+        return Vec::new();
+      }
+    };
+    for job in jobs {
+      state.enqueue(job);
+    }
+    let spin = spin && state.spin.wanted();
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    loop {
+      match state.pump(&socket) {
+        Ok(pumped) => answers.extend(self.answer(pumped.answered)),
+        Err(cause) => {
+          answers.extend(state.drop_link(&self.lost(&cause)));
+          return answers;
+        }
+      }
+      if state.in_flight.is_empty() || !spin || started.elapsed() >= state.spin.budget {
+        break;
+      }
+      // Let a watcher of older calls take the lock between polls.
+      drop(state);
+      std::hint::spin_loop();
+      state = lock(&self.state);
+      if !matches!(&state.link, Link::Up(current) if Arc::ptr_eq(current, &socket)) {
+        return answers;
+      }
+    }
+    if spin {
+      let answered_all = state.in_flight.is_empty();
+      state.spin.record(answered_all);
+    }
+    self.watch_if_needed(&mut state, &socket);
+    answers
+  }
+
+  /// Makes sure a watcher waits for what is still in flight.
+  fn watch_if_needed(self: &Arc<Self>, state: &mut State, socket: &Arc<Socket>) {
+    if state.in_flight.is_empty() || state.watched {
+      return;
+    }
+    state.watched = true;
+    IO.spawn(Arc::clone(self).watch(Arc::clone(socket), state.generation));
+  }
+
+  /// Decodes answered calls (outside the state's lock).
+  fn answer(&self, answered: Vec<(Job, Value)>) -> Vec<(f64, Reply)> {
+    let mut answers = Vec::with_capacity(answered.len());
+    for (job, value) in answered {
+      let (id, store) = (job.id, job.store);
+      let decoded = guard(store, || Ok((job.decode)(value.extract_error())));
+      let reply = match decoded {
+        Ok(Ok(Reply::Later(finish))) => {
+          finish_elsewhere(id, finish, Arc::clone(&self.replies));
+          continue;
+        }
+        Ok(Ok(reply)) => reply,
+        Ok(Err(error)) => Reply::Failed(format!("{store}: Redis at {}: {}", self.address, error.to_string())),
+        Err(panicked) => Reply::Failed(panicked.reason.clone()),
+      };
+      answers.push((id, reply));
+    }
+    answers
+  }
+
+  fn lost(&self, cause: &str) -> String {
+    format!("Redis at {}: {cause}", self.address)
+  }
+
+  /// Waits on the socket of connection `generation` until nothing is in
+  /// flight on it, delivering answers and failing calls past their deadline.
+  async fn watch(self: Arc<Self>, socket: Arc<Socket>, generation: u64) {
+    let watcher = match socket.watcher() {
+      Ok(watcher) => watcher,
+      Err(error) => return self.give_up(generation, &self.lost(&error.to_string())),
+    };
+    loop {
+      let (interest, deadline) = {
+        let mut state = lock(&self.state);
+        if state.generation != generation || !matches!(state.link, Link::Up(_)) {
+          return;
+        }
+        let Some(oldest) = state.in_flight.front() else {
+          state.watched = false;
+          return self.close_if_drained(&mut state);
+        };
+        let deadline = oldest.deadline;
+        let interest = if state.written < state.unsent.len() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        (interest, deadline)
+      };
+      let ready = tokio::select! {
+        ready = watcher.ready(interest) => ready,
+        () = tokio::time::sleep_until(deadline.into()) => {
+          let ms = self.command_timeout.as_millis();
+          return self.give_up(generation, &format!("Redis at {} did not answer within {ms} ms", self.address));
+        }
+      };
+      let direction = match ready {
+        Ok(direction) => direction,
+        Err(error) => return self.give_up(generation, &self.lost(&error.to_string())),
+      };
+      // Unset if tokio finds the readiness gone (the wake-up was spurious)
+      // and does not run the closure: then we simply wait again.
+      let mut outcome = None;
+      let _ = watcher.try_io(direction, || {
+        let mut state = lock(&self.state);
+        if state.generation != generation {
+          outcome = Some(Err(None));
+          return Ok(());
+        }
+        let pumped = state.pump(&socket);
+        let would_block = matches!(pumped, Ok(Pumped { would_block: true, .. }));
+        outcome = Some(pumped.map_err(Some));
+        if would_block {
+          Err(io::ErrorKind::WouldBlock.into())
+        } else {
+          Ok(())
+        }
+      });
+      match outcome {
+        Some(Ok(pumped)) => {
+          let answers = self.answer(pumped.answered);
+          if !answers.is_empty() {
+            self.replies.send_all(answers);
+          }
+        }
+        Some(Err(Some(cause))) => return self.give_up(generation, &self.lost(&cause)),
+        // A newer connection replaced this one.
+        Some(Err(None)) => return,
+        None => {}
+      }
+    }
+  }
+
+  /// Drops connection `generation`, failing its calls with `cause`.
+  fn give_up(&self, generation: u64, cause: &str) {
+    let failed = {
+      let mut state = lock(&self.state);
+      if state.generation != generation || !matches!(state.link, Link::Up(_)) {
+        return;
+      }
+      state.drop_link(cause)
+    };
+    if !failed.is_empty() {
+      self.replies.send_all(failed);
+    }
+  }
+
+  /// Opens connection `generation` (within the connect timeout), failing
+  /// calls that wait for it past their deadline, then sends them.
+  async fn connect(self: Arc<Self>, generation: u64) {
+    let mut opening = pin!(tokio::time::timeout(self.connect_timeout, open(&self.info)));
+    let opened = loop {
+      // Calls join the wait at any time; look again every few ms.
+      let recheck = Instant::now() + EXPIRY_CHECK;
+      let next_deadline = lock(&self.state).waiting.iter().map(|job| job.deadline).min();
+      let expiry = tokio::time::sleep_until(next_deadline.map_or(recheck, |deadline| deadline.min(recheck)).into());
+      tokio::select! {
+        opened = &mut opening => break opened,
+        () = expiry => self.expire_waiting(),
+      }
+    };
+    let ms = self.connect_timeout.as_millis();
+    let opened = match opened {
+      Ok(Ok(socket)) => Ok(socket),
+      Ok(Err(cause)) => Err(cause),
+      Err(_) => Err(format!("no answer within {ms} ms")),
+    };
+    let mut state = lock(&self.state);
+    if state.generation != generation {
+      return;
+    }
+    let waiting = std::mem::take(&mut state.waiting);
+    if state.closed {
+      state.link = Link::Down { failed: None };
+      drop(state);
+      return self.replies.send_all(fail_all(waiting, "the Redis connection was closed"));
+    }
+    match opened {
+      Ok(socket) => {
+        let socket = Arc::new(socket);
+        state.link = Link::Up(Arc::clone(&socket));
+        for job in waiting {
+          state.enqueue(job);
+        }
+        // The watcher writes them as soon as it starts.
+        self.watch_if_needed(&mut state, &socket);
+      }
+      Err(cause) => {
+        let cause: Arc<str> = format!("cannot connect to Redis at {}: {cause}", self.address).into();
+        state.link = Link::Down { failed: Some((Instant::now(), cause.clone())) };
+        drop(state);
+        self.replies.send_all(fail_all(waiting, &cause));
+      }
+    }
+  }
+
+  /// Fails the calls that waited for a connection past their deadline.
+  fn expire_waiting(&self) {
+    let now = Instant::now();
+    let expired: Vec<Job> = {
+      let mut state = lock(&self.state);
+      let (expired, kept) = std::mem::take(&mut state.waiting).into_iter().partition(|job| job.deadline <= now);
+      state.waiting = kept;
+      expired
+    };
+    let ms = self.command_timeout.as_millis();
+    self.replies.send_all(fail_all(expired, &format!("cannot connect to Redis at {} within {ms} ms", self.address)));
+  }
+
+  /// Refuses later calls; calls in flight still get their answers, then the
+  /// connection closes.
+  pub fn close(&self) {
+    let mut state = lock(&self.state);
+    state.closed = true;
+    self.close_if_drained(&mut state);
+  }
+
+  fn close_if_drained(&self, state: &mut State) {
+    if state.closed && state.in_flight.is_empty() && matches!(state.link, Link::Up(_)) {
+      state.drop_link("the Redis connection was closed");
+    }
+  }
+
+  pub fn is_closed(&self) -> bool {
+    lock(&self.state).closed
+  }
+}
+
+fn fail_all(jobs: Vec<Job>, cause: &str) -> Vec<(f64, Reply)> {
+  jobs.into_iter().map(|job| (job.id, Reply::Failed(format!("{}: {cause}", job.store)))).collect()
+}
+
+/// Connects to the server and runs the handshake: AUTH and SELECT as the
+/// url asks, and both scripts loaded so the first calls need no retry.
+async fn open(info: &ConnectionInfo) -> Result<Socket, String> {
+  let io_cause = |error: io::Error| error.to_string();
+  match info.addr() {
+    ConnectionAddr::Tcp(host, port) => {
+      let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(io_cause)?;
+      stream.set_nodelay(true).map_err(io_cause)?;
+      handshake(&mut stream, info).await?;
+      Ok(Socket::Tcp(stream.into_std().map_err(io_cause)?))
+    }
+    #[cfg(unix)]
+    ConnectionAddr::Unix(path) => {
+      let mut stream = tokio::net::UnixStream::connect(path).await.map_err(io_cause)?;
+      handshake(&mut stream, info).await?;
+      Ok(Socket::Unix(stream.into_std().map_err(io_cause)?))
+    }
+    other => Err(format!("unsupported address {other}")),
+  }
+}
+
+async fn handshake(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), info: &ConnectionInfo) -> Result<(), String> {
+  let settings = info.redis_settings();
+  let mut commands = Vec::new();
+  let mut checked = 0;
+  if let Some(password) = settings.password() {
+    let mut auth = ::redis::cmd("AUTH");
+    if let Some(username) = settings.username() {
+      auth.arg(username);
+    }
+    auth.arg(password);
+    commands.push(auth);
+    checked += 1;
+  }
+  if settings.db() != 0 {
+    let mut select = ::redis::cmd("SELECT");
+    select.arg(settings.db());
+    commands.push(select);
+    checked += 1;
+  }
+  // A failure to load a script is not fatal: calls then fall back to EVAL.
+  commands.push(RATE_LIMIT.load());
+  commands.push(CIRCUIT.load());
+  let mut bytes = Vec::new();
+  for command in &commands {
+    command.write_packed_command(&mut bytes);
+  }
+  stream.write_all(&bytes).await.map_err(|error| error.to_string())?;
+  let mut inbox = Vec::new();
+  let mut at = 0;
+  for index in 0..commands.len() {
+    let length = loop {
+      match resp::scan(&inbox[at..]).map_err(|error| format!("protocol error: {}", error.0))? {
+        Scan::Complete(length) => break length,
+        Scan::Partial(_) => {
+          let mut chunk = [0; 4096];
+          let n = stream.read(&mut chunk).await.map_err(|error| error.to_string())?;
+          if n == 0 {
+            return Err("the server closed the connection during the handshake".into());
+          }
+          inbox.extend_from_slice(&chunk[..n]);
+        }
+      }
+    };
+    let value = ::redis::parse_redis_value(&inbox[at..at + length]).map_err(|error| error.to_string())?;
+    at += length;
+    if index < checked {
+      value.extract_error().map_err(|error| error.to_string())?;
+    }
+  }
+  Ok(())
+}
+
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn spinning_backs_off_while_it_keeps_failing() {
+    let mut spin = Spin { budget: Duration::from_micros(50), skip: 0, backoff: 0 };
+    assert!(spin.wanted());
+    spin.record(false);
+    assert!(!spin.wanted());
+    assert!(spin.wanted());
+    spin.record(false);
+    assert_eq!((spin.wanted(), spin.wanted(), spin.wanted()), (false, false, true));
+    spin.record(true);
+    assert!(spin.wanted());
+    let mut off = Spin { budget: Duration::ZERO, skip: 0, backoff: 0 };
+    assert!(!off.wanted());
+  }
+
+  #[test]
+  fn bulk_strings_are_cut_out_and_the_rest_parsed() {
+    assert_eq!(decode_frame(b"$3\r\nabc\r\n").unwrap(), Value::BulkString(b"abc".to_vec()));
+    assert_eq!(decode_frame(b"$-1\r\n").unwrap(), Value::Nil);
+    assert_eq!(decode_frame(b":5\r\n").unwrap(), Value::Int(5));
+    assert!(is_noscript(&decode_frame(b"-NOSCRIPT No matching script.\r\n").unwrap()));
+  }
+}
