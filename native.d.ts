@@ -120,20 +120,29 @@ export declare class NativeRedisConnection {
   /**
    * Parses `url` (throwing an `InvalidArg` error at once if it is
    * malformed) and starts connecting in the background. `spinMicros` is
-   * how long a flush may poll for its answers (0: never).
+   * how long a flush may poll for its answers (0: never); with
+   * `watchEventLoop` (Node only) it stops as soon as the event loop has
+   * other work.
    */
-  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, spinMicros: number, settle: (batch: [Float64Array, ...unknown[]]) => void)
+  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, spinMicros: number, watchEventLoop: boolean, settle: (batch: [Float64Array, ...unknown[]]) => void)
   /**
    * Sends the calls queued since the last flush and answers those whose
    * replies came while it polled (see `Wire::flush`); `null` when none did.
-   * The others arrive through `settle`.
+   * The others arrive through `settle`, or a later flush takes them (see
+   * [`awaiting`](Self::awaiting)). With `defer`, a busy Node loop delays
+   * the writing to that later flush, so one turn's calls share one write.
    */
-  flush(spin: boolean): [Float64Array, ...unknown[]] | null
+  flush(spin: boolean, defer: boolean): [Float64Array, ...unknown[]] | null
   /**
    * Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
    * answers `{ count, resetAt }`.
    */
   increment(id: number, key: string, windowMs: number): void
+  /**
+   * Calls are in flight that only another `flush()` will collect (on a
+   * busy Node event loop); the JS layer then flushes again next turn.
+   */
+  get awaiting(): boolean
   /** Answers the snapshot of circuit `<prefix>cb:<key>`. */
   getState(id: number, key: string): void
   recordSuccess(id: number, key: string): void

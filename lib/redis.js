@@ -22,6 +22,9 @@ const DEFAULT_SPIN_MICROS = 50
 // awaited calls that keeps getting instant answers still lets timers and
 // other I/O run at least every few milliseconds.
 const SPINS_PER_TURN = 64
+// Node's event loop can tell the native side when it has other work (see
+// src/redis/event_loop.rs); Bun's and Deno's cannot.
+const IS_NODE = typeof Bun === 'undefined' && typeof Deno === 'undefined' && process.release?.name === 'node'
 const nextTurn = typeof setImmediate === 'function' ? setImmediate : (run) => setTimeout(run, 0)
 
 // redisAdapter hands its one connection to its stores under this key, so
@@ -126,13 +129,28 @@ class Connection {
   #newTurn = () => {
     this.#spins = 0
   }
+  #checking = false
+  // Next turn of a busy event loop: collects the answers that came
+  // meanwhile (see `awaiting` in src/redis/mod.rs).
+  #check = () => {
+    this.#checking = false
+    this.#send(false)
+  }
   // Sends what this turn of the event loop queued, as one pipeline, and
   // settles the calls answered while it polled.
   #flush = () => {
     this.#flushing = false
+    this.#send(true)
+  }
+
+  #send(defer) {
     if (this.#spins++ === 0) nextTurn(this.#newTurn)
-    const answers = this.#native.flush(this.#spins <= SPINS_PER_TURN)
+    const answers = this.#native.flush(this.#spins <= SPINS_PER_TURN, defer)
     if (answers !== null) settle(this.#calls, answers, this.#whenDrained)
+    if (!this.#checking && this.#calls.size > 0 && this.#native.awaiting) {
+      this.#checking = true
+      nextTurn(this.#check)
+    }
   }
 
   /**
@@ -155,7 +173,7 @@ class Connection {
     const whenDrained = this.#whenDrained
     const onAnswers = (batch) => settle(calls, batch, whenDrained)
     try {
-      this.#native = new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, onAnswers)
+      this.#native = new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, IS_NODE, onAnswers)
     } catch (error) {
       if (error?.code !== 'InvalidArg') throw error
       throw new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(url))}: ${error.message}`)

@@ -33,6 +33,7 @@
 //! built and reopened on demand after it is lost, so calls succeed again
 //! shortly after the server comes back, with no user action.
 
+mod event_loop;
 mod replies;
 mod resp;
 mod scripts;
@@ -99,21 +100,26 @@ pub struct NativeRedisConnection {
 impl NativeRedisConnection {
   /// Parses `url` (throwing an `InvalidArg` error at once if it is
   /// malformed) and starts connecting in the background. `spinMicros` is
-  /// how long a flush may poll for its answers (0: never).
+  /// how long a flush may poll for its answers (0: never); with
+  /// `watchEventLoop` (Node only) it stops as soon as the event loop has
+  /// other work.
   #[napi(constructor)]
   pub fn new(
+    env: Env,
     url: String,
     prefix: String,
     connect_timeout_ms: f64,
     command_timeout_ms: f64,
     spin_micros: f64,
+    watch_event_loop: bool,
     #[napi(ts_arg_type = "(batch: [Float64Array, ...unknown[]]) => void")] settle: Function<'_, Batch, Unknown<'static>>,
   ) -> Result<Self> {
     guard("redisAdapter", || {
       let replies = Arc::new(Replies::new(settle)?);
       let millis = |ms: f64| Duration::from_millis(duration_ms(ms).max(1) as u64);
       let spin = Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 { spin_micros as u64 } else { 0 });
-      let wire = Wire::new(&url, millis(connect_timeout_ms), millis(command_timeout_ms), spin, replies)
+      let event_loop = if watch_event_loop { event_loop::EventLoop::of(&env) } else { None };
+      let wire = Wire::new(&url, millis(connect_timeout_ms), millis(command_timeout_ms), spin, replies, event_loop)
         .map_err(|error| Error::new(Status::InvalidArg, error.to_string()))?;
       wire.connect_in_background();
       Ok(NativeRedisConnection { wire, prefix })
@@ -147,11 +153,13 @@ impl NativeRedisConnection {
 
   /// Sends the calls queued since the last flush and answers those whose
   /// replies came while it polled (see `Wire::flush`); `null` when none did.
-  /// The others arrive through `settle`.
+  /// The others arrive through `settle`, or a later flush takes them (see
+  /// [`awaiting`](Self::awaiting)). With `defer`, a busy Node loop delays
+  /// the writing to that later flush, so one turn's calls share one write.
   #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
-  pub fn flush(&self, env: &Env, spin: bool) -> Result<Option<Batch>> {
+  pub fn flush(&self, env: &Env, spin: bool, defer: bool) -> Result<Option<Batch>> {
     guard("redisAdapter", || {
-      let answers = self.wire.flush(spin);
+      let answers = self.wire.flush(spin, defer);
       if answers.is_empty() {
         return Ok(None);
       }
@@ -187,6 +195,13 @@ impl NativeRedisConnection {
       });
       Ok(())
     })
+  }
+
+  /// Calls are in flight that only another `flush()` will collect (on a
+  /// busy Node event loop); the JS layer then flushes again next turn.
+  #[napi(getter)]
+  pub fn awaiting(&self) -> bool {
+    self.wire.awaiting()
   }
 
   /// Answers the snapshot of circuit `<prefix>cb:<key>`.
@@ -311,7 +326,7 @@ impl NativeRedisConnection {
             drop(body);
             let decode = Box::new(stored);
             wire.submit(Job { id, store: CACHE_STORE, command, script: None, decode, deadline });
-            wire.flush(false);
+            wire.flush_elsewhere();
           }
           Err(panicked) => wire.replies().send(id, Reply::Failed(panicked.reason.clone())),
         }

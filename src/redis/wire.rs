@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use ::redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, RedisResult, ServerErrorKind, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 
+use super::event_loop::EventLoop;
 use super::replies::{finish_elsewhere, Replies, Reply};
 use super::resp::{self, Scan};
 use super::scripts::{Lua, CIRCUIT, RATE_LIMIT};
@@ -165,6 +166,9 @@ enum Link {
 /// How long the JS thread polls for answers after a flush, backing off when
 /// polling keeps failing (a remote server, a big batch, a slow script) so a
 /// connection whose answers always take long costs almost no polling.
+/// The longest spin, in multiples of the base budget.
+const MAX_SPIN_FACTOR: u32 = 10;
+
 struct Spin {
   budget: Duration,
   /// Flushes left before the next attempt to spin.
@@ -183,6 +187,15 @@ impl Spin {
       return false;
     }
     true
+  }
+
+  /// The spin for `calls` in flight and `bytes` to send: the base budget
+  /// plus what the server needs for that much work (~3 µs a script call,
+  /// ~1 ns a byte), so a pipeline of 64 calls or a 64 KiB envelope is still
+  /// answered while the JS thread waits, which it would otherwise do asleep.
+  fn budget_for(&self, calls: usize, bytes: usize) -> Duration {
+    let extra = Duration::from_nanos(3_000 * calls as u64 + bytes as u64);
+    (self.budget + extra).min(self.budget * MAX_SPIN_FACTOR)
   }
 
   fn record(&mut self, answered_all: bool) {
@@ -216,6 +229,9 @@ struct State {
   filled: usize,
   /// A watcher task waits on the socket of this generation.
   watched: bool,
+  /// The JS thread will flush again for the answers in flight (see
+  /// [`Wire::awaiting`]); a watcher, if any, should leave.
+  js_collects: bool,
   spin: Spin,
 }
 
@@ -327,6 +343,7 @@ impl State {
     }
     self.link = Link::Down { failed: None };
     self.watched = false;
+    self.js_collects = false;
     self.unsent.clear();
     self.written = 0;
     self.filled = 0;
@@ -359,11 +376,23 @@ pub struct Wire {
   pub command_timeout: Duration,
   state: Mutex<State>,
   replies: Arc<Replies>,
+  /// The JS thread's event loop, when it can tell us it has other work.
+  event_loop: Option<EventLoop>,
+  /// Tells a lingering watcher to look again: there are bytes it must write,
+  /// or the connection was closed.
+  wake: tokio::sync::Notify,
 }
 
 impl Wire {
   /// Parses `url`; fails at once if it is malformed or asks for TLS.
-  pub fn new(url: &str, connect_timeout: Duration, command_timeout: Duration, spin: Duration, replies: Arc<Replies>) -> RedisResult<Arc<Self>> {
+  pub fn new(
+    url: &str,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    spin: Duration,
+    replies: Arc<Replies>,
+    event_loop: Option<EventLoop>,
+  ) -> RedisResult<Arc<Self>> {
     let info = Client::open(url)?.get_connection_info().clone();
     if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
       return Err(RedisError::from((::redis::ErrorKind::InvalidClientConfig, "TLS (rediss://) is not supported")));
@@ -385,9 +414,12 @@ impl Wire {
         inbox: Vec::new(),
         filled: 0,
         watched: false,
+        js_collects: false,
         spin: Spin { budget: spin, skip: 0, backoff: 0 },
       }),
       replies,
+      event_loop,
+      wake: tokio::sync::Notify::new(),
     }))
   }
 
@@ -417,13 +449,13 @@ impl Wire {
   /// Sends the calls queued since the last flush and, if `spin`, polls for
   /// answers (see [`Spin`]); returns the answers that came. The rest arrive
   /// through [`Replies`].
-  pub fn flush(self: &Arc<Self>, spin: bool) -> Vec<(f64, Reply)> {
+  pub fn flush(self: &Arc<Self>, spin: bool, defer: bool) -> Vec<(f64, Reply)> {
     let mut state = lock(&self.state);
     let jobs = std::mem::take(&mut state.queued);
-    if jobs.is_empty() {
+    if jobs.is_empty() && state.in_flight.is_empty() {
       return Vec::new();
     }
-    if state.closed {
+    if state.closed && !jobs.is_empty() {
       return fail_all(jobs, "the Redis connection was closed");
     }
     let socket = match &state.link {
@@ -442,10 +474,26 @@ impl Wire {
         return Vec::new();
       }
     };
+    if state.in_flight.front().is_some_and(|oldest| oldest.deadline <= Instant::now()) {
+      let mut answers = state.drop_link(&self.no_answer());
+      answers.extend(fail_all(jobs, &self.no_answer()));
+      return answers;
+    }
     for job in jobs {
       state.enqueue(job);
     }
-    let spin = spin && state.spin.wanted();
+    // On a busy Node loop the JS layer comes back for the answers (see
+    // `awaiting`), so neither a spin nor a watcher is needed now; and with
+    // `defer` the writing waits for that too, so the calls of every request
+    // the loop serves this turn go out in one write (one wake-up of Redis).
+    let busy = self.loop_has_work();
+    let leave_to_js = spin && busy;
+    if leave_to_js && defer {
+      state.js_collects = true;
+      return Vec::new();
+    }
+    let spin = spin && !busy && state.spin.wanted();
+    let budget = state.spin.budget_for(state.in_flight.len(), state.unsent.len() - state.written);
     let started = Instant::now();
     let mut answers = Vec::new();
     loop {
@@ -456,7 +504,7 @@ impl Wire {
           return answers;
         }
       }
-      if state.in_flight.is_empty() || !spin || started.elapsed() >= state.spin.budget {
+      if state.in_flight.is_empty() || !spin || started.elapsed() >= budget || self.loop_has_work() {
         break;
       }
       // Let a watcher of older calls take the lock between polls.
@@ -471,13 +519,45 @@ impl Wire {
       let answered_all = state.in_flight.is_empty();
       state.spin.record(answered_all);
     }
-    self.watch_if_needed(&mut state, &socket);
+    state.js_collects = leave_to_js;
+    if !leave_to_js {
+      self.watch_if_needed(&mut state, &socket);
+    }
     answers
+  }
+
+  /// Calls are in flight that no watcher waits for: the JS layer must
+  /// flush again (it does so once per turn of its event loop).
+  pub fn awaiting(&self) -> bool {
+    let state = lock(&self.state);
+    !state.in_flight.is_empty() && state.js_collects && matches!(state.link, Link::Up(_))
+  }
+
+  fn no_answer(&self) -> String {
+    format!("Redis at {} did not answer within {} ms", self.address, self.command_timeout.as_millis())
+  }
+
+  fn loop_has_work(&self) -> bool {
+    self.event_loop.as_ref().is_some_and(EventLoop::has_work)
+  }
+
+  /// [`flush`](Self::flush) from a thread other than the JS thread: no
+  /// spin, and whatever answers the writing already brought go through
+  /// [`Replies`].
+  pub fn flush_elsewhere(self: &Arc<Self>) {
+    let answers = self.flush(false, false);
+    self.replies.send_all(answers);
   }
 
   /// Makes sure a watcher waits for what is still in flight.
   fn watch_if_needed(self: &Arc<Self>, state: &mut State, socket: &Arc<Socket>) {
-    if state.in_flight.is_empty() || state.watched {
+    if state.in_flight.is_empty() {
+      return;
+    }
+    if state.watched {
+      if state.written < state.unsent.len() {
+        self.wake.notify_one();
+      }
       return;
     }
     state.watched = true;
@@ -521,7 +601,10 @@ impl Wire {
         if state.generation != generation || !matches!(state.link, Link::Up(_)) {
           return;
         }
-        let Some(oldest) = state.in_flight.front() else {
+        // Nothing left to wait for, or the JS thread collects the answers
+        // itself (a busy Node loop): stop listening, so that the I/O thread
+        // is not woken for answers the JS thread takes.
+        let Some(oldest) = state.in_flight.front().filter(|_| !state.js_collects) else {
           state.watched = false;
           return self.close_if_drained(&mut state);
         };
@@ -531,9 +614,9 @@ impl Wire {
       };
       let ready = tokio::select! {
         ready = watcher.ready(interest) => ready,
+        () = self.wake.notified() => continue,
         () = tokio::time::sleep_until(deadline.into()) => {
-          let ms = self.command_timeout.as_millis();
-          return self.give_up(generation, &format!("Redis at {} did not answer within {ms} ms", self.address));
+          return self.give_up(generation, &self.no_answer());
         }
       };
       let direction = match ready {
@@ -655,6 +738,7 @@ impl Wire {
     let mut state = lock(&self.state);
     state.closed = true;
     self.close_if_drained(&mut state);
+    self.wake.notify_one();
   }
 
   fn close_if_drained(&self, state: &mut State) {
