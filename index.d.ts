@@ -263,6 +263,11 @@ export interface RedisConnectionOptions {
   connectTimeoutMs?: number
   /** Bound on every call, waiting for a connection included, in ms (default 1000). */
   commandTimeoutMs?: number
+  /**
+   * How long the JS thread may poll the socket for answers after sending, in µs (default 50,
+   * scaled up with the calls in flight; never while Node's event loop has other work). 0: never.
+   */
+  spinMicros?: number
 }
 
 /** Fixed-window counters under `<prefix>rl:<key>`, shared with Stoma's RedisRateLimitStore. */

@@ -43,6 +43,13 @@ storeContract('redis', {
   close: (adapter) => adapter.close(),
 })
 
+// The same contract with polling off: every answer then comes through the
+// I/O thread's watcher, the path a slow or remote server takes.
+storeContract('redis (spinMicros 0)', {
+  createStores: () => redisAdapter({ url, prefix: newPrefix(), spinMicros: 0 }),
+  close: (adapter) => adapter.close(),
+})
+
 describe('redis: same data as Stoma’s redisAdapter, both ways', () => {
   let prefix, ours, stoma
   beforeAll(() => {
@@ -304,6 +311,46 @@ describe('redis: adapter options and lifecycle', () => {
     expect(() => redisAdapter({ stores: { cache: 'no' } })).toThrow(/stores.cache/)
     expect(() => redisAdapter({ waitUntil: 1 })).toThrow(/waitUntil/)
     expect(() => redisAdapter('redis://x')).toThrow(TypeError)
+    expect(() => redisAdapter({ spinMicros: -1 })).toThrow(RangeError)
+    expect(() => redisAdapter({ spinMicros: '5' })).toThrow(/spinMicros must be a number/)
+  })
+
+  it('close() waits for the calls in flight, which all succeed', async () => {
+    const adapter = redisAdapter({ url, prefix: newPrefix() })
+    const calls = Array.from({ length: 300 }, () => adapter.rateLimitStore.increment('k', 60))
+    await adapter.close()
+    const counts = (await Promise.all(calls)).map((hit) => hit.count).sort((a, b) => a - b)
+    expect(counts).toEqual(Array.from({ length: 300 }, (_, i) => i + 1))
+  })
+
+  it('counts right while the event loop is busy with other sockets (calls batched per turn)', async () => {
+    // A socket that always has data keeps Node's loop busy, which makes the
+    // stores defer their writes to the next turn instead of polling.
+    const firehose = net.createServer((socket) => {
+      const chunk = Buffer.alloc(64 * 1024)
+      const pump = () => {
+        while (socket.write(chunk));
+      }
+      socket.on('drain', pump)
+      socket.on('error', () => {})
+      pump()
+    })
+    firehose.listen(0, '127.0.0.1')
+    await once(firehose, 'listening')
+    const reader = net.connect(firehose.address().port, '127.0.0.1')
+    reader.on('data', () => {})
+    await once(reader, 'connect')
+    const adapter = redisAdapter({ url, prefix: newPrefix() })
+    try {
+      for (let i = 1; i <= 200; i++) expect((await adapter.rateLimitStore.increment('seq', 60)).count).toBe(i)
+      const counts = await Promise.all(Array.from({ length: 500 }, () => adapter.rateLimitStore.increment('par', 60)))
+      expect(new Set(counts.map((hit) => hit.count)).size).toBe(500)
+      expect((await adapter.circuitBreakerStore.recordFailure('c')).failureCount).toBe(1)
+    } finally {
+      await adapter.close()
+      reader.destroy()
+      firehose.close()
+    }
   })
 
   it('close() is idempotent and later calls reject with a clear error', async () => {

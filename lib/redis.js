@@ -200,6 +200,8 @@ class Connection {
 
   /** Refuses later calls; resolves once the calls in flight are answered. */
   close() {
+    // Calls made before close() are still sent.
+    if (this.#flushing) this.#flush()
     this.#native.close()
     if (this.#calls.size === 0) return Promise.resolve()
     return new Promise((resolve) => {

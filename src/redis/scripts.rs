@@ -164,7 +164,7 @@ mod tests {
     let mut call = RATE_LIMIT.call("stoma:rl:k".into());
     call.arg(60_000);
     let eval = RATE_LIMIT.call_with_source(&call);
-    let args: Vec<Vec<u8>> = eval.args_iter().map(|arg| match arg { Arg::Simple(b) => b.to_vec(), Arg::Cursor => vec![] }).collect();
+    let args: Vec<Vec<u8>> = eval.args_iter().map(|arg| if let Arg::Simple(b) = arg { b.to_vec() } else { Vec::new() }).collect();
     assert_eq!(args[0], b"EVAL");
     assert_eq!(args[1], RATE_LIMIT_LUA.as_bytes());
     assert_eq!(&args[2..], &[b"1".to_vec(), b"stoma:rl:k".to_vec(), b"60000".to_vec()]);

@@ -694,12 +694,9 @@ impl Wire {
     if state.generation != generation {
       return;
     }
+    // Calls made before close() still go out; the connection closes once
+    // they are answered.
     let waiting = std::mem::take(&mut state.waiting);
-    if state.closed {
-      state.link = Link::Down { failed: None };
-      drop(state);
-      return self.replies.send_all(fail_all(waiting, "the Redis connection was closed"));
-    }
     match opened {
       Ok(socket) => {
         let socket = Arc::new(socket);
@@ -709,6 +706,7 @@ impl Wire {
         }
         // The watcher writes them as soon as it starts.
         self.watch_if_needed(&mut state, &socket);
+        self.close_if_drained(&mut state);
       }
       Err(cause) => {
         let cause: Arc<str> = format!("cannot connect to Redis at {}: {cause}", self.address).into();
