@@ -40,7 +40,7 @@ mod scripts;
 mod wire;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use napi::bindgen_prelude::{Function, Uint8Array, Unknown};
 use napi::{Env, Error, Result, Status};
@@ -132,8 +132,7 @@ impl NativeRedisConnection {
 
   /// A call of `store` sending `command`, whose answer `decode` reads.
   fn job(&self, id: f64, store: &'static str, command: Cmd, script: Option<&'static Lua>, decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static) -> Job {
-    let deadline = Instant::now() + self.wire.command_timeout;
-    Job { id, store, command, script, decode: Box::new(decode), deadline }
+    Job { id, store, command, script, decode: Box::new(decode), deadline: self.wire.deadline() }
   }
 
   /// Queues a call for the next [`flush`](Self::flush), making Node wait
@@ -318,7 +317,7 @@ impl NativeRedisConnection {
         return Ok(());
       }
       self.wire.replies().hold(env);
-      let deadline = Instant::now() + self.wire.command_timeout;
+      let deadline = self.wire.deadline();
       let wire = Arc::clone(&self.wire);
       napi::bindgen_prelude::spawn(async move {
         match guard_async(CACHE_STORE, async { Ok(set(&body)) }).await {

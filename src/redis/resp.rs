@@ -60,6 +60,18 @@ pub fn scan(buf: &[u8]) -> Result<Scan, ProtocolError> {
   Ok(Scan::Complete(at))
 }
 
+/// A whole reply's bytes (as [`scan`] delimits them) as a value. Bulk
+/// strings (a cache envelope can be megabytes) are cut out directly; the
+/// rest go through the `redis` crate's parser.
+pub fn decode(frame: &[u8]) -> ::redis::RedisResult<::redis::Value> {
+  if frame.first() == Some(&b'$') && frame.get(1) != Some(&b'-') {
+    if let Some(line_end) = find_crlf(frame, 0) {
+      return Ok(::redis::Value::BulkString(frame[line_end + 2..frame.len() - 2].to_vec()));
+    }
+  }
+  ::redis::parse_redis_value(frame)
+}
+
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
   let line = buf.get(from..)?;
   line.windows(2).position(|pair| pair == b"\r\n").map(|cr| from + cr)
@@ -99,6 +111,15 @@ mod tests {
   #[test]
   fn a_large_bulk_says_how_much_room_it_needs() {
     assert_eq!(scan(b"$1000000\r\nabc"), Ok(Scan::Partial(10 + 1_000_000 + 2)));
+  }
+
+  #[test]
+  fn bulk_strings_are_cut_out_and_the_rest_parsed() {
+    use ::redis::Value;
+    assert_eq!(decode(b"$3\r\nabc\r\n").unwrap(), Value::BulkString(b"abc".to_vec()));
+    assert_eq!(decode(b"$0\r\n\r\n").unwrap(), Value::BulkString(Vec::new()));
+    assert_eq!(decode(b"$-1\r\n").unwrap(), Value::Nil);
+    assert_eq!(decode(b":5\r\n").unwrap(), Value::Int(5));
   }
 
   #[test]

@@ -56,9 +56,6 @@ static IO: LazyLock<tokio::runtime::Handle> = LazyLock::new(|| {
 /// reconnects, well within a second of the server coming back.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
-/// How often calls waiting for a connection are checked for their deadline.
-const EXPIRY_CHECK: Duration = Duration::from_millis(10);
-
 /// Bytes asked of the socket per read, at least.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -306,7 +303,7 @@ impl State {
           let Some(mut job) = self.in_flight.pop_front() else {
             return Err("protocol error: an answer to no command".into());
           };
-          let value = decode_frame(&self.inbox[at..at + length]).map_err(|error| format!("protocol error: {error}"))?;
+          let value = resp::decode(&self.inbox[at..at + length]).map_err(|error| format!("protocol error: {error}"))?;
           at += length;
           match job.script.take() {
             Some(lua) if is_noscript(&value) => {
@@ -351,19 +348,17 @@ impl State {
   }
 }
 
-/// A reply's bytes as a value. Bulk strings (a cache envelope can be
-/// megabytes) are cut out directly; the rest go through the crate's parser.
-fn decode_frame(frame: &[u8]) -> RedisResult<Value> {
-  if frame.first() == Some(&b'$') && frame.get(1) != Some(&b'-') {
-    if let Some(start) = frame.windows(2).position(|pair| pair == b"\r\n") {
-      return Ok(Value::BulkString(frame[start + 2..frame.len() - 2].to_vec()));
-    }
-  }
-  ::redis::parse_redis_value(frame)
-}
-
 fn is_noscript(value: &Value) -> bool {
   matches!(value, Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoScript))
+}
+
+/// What the watcher found when it looked at the socket.
+enum Look {
+  Answered(Vec<(Job, Value)>),
+  /// The connection failed, for this cause.
+  Lost(String),
+  /// A newer connection replaced this one.
+  Replaced,
 }
 
 /// The connection one adapter's stores share, opened in the background and
@@ -373,13 +368,14 @@ pub struct Wire {
   /// Where the server is, for error messages (no credentials).
   pub address: String,
   connect_timeout: Duration,
-  pub command_timeout: Duration,
+  command_timeout: Duration,
   state: Mutex<State>,
   replies: Arc<Replies>,
   /// The JS thread's event loop, when it can tell us it has other work.
   event_loop: Option<EventLoop>,
-  /// Tells a lingering watcher to look again: there are bytes it must write,
-  /// or the connection was closed.
+  /// Tells the task of the moment to look at the state again: the watcher
+  /// (there are bytes it must write, or the connection was closed) or the
+  /// connection attempt (a call joined the wait).
   wake: tokio::sync::Notify,
 }
 
@@ -421,6 +417,11 @@ impl Wire {
       event_loop,
       wake: tokio::sync::Notify::new(),
     }))
+  }
+
+  /// When a call made now must be answered.
+  pub fn deadline(&self) -> Instant {
+    Instant::now() + self.command_timeout
   }
 
   pub fn replies(&self) -> &Arc<Replies> {
@@ -471,13 +472,15 @@ impl Wire {
       }
       Link::Connecting => {
         state.waiting.extend(jobs);
+        self.wake.notify_one();
         return Vec::new();
       }
     };
     if state.in_flight.front().is_some_and(|oldest| oldest.deadline <= Instant::now()) {
-      let mut answers = state.drop_link(&self.no_answer());
-      answers.extend(fail_all(jobs, &self.no_answer()));
-      return answers;
+      let cause = self.no_answer();
+      let mut failed = state.drop_link(&cause);
+      failed.extend(fail_all(jobs, &cause));
+      return failed;
     }
     for job in jobs {
       state.enqueue(job);
@@ -495,13 +498,14 @@ impl Wire {
     let spin = spin && !busy && state.spin.wanted();
     let budget = state.spin.budget_for(state.in_flight.len(), state.unsent.len() - state.written);
     let started = Instant::now();
-    let mut answers = Vec::new();
+    let mut answered = Vec::new();
     loop {
       match state.pump(&socket) {
-        Ok(pumped) => answers.extend(self.answer(pumped.answered)),
+        Ok(pumped) => answered.extend(pumped.answered),
         Err(cause) => {
-          answers.extend(state.drop_link(&self.lost(&cause)));
-          return answers;
+          let failed = state.drop_link(&self.lost(&cause));
+          drop(state);
+          return self.answer(answered).into_iter().chain(failed).collect();
         }
       }
       if state.in_flight.is_empty() || !spin || started.elapsed() >= budget || self.loop_has_work() {
@@ -512,7 +516,9 @@ impl Wire {
       std::hint::spin_loop();
       state = lock(&self.state);
       if !matches!(&state.link, Link::Up(current) if Arc::ptr_eq(current, &socket)) {
-        return answers;
+        // Lost meanwhile (the watcher failed the calls still in flight).
+        drop(state);
+        return self.answer(answered);
       }
     }
     if spin {
@@ -523,7 +529,8 @@ impl Wire {
     if !leave_to_js {
       self.watch_if_needed(&mut state, &socket);
     }
-    answers
+    drop(state);
+    self.answer(answered)
   }
 
   /// Calls are in flight that no watcher waits for: the JS layer must
@@ -623,34 +630,30 @@ impl Wire {
         Ok(direction) => direction,
         Err(error) => return self.give_up(generation, &self.lost(&error.to_string())),
       };
-      // Unset if tokio finds the readiness gone (the wake-up was spurious)
-      // and does not run the closure: then we simply wait again.
-      let mut outcome = None;
+      // Stays `None` if tokio finds the readiness gone (the wake-up was
+      // spurious) and does not run the closure: then we simply wait again.
+      let mut look = None;
       let _ = watcher.try_io(direction, || {
         let mut state = lock(&self.state);
         if state.generation != generation {
-          outcome = Some(Err(None));
+          look = Some(Look::Replaced);
           return Ok(());
         }
-        let pumped = state.pump(&socket);
-        let would_block = matches!(pumped, Ok(Pumped { would_block: true, .. }));
-        outcome = Some(pumped.map_err(Some));
+        let (found, would_block) = match state.pump(&socket) {
+          Ok(pumped) => (Look::Answered(pumped.answered), pumped.would_block),
+          Err(cause) => (Look::Lost(cause), false),
+        };
+        look = Some(found);
         if would_block {
           Err(io::ErrorKind::WouldBlock.into())
         } else {
           Ok(())
         }
       });
-      match outcome {
-        Some(Ok(pumped)) => {
-          let answers = self.answer(pumped.answered);
-          if !answers.is_empty() {
-            self.replies.send_all(answers);
-          }
-        }
-        Some(Err(Some(cause))) => return self.give_up(generation, &self.lost(&cause)),
-        // A newer connection replaced this one.
-        Some(Err(None)) => return,
+      match look {
+        Some(Look::Answered(answered)) => self.replies.send_all(self.answer(answered)),
+        Some(Look::Lost(cause)) => return self.give_up(generation, &self.lost(&cause)),
+        Some(Look::Replaced) => return,
         None => {}
       }
     }
@@ -675,13 +678,18 @@ impl Wire {
   async fn connect(self: Arc<Self>, generation: u64) {
     let mut opening = pin!(tokio::time::timeout(self.connect_timeout, open(&self.info)));
     let opened = loop {
-      // Calls join the wait at any time; look again every few ms.
-      let recheck = Instant::now() + EXPIRY_CHECK;
       let next_deadline = lock(&self.state).waiting.iter().map(|job| job.deadline).min();
-      let expiry = tokio::time::sleep_until(next_deadline.map_or(recheck, |deadline| deadline.min(recheck)).into());
+      let expiry = async {
+        match next_deadline {
+          Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+          None => std::future::pending().await,
+        }
+      };
       tokio::select! {
         opened = &mut opening => break opened,
         () = expiry => self.expire_waiting(),
+        // A call joined the wait: its deadline may be the next one.
+        () = self.wake.notified() => {}
       }
     };
     let ms = self.connect_timeout.as_millis();
@@ -818,7 +826,7 @@ async fn handshake(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), info: &Co
         }
       }
     };
-    let value = ::redis::parse_redis_value(&inbox[at..at + length]).map_err(|error| error.to_string())?;
+    let value = resp::decode(&inbox[at..at + length]).map_err(|error| error.to_string())?;
     at += length;
     if index < checked {
       value.extract_error().map_err(|error| error.to_string())?;
@@ -848,10 +856,8 @@ mod tests {
   }
 
   #[test]
-  fn bulk_strings_are_cut_out_and_the_rest_parsed() {
-    assert_eq!(decode_frame(b"$3\r\nabc\r\n").unwrap(), Value::BulkString(b"abc".to_vec()));
-    assert_eq!(decode_frame(b"$-1\r\n").unwrap(), Value::Nil);
-    assert_eq!(decode_frame(b":5\r\n").unwrap(), Value::Int(5));
-    assert!(is_noscript(&decode_frame(b"-NOSCRIPT No matching script.\r\n").unwrap()));
+  fn noscript_replies_are_recognised() {
+    assert!(is_noscript(&resp::decode(b"-NOSCRIPT No matching script.\r\n").unwrap()));
+    assert!(!is_noscript(&resp::decode(b"-ERR other\r\n").unwrap()));
   }
 }
