@@ -26,29 +26,21 @@ function checkSeconds(store, value, name) {
   }
 }
 
-/** An optional positive integer option, or `fallback` when absent. */
-function positiveInteger(store, value, name, fallback) {
+/** An optional integer option of at least `min` (0 or 1), or `fallback` when absent. */
+function integerAtLeast(min, store, value, name, fallback) {
   if (value === undefined) return fallback
   if (typeof value !== 'number') {
     throw new TypeError(`${store}: ${name} must be a number, got ${describe(value)}`)
   }
-  if (!Number.isSafeInteger(value) || value < 1) {
-    throw new RangeError(`${store}: ${name} must be a positive integer, got ${describe(value)}`)
+  if (!Number.isSafeInteger(value) || value < min) {
+    const wanted = min === 1 ? 'a positive integer' : 'a whole number ≥ 0'
+    throw new RangeError(`${store}: ${name} must be ${wanted}, got ${describe(value)}`)
   }
   return value
 }
 
-/** A whole number ≥ 0, or `fallback` when undefined. */
-function nonNegativeInteger(store, value, name, fallback) {
-  if (value === undefined) return fallback
-  if (typeof value !== 'number') {
-    throw new TypeError(`${store}: ${name} must be a number, got ${describe(value)}`)
-  }
-  if (!Number.isSafeInteger(value) || value < 0) {
-    throw new RangeError(`${store}: ${name} must be a whole number ≥ 0, got ${describe(value)}`)
-  }
-  return value
-}
+const positiveInteger = (store, value, name, fallback) => integerAtLeast(1, store, value, name, fallback)
+const nonNegativeInteger = (store, value, name, fallback) => integerAtLeast(0, store, value, name, fallback)
 
 /** An options argument: undefined or a plain object. */
 function optionsObject(store, value, name = 'options') {
