@@ -1,6 +1,6 @@
 'use strict'
 // The Redis stores: thin JS shells over one native connection
-// (`src/redis.rs`), which keeps the same keys and values as Stoma's JS
+// (`src/redis/`), which keeps the same keys and values as Stoma's JS
 // redisAdapter. Every operation returns a Promise; bad arguments reject with
 // TypeError/RangeError before anything is sent, and Redis failures reject
 // with an Error naming the store and the cause, within commandTimeoutMs.
@@ -59,7 +59,7 @@ const CIRCUIT_STATES = ['closed', 'open', 'half-open']
 
 /**
  * Settles the calls answered in `batch`, as the native side sends them (see
- * `Batch` in src/redis.rs): `batch[0]` is a Float64Array holding each
+ * `Batch` in src/redis/replies.rs): `batch[0]` is a Float64Array holding each
  * answer's call id and numbers (`-id` for a failed call), and the values
  * that are not numbers (error messages, a cache hit's headers and body)
  * follow in `batch`, in order. Once no call is left, `whenDrained.resolve`
@@ -116,7 +116,7 @@ function settle(calls, batch, whenDrained) {
 /**
  * One native connection and its calls in flight. A native operation takes
  * a call id and returns at once; answers come back in batches (see
- * `Replies` in src/redis.rs), each settling the Promise of its call.
+ * `Replies` in src/redis/replies.rs), each settling the Promise of its call.
  */
 class Connection {
   #native
@@ -124,7 +124,8 @@ class Connection {
   #lastId = 0
   #flushing = false
   #spins = 0
-  // Resolves close()'s Promise once nothing is in flight.
+  // close()'s Promise, and what resolves it once nothing is in flight.
+  #closed = null
   #whenDrained = { resolve: null }
   #newTurn = () => {
     this.#spins = 0
@@ -155,7 +156,7 @@ class Connection {
 
   /**
    * Opens a connection from `{ url, prefix, connectTimeoutMs,
-   * commandTimeoutMs }`. A malformed url throws a TypeError at once; the
+   * commandTimeoutMs, spinMicros }`. A malformed url throws a TypeError at once; the
    * connection itself is made in the background.
    */
   constructor(who, opts) {
@@ -200,13 +201,18 @@ class Connection {
 
   /** Refuses later calls; resolves once the calls in flight are answered. */
   close() {
-    // Calls made before close() are still sent.
-    if (this.#flushing) this.#flush()
-    this.#native.close()
-    if (this.#calls.size === 0) return Promise.resolve()
-    return new Promise((resolve) => {
-      this.#whenDrained.resolve = resolve
-    })
+    if (this.#closed === null) {
+      // Calls made before close() are still sent.
+      if (this.#flushing) this.#flush()
+      this.#native.close()
+      this.#closed =
+        this.#calls.size === 0
+          ? Promise.resolve()
+          : new Promise((resolve) => {
+              this.#whenDrained.resolve = resolve
+            })
+    }
+    return this.#closed
   }
 }
 
@@ -222,7 +228,7 @@ function storeConnection(store, options) {
  * rejects). A store that opened its own connection closes it.
  */
 function destroyConnection(store, { redis, owned }) {
-  if (owned) redis.close().catch(() => {})
+  if (owned) redis.close()
   const destroyed = {
     call() {
       throw new Error(`${store}: the store was destroyed`)
