@@ -15,7 +15,7 @@ const { createGateway, rateLimit, cache } = await loadStoma('index.js')
 
 let adapter
 if (which === 'ours') {
-  adapter = redisAdapter({ url, prefix, ...(process.env.SPIN ? { spinMicros: Number(process.env.SPIN) } : {}) })
+  adapter = redisAdapter({ url, prefix })
 } else {
   const stomaAdapters = await loadStoma('adapters/index.js')
   adapter = stomaAdapters.redisAdapter({ client: new Redis(url), prefix })
