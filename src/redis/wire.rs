@@ -160,12 +160,12 @@ enum Link {
   Up(Arc<Socket>),
 }
 
-/// How long the JS thread polls for answers after a flush, backing off when
-/// polling keeps failing (a remote server, a big batch, a slow script) so a
-/// connection whose answers always take long costs almost no polling.
 /// The longest spin, in multiples of the base budget.
 const MAX_SPIN_FACTOR: u32 = 10;
 
+/// How long the JS thread polls for answers after a flush, backing off when
+/// polling keeps failing (a remote server, a big batch, a slow script) so a
+/// connection whose answers always take long costs almost no polling.
 struct Spin {
   budget: Duration,
   /// Flushes left before the next attempt to spin.
@@ -232,13 +232,6 @@ struct State {
   spin: Spin,
 }
 
-/// What [`State::pump`] got.
-struct Pumped {
-  answered: Vec<(Job, Value)>,
-  /// The last read and write found nothing more to do without waiting.
-  would_block: bool,
-}
-
 impl State {
   /// Encodes `job` for sending and counts it in flight.
   fn enqueue(&mut self, job: Job) {
@@ -247,9 +240,10 @@ impl State {
   }
 
   /// Writes what is unsent and reads what has arrived until the socket would
-  /// block, answering every call whose reply is complete. Commands the
-  /// server refused with NOSCRIPT are sent again with their script's source.
-  fn pump(&mut self, socket: &Socket) -> Result<Pumped, String> {
+  /// block (so a watcher may then wait for it again), answering every call
+  /// whose reply is complete. Commands the server refused with NOSCRIPT are
+  /// sent again with their script's source.
+  fn pump(&mut self, socket: &Socket) -> Result<Vec<(Job, Value)>, String> {
     let mut answered = Vec::new();
     loop {
       let mut progress = false;
@@ -288,7 +282,7 @@ impl State {
         self.take_replies(&mut answered)?;
       }
       if !progress {
-        return Ok(Pumped { answered, would_block: true });
+        return Ok(answered);
       }
     }
   }
@@ -316,9 +310,10 @@ impl State {
         }
         Scan::Partial(need) => need,
       };
-      // Make room for the whole of a large reply at once.
-      if self.inbox.len() < self.filled - at + need {
-        self.inbox.resize(self.filled - at + need + READ_CHUNK, 0);
+      // Make room for the whole of a large reply at once (it will start at
+      // 0 once the answered replies before it are dropped below).
+      if self.inbox.len() < need {
+        self.inbox.resize(need + READ_CHUNK, 0);
       }
       break;
     }
@@ -344,7 +339,7 @@ impl State {
     self.unsent.clear();
     self.written = 0;
     self.filled = 0;
-    self.in_flight.drain(..).map(|job| (job.id, Reply::Failed(format!("{}: {cause}", job.store)))).collect()
+    fail_all(self.in_flight.drain(..), cause)
   }
 }
 
@@ -366,7 +361,7 @@ enum Look {
 pub struct Wire {
   info: ConnectionInfo,
   /// Where the server is, for error messages (no credentials).
-  pub address: String,
+  address: String,
   connect_timeout: Duration,
   command_timeout: Duration,
   state: Mutex<State>,
@@ -449,7 +444,9 @@ impl Wire {
 
   /// Sends the calls queued since the last flush and, if `spin`, polls for
   /// answers (see [`Spin`]); returns the answers that came. The rest arrive
-  /// through [`Replies`].
+  /// through [`Replies`] or, when the JS thread's event loop is busy, are
+  /// taken by a later flush (see [`awaiting`](Self::awaiting)); with
+  /// `defer` the writing, too, waits for that later flush.
   pub fn flush(self: &Arc<Self>, spin: bool, defer: bool) -> Vec<(f64, Reply)> {
     let mut state = lock(&self.state);
     let jobs = std::mem::take(&mut state.queued);
@@ -501,7 +498,7 @@ impl Wire {
     let mut answered = Vec::new();
     loop {
       match state.pump(&socket) {
-        Ok(pumped) => answered.extend(pumped.answered),
+        Ok(more) => answered.extend(more),
         Err(cause) => {
           let failed = state.drop_link(&self.lost(&cause));
           drop(state);
@@ -583,7 +580,7 @@ impl Wire {
           continue;
         }
         Ok(Ok(reply)) => reply,
-        Ok(Err(error)) => Reply::Failed(format!("{store}: Redis at {}: {}", self.address, error.to_string())),
+        Ok(Err(error)) => Reply::Failed(format!("{store}: {}", self.lost(&error.to_string()))),
         Err(panicked) => Reply::Failed(panicked.reason.clone()),
       };
       answers.push((id, reply));
@@ -596,7 +593,8 @@ impl Wire {
   }
 
   /// Waits on the socket of connection `generation` until nothing is in
-  /// flight on it, delivering answers and failing calls past their deadline.
+  /// flight on it (or the JS thread takes over collecting), delivering
+  /// answers and failing calls past their deadline.
   async fn watch(self: Arc<Self>, socket: Arc<Socket>, generation: u64) {
     let watcher = match socket.watcher() {
       Ok(watcher) => watcher,
@@ -639,15 +637,16 @@ impl Wire {
           look = Some(Look::Replaced);
           return Ok(());
         }
-        let (found, would_block) = match state.pump(&socket) {
-          Ok(pumped) => (Look::Answered(pumped.answered), pumped.would_block),
-          Err(cause) => (Look::Lost(cause), false),
-        };
-        look = Some(found);
-        if would_block {
-          Err(io::ErrorKind::WouldBlock.into())
-        } else {
-          Ok(())
+        match state.pump(&socket) {
+          Ok(answered) => {
+            look = Some(Look::Answered(answered));
+            // The pump ended on WouldBlock: tokio may clear the readiness.
+            Err(io::ErrorKind::WouldBlock.into())
+          }
+          Err(cause) => {
+            look = Some(Look::Lost(cause));
+            Ok(())
+          }
         }
       });
       match look {
@@ -758,7 +757,7 @@ impl Wire {
   }
 }
 
-fn fail_all(jobs: Vec<Job>, cause: &str) -> Vec<(f64, Reply)> {
+fn fail_all(jobs: impl IntoIterator<Item = Job>, cause: &str) -> Vec<(f64, Reply)> {
   jobs.into_iter().map(|job| (job.id, Reply::Failed(format!("{}: {cause}", job.store)))).collect()
 }
 
