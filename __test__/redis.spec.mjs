@@ -222,9 +222,10 @@ describe('redis: beyond the anchor', () => {
 // redis-server, so that nothing else using the shared one can disturb them
 // (nor be disturbed).
 describe('redis: on a private server', () => {
-  let server, admin, adapter
+  let server, admin, adapter, port
+  const clientCount = async () => (await admin.client('LIST')).trim().split('\n').length
   beforeAll(async () => {
-    const port = await sparePort()
+    port = await sparePort()
     server = await startRedis(port)
     admin = new Redis(port, '127.0.0.1')
     adapter = redisAdapter({ url: `redis://127.0.0.1:${port}` })
@@ -247,6 +248,26 @@ describe('redis: on a private server', () => {
     )
     const clients = (await admin.client('LIST')).trim().split('\n')
     expect(clients).toHaveLength(2) // `admin` and the adapter's one connection
+  })
+
+  it('close() closes the connection once its last calls are answered, whoever collects them', async () => {
+    const before = await clientCount()
+    const closeUnder = async (spinMicros) => {
+      const closing = redisAdapter({ url: `redis://127.0.0.1:${port}`, spinMicros })
+      await closing.rateLimitStore.increment('closing', 60)
+      expect(await clientCount()).toBe(before + 1)
+      const calls = Array.from({ length: 100 }, () => closing.rateLimitStore.increment('closing', 60))
+      await closing.close()
+      await Promise.all(calls)
+    }
+    // Answers taken by polling, by the I/O thread's watcher, and by the next
+    // turn of a busy event loop.
+    for (const run of [() => closeUnder(50), () => closeUnder(0), () => whileLoopIsBusy(() => closeUnder(50))]) {
+      await run()
+      const until = Date.now() + 1000
+      while ((await clientCount()) > before && Date.now() < until) await sleep(10)
+      expect(await clientCount()).toBe(before)
+    }
   })
 
   it('runs both scripts by EVALSHA, resending with the source (once) after SCRIPT FLUSH', async () => {
@@ -325,33 +346,14 @@ describe('redis: adapter options and lifecycle', () => {
   })
 
   it('counts right while the event loop is busy with other sockets (calls batched per turn)', async () => {
-    // A socket that always has data keeps Node's loop busy, which makes the
-    // stores defer their writes to the next turn instead of polling.
-    const firehose = net.createServer((socket) => {
-      const chunk = Buffer.alloc(64 * 1024)
-      const pump = () => {
-        while (socket.write(chunk));
-      }
-      socket.on('drain', pump)
-      socket.on('error', () => {})
-      pump()
-    })
-    firehose.listen(0, '127.0.0.1')
-    await once(firehose, 'listening')
-    const reader = net.connect(firehose.address().port, '127.0.0.1')
-    reader.on('data', () => {})
-    await once(reader, 'connect')
     const adapter = redisAdapter({ url, prefix: newPrefix() })
-    try {
+    await whileLoopIsBusy(async () => {
       for (let i = 1; i <= 200; i++) expect((await adapter.rateLimitStore.increment('seq', 60)).count).toBe(i)
       const counts = await Promise.all(Array.from({ length: 500 }, () => adapter.rateLimitStore.increment('par', 60)))
       expect(new Set(counts.map((hit) => hit.count)).size).toBe(500)
       expect((await adapter.circuitBreakerStore.recordFailure('c')).failureCount).toBe(1)
-    } finally {
-      await adapter.close()
-      reader.destroy()
-      firehose.close()
-    }
+    })
+    await adapter.close()
   })
 
   it('close() is idempotent and later calls reject with a clear error', async () => {
@@ -537,6 +539,34 @@ describe('redis: process lifetime', () => {
     expect(idle.code).toBe(0)
   })
 })
+
+/**
+ * Runs `body` while a socket that always has data keeps Node's event loop
+ * busy, which makes the Redis stores defer their writes to the next turn and
+ * collect answers there instead of polling or waking the I/O thread.
+ */
+async function whileLoopIsBusy(body) {
+  const firehose = net.createServer((socket) => {
+    const chunk = Buffer.alloc(64 * 1024)
+    const pump = () => {
+      while (socket.write(chunk));
+    }
+    socket.on('drain', pump)
+    socket.on('error', () => {})
+    pump()
+  })
+  firehose.listen(0, '127.0.0.1')
+  await once(firehose, 'listening')
+  const reader = net.connect(firehose.address().port, '127.0.0.1')
+  reader.on('data', () => {})
+  await once(reader, 'connect')
+  try {
+    return await body()
+  } finally {
+    reader.destroy()
+    firehose.close()
+  }
+}
 
 /** A TCP port nothing listens on right now. */
 async function sparePort() {

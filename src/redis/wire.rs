@@ -526,6 +526,7 @@ impl Wire {
     if !leave_to_js {
       self.watch_if_needed(&mut state, &socket);
     }
+    self.close_if_drained(&mut state);
     drop(state);
     self.answer(answered)
   }
