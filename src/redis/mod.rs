@@ -167,6 +167,13 @@ impl NativeRedisConnection {
     })
   }
 
+  /// Calls are in flight that only another `flush()` will collect (on a
+  /// busy Node event loop); the JS layer then flushes again next turn.
+  #[napi(getter)]
+  pub fn awaiting(&self) -> bool {
+    self.wire.awaiting()
+  }
+
   /// Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
   /// answers `{ count, resetAt }`.
   #[napi]
@@ -194,13 +201,6 @@ impl NativeRedisConnection {
       });
       Ok(())
     })
-  }
-
-  /// Calls are in flight that only another `flush()` will collect (on a
-  /// busy Node event loop); the JS layer then flushes again next turn.
-  #[napi(getter)]
-  pub fn awaiting(&self) -> bool {
-    self.wire.awaiting()
   }
 
   /// Answers the snapshot of circuit `<prefix>cb:<key>`.

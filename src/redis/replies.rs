@@ -133,6 +133,18 @@ struct ReplyQueue {
   raw: AtomicPtr<sys::napi_threadsafe_function__>,
 }
 
+impl ReplyQueue {
+  /// Counts `count` calls delivered (on the JS thread, with its `env`); once
+  /// none is left, Node need not wait for the threadsafe function any more.
+  fn delivered(&self, env: sys::napi_env, count: usize) {
+    if count > 0 && self.pending.fetch_sub(count, Ordering::Relaxed) == count {
+      // SAFETY: on the JS thread with its env, for the function this queue
+      // belongs to (stored before any call can be delivered).
+      unsafe { sys::napi_unref_threadsafe_function(env, self.raw.load(Ordering::Relaxed)) };
+    }
+  }
+}
+
 impl Replies {
   pub fn new(settle: Function<'_, Batch, Unknown<'static>>) -> Result<Self> {
     let queue = Arc::new(ReplyQueue::default());
@@ -143,12 +155,7 @@ impl Replies {
       .weak::<true>()
       .build_callback(move |ctx: ThreadsafeCallContext<()>| {
         let batch = std::mem::take(&mut *lock(&delivering.ready));
-        let before = delivering.pending.fetch_sub(batch.len(), Ordering::Relaxed);
-        if before == batch.len() && !batch.is_empty() {
-          // SAFETY: called on the JS thread with its env, for the function
-          // whose callback this is.
-          unsafe { sys::napi_unref_threadsafe_function(ctx.env.raw(), delivering.raw.load(Ordering::Relaxed)) };
-        }
+        delivering.delivered(ctx.env.raw(), batch.len());
         Ok(Batch(batch))
       })?;
     queue.raw.store(deliver.raw(), Ordering::Relaxed);
@@ -164,12 +171,9 @@ impl Replies {
   }
 
   /// Counts `count` calls answered directly on the JS thread (not through
-  /// the threadsafe function), letting Node exit once none is left.
+  /// the threadsafe function).
   pub fn delivered_here(&self, env: &Env, count: usize) {
-    if count > 0 && self.queue.pending.fetch_sub(count, Ordering::Relaxed) == count {
-      // SAFETY: called on the JS thread with its env.
-      unsafe { sys::napi_unref_threadsafe_function(env.raw(), self.deliver.raw()) };
-    }
+    self.queue.delivered(env.raw(), count);
   }
 
   /// Queues the answer to call `id` (from any thread).
