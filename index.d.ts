@@ -325,12 +325,15 @@ export type RedisGatewayAdapter<Stores extends RedisStoreFlags = {}> = GatewayAd
   RedisStoreSlot<Stores, 'rateLimit', 'rateLimitStore', RedisRateLimitStore> &
   RedisStoreSlot<Stores, 'circuitBreaker', 'circuitBreakerStore', RedisCircuitBreakerStore> &
   RedisStoreSlot<Stores, 'cache', 'cacheStore', RedisCacheStore> & {
-    /** Close the shared connection (idempotent); later calls on the stores reject. */
+    /**
+     * Close the shared connection (idempotent): calls made before still go out, and the Promise
+     * resolves once they are answered; later calls on the stores reject.
+     */
     close(): Promise<void>
   }
 
 /**
- * Stores in Redis over one multiplexed connection, interchangeable with
+ * Stores in Redis over one pipelined connection, interchangeable with
  * Stoma's redisAdapter on the same server and prefix. Returns at once and
  * connects in the background.
  */

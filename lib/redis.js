@@ -378,8 +378,9 @@ function checkStoreFlags(flags) {
 /**
  * A GatewayAdapter whose stores live in Redis and share one connection,
  * interchangeable with Stoma's `redisAdapter` on the same server and prefix.
- * Returns at once and connects in the background; `close()` closes the
- * connection (idempotent), after which every call rejects.
+ * Returns at once and connects in the background; `close()` (idempotent)
+ * lets the calls already made finish, resolving once they are answered, and
+ * every later call rejects.
  */
 function redisAdapter(options) {
   const opts = optionsObject('redisAdapter', options)
