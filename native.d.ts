@@ -134,15 +134,15 @@ export declare class NativeRedisConnection {
    */
   flush(spin: boolean, defer: boolean): [Float64Array, ...unknown[]] | null
   /**
-   * Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
-   * answers `{ count, resetAt }`.
-   */
-  increment(id: number, key: string, windowMs: number): void
-  /**
    * Calls are in flight that only another `flush()` will collect (on a
    * busy Node event loop); the JS layer then flushes again next turn.
    */
   get awaiting(): boolean
+  /**
+   * Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
+   * answers `{ count, resetAt }`.
+   */
+  increment(id: number, key: string, windowMs: number): void
   /** Answers the snapshot of circuit `<prefix>cb:<key>`. */
   getState(id: number, key: string): void
   recordSuccess(id: number, key: string): void
