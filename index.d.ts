@@ -265,7 +265,8 @@ export interface RedisConnectionOptions {
   commandTimeoutMs?: number
   /**
    * How long the JS thread may poll the socket for answers after sending, in µs (default 50,
-   * scaled up with the calls in flight; never while Node's event loop has other work). 0: never.
+   * scaled up with the calls in flight and how long recent answers took, at most 10×; never while
+   * Node's event loop has other work). 0: never.
    */
   spinMicros?: number
 }

@@ -134,6 +134,11 @@ export declare class NativeRedisConnection {
    */
   flush(spin: boolean, defer: boolean): [Float64Array, ...unknown[]] | null
   /**
+   * Writes the calls queued so far, before the turn's closing `flush()`
+   * (see `Wire::write_early`); answers those already answered, or `null`.
+   */
+  writeEarly(): [Float64Array, ...unknown[]] | null
+  /**
    * Calls are in flight that only another `flush()` will collect (on a
    * busy Node event loop); the JS layer then flushes again next turn.
    */

@@ -3,7 +3,7 @@
 // redisAdapter (over ioredis) in both directions, atomicity, garbage
 // tolerance, and behaviour when the server is down or comes back.
 // Every test works under its own key prefix and deletes it afterwards.
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
@@ -248,6 +248,15 @@ describe('redis: on a private server', () => {
     )
     const clients = (await admin.client('LIST')).trim().split('\n')
     expect(clients).toHaveLength(2) // `admin` and the adapter's one connection
+  })
+
+  it('writes the calls of a long turn 16 at a time, before the turn ends', async () => {
+    await adapter.rateLimitStore.increment('early', 60)
+    // 40 more calls in one turn; redis-cli reads the counter before that turn ends.
+    const calls = Array.from({ length: 40 }, () => adapter.rateLimitStore.increment('early', 60))
+    const seen = execFileSync('redis-cli', ['-p', String(port), 'GET', 'stoma:rl:early']).toString().trim()
+    expect(Number(seen)).toBe(1 + 32)
+    expect((await Promise.all(calls)).at(-1).count).toBe(41)
   })
 
   it('close() closes the connection once its last calls are answered, whoever collects them', async () => {

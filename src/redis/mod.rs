@@ -14,9 +14,10 @@
 //!   counted; Stoma's adapter reads, changes and writes in three round trips
 //!   and loses updates ([`scripts`]).
 //! - One connection carries every call of an adapter. The calls one turn of
-//!   the JS event loop makes are written together from the JS thread, which
-//!   then polls briefly for the answers; answers that take longer come back
-//!   in batches from the I/O thread ([`wire`], [`replies`]).
+//!   the JS event loop makes are written together (16 at a time in a long
+//!   turn) from the JS thread, which then polls briefly for the answers;
+//!   answers that take longer come back in batches from the I/O thread
+//!   ([`wire`], [`replies`]).
 //! - The cache envelope's JSON and base64 are handled in Rust
 //!   ([`StoredResponse`]) and the body crosses into JS as one buffer.
 //! - Garbage under our keys reads as a cache miss, a fresh closed circuit or
@@ -159,6 +160,20 @@ impl NativeRedisConnection {
   pub fn flush(&self, env: &Env, spin: bool, defer: bool) -> Result<Option<Batch>> {
     guard("redisAdapter", || {
       let answers = self.wire.flush(spin, defer);
+      if answers.is_empty() {
+        return Ok(None);
+      }
+      self.wire.replies().delivered_here(env, answers.len());
+      Ok(Some(Batch(answers)))
+    })
+  }
+
+  /// Writes the calls queued so far, before the turn's closing `flush()`
+  /// (see `Wire::write_early`); answers those already answered, or `null`.
+  #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
+  pub fn write_early(&self, env: &Env) -> Result<Option<Batch>> {
+    guard("redisAdapter", || {
+      let answers = self.wire.write_early();
       if answers.is_empty() {
         return Ok(None);
       }

@@ -11,6 +11,8 @@
 //! the JS thread itself, then polls the socket for their answers for a short,
 //! bounded time (the *spin*, see [`Spin`]). Answers that arrive in time are
 //! handed back to JS by the flush itself: nobody slept, nobody was woken.
+//! A turn that makes many calls writes them 16 at a time as it goes
+//! ([`Wire::write_early`]), so Redis works while JS makes the rest.
 //! Whatever is still awaited after the spin is left to a watcher task on the
 //! Redis I/O thread ([`IO`]), which waits for the socket in epoll (through
 //! tokio), decodes the answers and hands them to JS through [`Replies`], and
@@ -168,6 +170,11 @@ const MAX_SPIN_FACTOR: u32 = 10;
 /// connection whose answers always take long costs almost no polling.
 struct Spin {
   budget: Duration,
+  /// How long recent spins took to get all their answers (the longest,
+  /// fading by 1/8 a spin): a 64 KiB reply takes longer than its request's
+  /// size predicts, and a spin that ends just before it arrives costs a
+  /// thread wake-up and a pause in spinning.
+  recent: Duration,
   /// Flushes left before the next attempt to spin.
   skip: u32,
   /// The pause after the last failure, in flushes (doubling up to 64).
@@ -175,6 +182,10 @@ struct Spin {
 }
 
 impl Spin {
+  fn new(budget: Duration) -> Self {
+    Spin { budget, recent: Duration::ZERO, skip: 0, backoff: 0 }
+  }
+
   fn wanted(&mut self) -> bool {
     if self.budget.is_zero() {
       return false;
@@ -189,15 +200,18 @@ impl Spin {
   /// The spin for `calls` in flight and `bytes` to send: the base budget
   /// plus what the server needs for that much work (~3 µs a script call,
   /// ~1 ns a byte), so a pipeline of 64 calls or a 64 KiB envelope is still
-  /// answered while the JS thread waits, which it would otherwise do asleep.
+  /// answered while the JS thread waits, which it would otherwise do asleep;
+  /// at least twice what recent spins took.
   fn budget_for(&self, calls: usize, bytes: usize) -> Duration {
     let extra = Duration::from_nanos(3_000 * calls as u64 + bytes as u64);
-    (self.budget + extra).min(self.budget * MAX_SPIN_FACTOR)
+    (self.budget + extra).max(self.recent * 2).min(self.budget * MAX_SPIN_FACTOR)
   }
 
-  fn record(&mut self, answered_all: bool) {
+  /// Records a spin that took `took` and got every answer, or did not.
+  fn record(&mut self, took: Duration, answered_all: bool) {
     if answered_all {
       self.backoff = 0;
+      self.recent = took.max(self.recent - self.recent / 8);
     } else {
       self.backoff = (self.backoff * 2).clamp(1, 64);
       self.skip = self.backoff;
@@ -406,7 +420,7 @@ impl Wire {
         filled: 0,
         watched: false,
         js_collects: false,
-        spin: Spin { budget: spin, skip: 0, backoff: 0 },
+        spin: Spin::new(spin),
       }),
       replies,
       event_loop,
@@ -520,7 +534,7 @@ impl Wire {
     }
     if spin {
       let answered_all = state.in_flight.is_empty();
-      state.spin.record(answered_all);
+      state.spin.record(started.elapsed(), answered_all);
     }
     state.js_collects = leave_to_js;
     if !leave_to_js {
@@ -529,6 +543,29 @@ impl Wire {
     self.close_if_drained(&mut state);
     drop(state);
     self.answer(answered)
+  }
+
+  /// Writes the calls queued so far without waiting for their answers,
+  /// because more calls are coming this turn and its closing
+  /// [`flush`](Self::flush) waits for all of them: Redis works on the first
+  /// calls of a large turn while the JS thread makes the rest. Returns the
+  /// answers that had already arrived.
+  pub fn write_early(self: &Arc<Self>) -> Vec<(f64, Reply)> {
+    let mut state = lock(&self.state);
+    let socket = match &state.link {
+      Link::Up(socket) if !state.closed => Arc::clone(socket),
+      _ => return Vec::new(),
+    };
+    for job in std::mem::take(&mut state.queued) {
+      state.enqueue(job);
+    }
+    match state.pump(&socket) {
+      Ok(answered) => {
+        drop(state);
+        self.answer(answered)
+      }
+      Err(cause) => state.drop_link(&self.lost(&cause)),
+    }
   }
 
   /// Calls are in flight that no watcher waits for: the JS layer must
@@ -842,18 +879,37 @@ mod tests {
 
   #[test]
   fn spinning_backs_off_while_it_keeps_failing() {
-    let mut spin = Spin { budget: Duration::from_micros(50), skip: 0, backoff: 0 };
+    let mut spin = Spin::new(Duration::from_micros(50));
+    let took = Duration::from_micros(10);
     assert!(spin.wanted());
-    spin.record(false);
+    spin.record(took, false);
     assert!(!spin.wanted());
     assert!(spin.wanted());
-    spin.record(false);
+    spin.record(took, false);
     assert_eq!((spin.wanted(), spin.wanted(), spin.wanted()), (false, false, true));
-    spin.record(true);
+    spin.record(took, true);
     assert!(spin.wanted());
-    let mut off = Spin { budget: Duration::ZERO, skip: 0, backoff: 0 };
+    let mut off = Spin::new(Duration::ZERO);
     assert!(!off.wanted());
   }
+
+  #[test]
+  fn the_spin_budget_covers_what_recent_answers_took() {
+    let micros = Duration::from_micros;
+    let mut spin = Spin::new(micros(50));
+    assert_eq!(spin.budget_for(1, 0), micros(53));
+    spin.record(micros(48), true);
+    assert_eq!(spin.budget_for(1, 0), micros(96));
+    // The memory fades once answers come faster again...
+    for _ in 0..20 {
+      spin.record(micros(5), true);
+    }
+    assert_eq!(spin.budget_for(1, 0), micros(53));
+    // ...and never stretches a spin past its cap.
+    spin.record(micros(5_000), true);
+    assert_eq!(spin.budget_for(1, 0), micros(500));
+  }
+
 
   #[test]
   fn noscript_replies_are_recognised() {
