@@ -507,6 +507,33 @@ describe('redis: process lifetime', () => {
     expect({ code, out: out.trim() }).toEqual({ code: 0, out: '1 1 x' })
   })
 
+  it('works in worker threads, each with its own adapter, and the process still exits by itself', async () => {
+    const prefix = newPrefix()
+    const { code, out } = await runNode(`
+      const { Worker } = require('node:worker_threads')
+      const { once } = require('node:events')
+      const { redisAdapter } = require(process.env.STOMA_NATIVE)
+      const options = { url: ${JSON.stringify(url)}, prefix: ${JSON.stringify(prefix)} }
+      // Each worker counts 250 hits on one key; half of them never close their adapter.
+      const worker = (close) => \`
+        const { parentPort } = require('node:worker_threads')
+        const adapter = require(process.env.STOMA_NATIVE).redisAdapter(\${JSON.stringify(options)})
+        Promise.all(Array.from({ length: 250 }, () => adapter.rateLimitStore.increment('shared', 60)))
+          .then((hits) => \${close} ? adapter.close().then(() => hits) : hits)
+          .then((hits) => parentPort.postMessage(hits.length))
+      \`
+      ;(async () => {
+        const workers = [true, false, true, false].map((close) => new Worker(worker(close), { eval: true }))
+        const exited = Promise.all(workers.map((w) => once(w, 'exit')))
+        const answered = await Promise.all(workers.map((w) => once(w, 'message').then(([n]) => n)))
+        await exited
+        const adapter = redisAdapter(options)
+        console.log(answered.join(','), (await adapter.rateLimitStore.increment('shared', 60)).count)
+      })()
+    `)
+    expect({ code, out: out.trim() }).toEqual({ code: 0, out: '250,250,250,250 1001' })
+  })
+
   it('an adapter dropped without close() is collected and its connection closed', async () => {
     const port = await sparePort()
     const server = await startRedis(port)
