@@ -269,6 +269,12 @@ export interface RedisConnectionOptions {
    * Node's event loop has other work). 0: never.
    */
   spinMicros?: number
+  /**
+   * TLS: `true`, or `{ ca }` to trust these PEM certificates instead of Mozilla's roots (as Node's
+   * `tls.connect({ ca })` does). A `rediss://` url turns TLS on by itself. The certificate and the
+   * server name are always checked.
+   */
+  tls?: boolean | { ca?: string | Uint8Array }
 }
 
 /** Fixed-window counters under `<prefix>rl:<key>`, shared with Stoma's RedisRateLimitStore. */

@@ -124,7 +124,7 @@ export declare class NativeRedisConnection {
    * `watchEventLoop` (Node only) it stops as soon as the event loop has
    * other work.
    */
-  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, spinMicros: number, watchEventLoop: boolean, settle: (batch: [Float64Array, ...unknown[]]) => void)
+  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, spinMicros: number, watchEventLoop: boolean, useTls: boolean, tlsCa: Uint8Array | undefined | null, settle: (batch: [Float64Array, ...unknown[]]) => void)
   /**
    * Sends the calls queued since the last flush and answers those whose
    * replies came while it polled (see `Wire::flush`); `null` when none did.

@@ -4,7 +4,10 @@
 // tolerance, and behaviour when the server is down or comes back.
 // Every test works under its own key prefix and deletes it afterwards.
 import { execFileSync, spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import net from 'node:net'
@@ -389,6 +392,66 @@ describe('redis: adapter options and lifecycle', () => {
   })
 })
 
+describe('redis: TLS (rediss://)', () => {
+  let certificates, server, tlsUrl
+  beforeAll(async () => {
+    certificates = makeCertificates()
+    const port = await sparePort()
+    server = await startRedis(port, certificates)
+    tlsUrl = `rediss://localhost:${port}`
+  })
+  afterAll(() => {
+    server?.kill('SIGKILL')
+    if (certificates) rmSync(certificates.dir, { recursive: true, force: true })
+  })
+
+  it('serves all three stores over TLS with a private CA, polling or not', async () => {
+    const body = randomBytes(3 * 1024 * 1024) // more than one write of the socket takes
+    for (const spinMicros of [50, 0]) {
+      const adapter = redisAdapter({ url: tlsUrl, tls: { ca: certificates.ca }, prefix: newPrefix(), spinMicros })
+      try {
+        const hits = await Promise.all(Array.from({ length: 2000 }, () => adapter.rateLimitStore.increment('k', 60)))
+        expect(hits.map((hit) => hit.count).sort((a, b) => a - b)).toEqual(Array.from({ length: 2000 }, (_, i) => i + 1))
+        expect((await adapter.circuitBreakerStore.recordFailure('k')).failureCount).toBe(1)
+        await adapter.cacheStore.put('big', new Response(body, { headers: { 'x-tls': 'yes' } }), 60)
+        const cached = await adapter.cacheStore.get('big')
+        expect(cached.headers.get('x-tls')).toBe('yes')
+        expect(Buffer.from(await cached.arrayBuffer()).equals(body)).toBe(true)
+      } finally {
+        await adapter.close()
+      }
+    }
+  })
+
+  it('trusts only the CA it is given: without it, calls reject naming the certificate problem', async () => {
+    const adapter = redisAdapter({ url: tlsUrl, prefix: newPrefix() }) // Mozilla's roots only
+    try {
+      const started = Date.now()
+      await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(/^RedisRateLimitStore: .*TLS handshake failed: invalid peer certificate: UnknownIssuer/)
+      expect(Date.now() - started).toBeLessThan(1000)
+    } finally {
+      await adapter.close()
+    }
+  })
+
+  it('checks the server name: a certificate for localhost does not do for another name', async () => {
+    const adapter = redisAdapter({ url: tlsUrl.replace('localhost', '127.0.0.1'), tls: { ca: certificates.ca }, prefix: newPrefix() })
+    try {
+      await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(/^RedisRateLimitStore: .*TLS handshake failed: invalid peer certificate: certificate not valid for name "127.0.0.1"/)
+    } finally {
+      await adapter.close()
+    }
+  })
+
+  it('rejects bad tls options at once with a TypeError naming them', () => {
+    expect(() => redisAdapter({ url: tlsUrl, tls: 'yes' })).toThrow(/redisAdapter: tls must be a boolean or \{ ca \}, got "yes"/)
+    expect(() => redisAdapter({ url: tlsUrl, tls: { ca: 42 } })).toThrow(/redisAdapter: tls.ca must be PEM text/)
+    expect(() => redisAdapter({ url: tlsUrl, tls: { ca: 'not a certificate' } })).toThrow(/redisAdapter: tls.ca holds no PEM certificate/)
+    expect(() => redisAdapter({ url: `${tlsUrl}/#insecure` })).toThrow(/#insecure .*not supported/)
+    expect(() => redisAdapter({ url: 'unix:///tmp/redis.sock', tls: true })).toThrow(/TLS works over TCP only/)
+  })
+})
+
 describe('redis: server down', () => {
   const unhandled = []
   const onUnhandled = (reason) => unhandled.push(reason)
@@ -613,10 +676,16 @@ async function sparePort() {
   return port
 }
 
-/** Starts a private, persistence-free redis-server on `port` and waits until it answers. */
-async function startRedis(port) {
-  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-  const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+/**
+ * Starts a private, persistence-free redis-server on `port` and waits until
+ * it answers; with `tls` (see `makeCertificates`) it speaks only TLS.
+ */
+async function startRedis(port, tls) {
+  const listen = tls
+    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', tls.certFile, '--tls-key-file', tls.keyFile, '--tls-ca-cert-file', tls.caFile, '--tls-auth-clients', 'no']
+    : ['--port', String(port)]
+  const server = spawn('redis-server', [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+  const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, tls: tls && { ca: tls.ca, servername: 'localhost' } })
   probe.on('error', () => {})
   try {
     for (let i = 0; i < 200; i++) {
@@ -632,5 +701,27 @@ async function startRedis(port) {
     throw new Error(`redis-server on port ${port} did not start`)
   } finally {
     probe.disconnect()
+  }
+}
+
+/**
+ * A private CA and a certificate it signed for the name localhost (not for 127.0.0.1), made
+ * with openssl in a temporary directory.
+ */
+function makeCertificates() {
+  const dir = mkdtempSync(join(tmpdir(), 'stoma-native-tls-'))
+  const file = (name) => join(dir, name)
+  const openssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore' })
+  const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  openssl('req', '-x509', ...ecKey, '-keyout', file('ca.key'), '-out', file('ca.pem'), '-days', '2', '-subj', '/CN=stoma-native test CA')
+  openssl('req', ...ecKey, '-keyout', file('server.key'), '-out', file('server.csr'), '-subj', '/CN=localhost')
+  writeFileSync(file('ext.cnf'), 'subjectAltName=DNS:localhost\n')
+  openssl('x509', '-req', '-in', file('server.csr'), '-CA', file('ca.pem'), '-CAkey', file('ca.key'), '-CAcreateserial', '-out', file('server.pem'), '-days', '2', '-extfile', file('ext.cnf'))
+  return {
+    dir,
+    ca: readFileSync(file('ca.pem'), 'utf8'),
+    caFile: file('ca.pem'),
+    certFile: file('server.pem'),
+    keyFile: file('server.key'),
   }
 }

@@ -40,6 +40,22 @@ function redactUrl(url) {
   return url.replace(/^([^:/]+:\/\/[^/@:]*:)[^/@]*@/, '$1***@')
 }
 
+/**
+ * Reads the `tls` option: absent or false (TLS only for a `rediss://` url),
+ * true, or `{ ca }` — PEM certificates (string or bytes) trusted instead of
+ * Mozilla's roots, as with Node's `tls.connect({ ca })`.
+ */
+function tlsOptions(who, tls) {
+  if (tls === undefined || tls === false) return { useTls: false, tlsCa: null }
+  if (tls === true) return { useTls: true, tlsCa: null }
+  if (tls === null || typeof tls !== 'object') throw new TypeError(`${who}: tls must be a boolean or { ca }, got ${describe(tls)}`)
+  const { ca } = tls
+  if (ca === undefined) return { useTls: true, tlsCa: null }
+  if (typeof ca === 'string') return { useTls: true, tlsCa: new TextEncoder().encode(ca) }
+  if (ca instanceof Uint8Array) return { useTls: true, tlsCa: ca }
+  throw new TypeError(`${who}: tls.ca must be PEM text (a string or a Buffer), got ${describe(ca)}`)
+}
+
 // What a call answers, which tells `settle` how to read its values.
 const HIT = 0 // { count, resetAt }
 const SNAPSHOT = 1 // a circuit snapshot
@@ -173,6 +189,7 @@ class Connection {
     const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
     const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
     const spinMicros = nonNegativeInteger(who, opts.spinMicros, 'spinMicros', DEFAULT_SPIN_MICROS)
+    const { useTls, tlsCa } = tlsOptions(who, opts.tls)
     // The native side keeps this function (and through it the calls map)
     // alive; it must not reach back to this object, or neither could ever
     // be collected.
@@ -180,9 +197,10 @@ class Connection {
     const whenDrained = this.#whenDrained
     const onAnswers = (batch) => settle(calls, batch, whenDrained)
     try {
-      this.#native = new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, IS_NODE, onAnswers)
+      this.#native = new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, IS_NODE, useTls, tlsCa, onAnswers)
     } catch (error) {
       if (error?.code !== 'InvalidArg') throw error
+      if (error.message.startsWith('tls.ca ')) throw new TypeError(`${who}: ${error.message}`)
       throw new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(url))}: ${error.message}`)
     }
   }

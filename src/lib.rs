@@ -25,4 +25,5 @@ pub mod memory;
 pub mod postgres;
 pub mod redis;
 pub mod testing;
+pub mod tls;
 

@@ -20,6 +20,9 @@
 //!   ([`wire`], [`replies`]).
 //! - The cache envelope's JSON and base64 are handled in Rust
 //!   ([`StoredResponse`]) and the body crosses into JS as one buffer.
+//! - `rediss://` (or the `tls` option) runs the same connection over rustls,
+//!   checking the certificate against Mozilla's roots or the user's `ca`
+//!   ([`crate::tls`]).
 //! - Garbage under our keys reads as a cache miss, a fresh closed circuit or
 //!   a fresh rate-limit window, never as an error.
 //!
@@ -51,6 +54,7 @@ use ::redis::{Cmd, FromRedisValue, RedisResult, Value};
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
 use crate::errors::{guard, guard_async};
+use crate::tls;
 use replies::{state_code, Batch, Replies, Reply};
 use scripts::{Lua, CIRCUIT, RATE_LIMIT};
 use wire::{Job, Wire};
@@ -113,15 +117,21 @@ impl NativeRedisConnection {
     command_timeout_ms: f64,
     spin_micros: f64,
     watch_event_loop: bool,
+    use_tls: bool,
+    tls_ca: Option<Uint8Array>,
     #[napi(ts_arg_type = "(batch: [Float64Array, ...unknown[]]) => void")] settle: Function<'_, Batch, Unknown<'static>>,
   ) -> Result<Self> {
     guard("redisAdapter", || {
+      let tls = match (use_tls || url.starts_with("rediss:"), tls_ca) {
+        (false, _) => None,
+        (true, ca) => Some(tls::client_config(ca.as_deref()).map_err(|error| Error::new(Status::InvalidArg, format!("tls.ca {error}")))?),
+      };
       let replies = Arc::new(Replies::new(settle)?);
       let millis = |ms: f64| Duration::from_millis(duration_ms(ms).max(1) as u64);
       let spin = Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 { spin_micros as u64 } else { 0 });
       let event_loop = if watch_event_loop { event_loop::EventLoop::of(&env) } else { None };
-      let wire = Wire::new(&url, millis(connect_timeout_ms), millis(command_timeout_ms), spin, replies, event_loop)
-        .map_err(|error| Error::new(Status::InvalidArg, error.to_string()))?;
+      let wire = Wire::new(&url, tls, millis(connect_timeout_ms), millis(command_timeout_ms), spin, replies, event_loop)
+        .map_err(|error| Error::new(Status::InvalidArg, error))?;
       wire.connect_in_background();
       Ok(NativeRedisConnection { wire, prefix })
     })

@@ -27,7 +27,7 @@ use std::pin::pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use ::redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, RedisResult, ServerErrorKind, Value};
+use ::redis::{Client, ConnectionAddr, ConnectionInfo, RedisResult, ServerErrorKind, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 
 use super::event_loop::EventLoop;
@@ -35,6 +35,8 @@ use super::replies::{finish_elsewhere, Replies, Reply};
 use super::resp::{self, Scan};
 use super::scripts::{Lua, CIRCUIT, RATE_LIMIT};
 use crate::errors::{guard, lock};
+use crate::tls::{self, TlsSocket};
+use rustls::ClientConfig;
 
 /// The thread all Redis I/O of the process waits on: one current-thread
 /// tokio runtime for connection attempts, watchers and their timers. The
@@ -80,6 +82,7 @@ pub struct Job {
 /// A connected socket, read and written without blocking.
 enum Socket {
   Tcp(std::net::TcpStream),
+  Tls(TlsSocket),
   #[cfg(unix)]
   Unix(std::os::unix::net::UnixStream),
 }
@@ -88,6 +91,7 @@ impl Socket {
   fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
     match self {
       Socket::Tcp(stream) => (&*stream).read(buf),
+      Socket::Tls(stream) => stream.read(buf),
       #[cfg(unix)]
       Socket::Unix(stream) => (&*stream).read(buf),
     }
@@ -96,9 +100,23 @@ impl Socket {
   fn write(&self, buf: &[u8]) -> io::Result<usize> {
     match self {
       Socket::Tcp(stream) => (&*stream).write(buf),
+      Socket::Tls(stream) => stream.write(buf),
       #[cfg(unix)]
       Socket::Unix(stream) => (&*stream).write(buf),
     }
+  }
+
+  /// Sends what a TLS session still holds (`WouldBlock` if some must wait).
+  fn flush(&self) -> io::Result<()> {
+    match self {
+      Socket::Tls(stream) => stream.flush(),
+      _ => Ok(()),
+    }
+  }
+
+  /// Bytes wait in a TLS session for room in the socket.
+  fn wants_write(&self) -> bool {
+    matches!(self, Socket::Tls(stream) if stream.wants_write())
   }
 
   /// Tells the server we are gone now, even while a watcher still holds a
@@ -106,6 +124,7 @@ impl Socket {
   fn shut_down(&self) {
     let _ = match self {
       Socket::Tcp(stream) => stream.shutdown(std::net::Shutdown::Both),
+      Socket::Tls(stream) => stream.tcp.shutdown(std::net::Shutdown::Both),
       #[cfg(unix)]
       Socket::Unix(stream) => stream.shutdown(std::net::Shutdown::Both),
     };
@@ -117,6 +136,7 @@ impl Socket {
   fn watcher(&self) -> io::Result<Watcher> {
     Ok(match self {
       Socket::Tcp(stream) => Watcher::Tcp(tokio::net::TcpStream::from_std(stream.try_clone()?)?),
+      Socket::Tls(stream) => Watcher::Tcp(tokio::net::TcpStream::from_std(stream.tcp.try_clone()?)?),
       #[cfg(unix)]
       Socket::Unix(stream) => Watcher::Unix(tokio::net::UnixStream::from_std(stream.try_clone()?)?),
     })
@@ -253,6 +273,12 @@ impl State {
     self.in_flight.push_back(job);
   }
 
+  /// Bytes are still to go out: commands not written, or records a TLS
+  /// session holds.
+  fn has_unsent(&self, socket: &Socket) -> bool {
+    self.written < self.unsent.len() || socket.wants_write()
+  }
+
   /// Writes what is unsent and reads what has arrived until the socket would
   /// block (so a watcher may then wait for it again), answering every call
   /// whose reply is complete. Commands the server refused with NOSCRIPT are
@@ -276,6 +302,11 @@ impl State {
       if self.written == self.unsent.len() {
         self.unsent.clear();
         self.written = 0;
+        // A TLS session may still hold records of what was written.
+        match socket.flush() {
+          Err(error) if !matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Err(error.to_string()),
+          _ => {}
+        }
       }
       if !self.in_flight.is_empty() {
         loop {
@@ -374,6 +405,8 @@ enum Look {
 /// reopened on demand.
 pub struct Wire {
   info: ConnectionInfo,
+  /// Set when the connection is made over TLS.
+  tls: Option<Arc<ClientConfig>>,
   /// Where the server is, for error messages (no credentials).
   address: String,
   connect_timeout: Duration,
@@ -389,20 +422,33 @@ pub struct Wire {
 }
 
 impl Wire {
-  /// Parses `url`; fails at once if it is malformed or asks for TLS.
+  /// Parses `url`; fails at once if it is malformed. The connection uses
+  /// TLS with `tls` when given (a `rediss://` url requires it).
   pub fn new(
     url: &str,
+    tls: Option<Arc<ClientConfig>>,
     connect_timeout: Duration,
     command_timeout: Duration,
     spin: Duration,
     replies: Arc<Replies>,
     event_loop: Option<EventLoop>,
-  ) -> RedisResult<Arc<Self>> {
-    let info = Client::open(url)?.get_connection_info().clone();
-    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
-      return Err(RedisError::from((::redis::ErrorKind::InvalidClientConfig, "TLS (rediss://) is not supported")));
+  ) -> Result<Arc<Self>, String> {
+    // The redis crate parses `rediss://` only when built with its own TLS.
+    let (plain_url, wants_tls) = match url.strip_prefix("rediss://") {
+      Some(rest) => (format!("redis://{rest}"), true),
+      None => (url.to_owned(), false),
+    };
+    if wants_tls && plain_url.ends_with("#insecure") {
+      return Err("#insecure (no certificate check) is not supported; pass tls: { ca } with the server's CA certificate".into());
+    }
+    let info = Client::open(plain_url.as_str()).map_err(|error| error.to_string())?.get_connection_info().clone();
+    match (info.addr(), &tls) {
+      (_, None) if wants_tls => return Err("rediss:// needs the tls settings".into()),
+      (ConnectionAddr::Tcp(..), _) | (_, None) => {}
+      (_, Some(_)) => return Err("TLS works over TCP only, not a unix socket".into()),
     }
     Ok(Arc::new(Wire {
+      tls,
       address: info.addr().to_string(),
       info,
       connect_timeout,
@@ -597,7 +643,7 @@ impl Wire {
       return;
     }
     if state.watched {
-      if state.written < state.unsent.len() {
+      if state.has_unsent(socket) {
         self.wake.notify_one();
       }
       return;
@@ -652,7 +698,7 @@ impl Wire {
           return self.close_if_drained(&mut state);
         };
         let deadline = oldest.deadline;
-        let interest = if state.written < state.unsent.len() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let interest = if state.has_unsent(&socket) { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         (interest, deadline)
       };
       let ready = tokio::select! {
@@ -713,7 +759,7 @@ impl Wire {
   /// Opens connection `generation` (within the connect timeout), failing
   /// calls that wait for it past their deadline, then sends them.
   async fn connect(self: Arc<Self>, generation: u64) {
-    let mut opening = pin!(tokio::time::timeout(self.connect_timeout, open(&self.info)));
+    let mut opening = pin!(tokio::time::timeout(self.connect_timeout, open(&self.info, self.tls.as_ref())));
     let opened = loop {
       let next_deadline = lock(&self.state).waiting.iter().map(|job| job.deadline).min();
       let expiry = async {
@@ -801,14 +847,21 @@ fn fail_all(jobs: impl IntoIterator<Item = Job>, cause: &str) -> Vec<(f64, Reply
 
 /// Connects to the server and runs the handshake: AUTH and SELECT as the
 /// url asks, and both scripts loaded so the first calls need no retry.
-async fn open(info: &ConnectionInfo) -> Result<Socket, String> {
+async fn open(info: &ConnectionInfo, tls: Option<&Arc<ClientConfig>>) -> Result<Socket, String> {
   let io_cause = |error: io::Error| error.to_string();
   match info.addr() {
     ConnectionAddr::Tcp(host, port) => {
       let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(io_cause)?;
       stream.set_nodelay(true).map_err(io_cause)?;
+      let Some(config) = tls else {
+        handshake(&mut stream, info).await?;
+        return Ok(Socket::Tcp(stream.into_std().map_err(io_cause)?));
+      };
+      let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+      let mut stream = connector.connect(tls::server_name(host)?, stream).await.map_err(|error| format!("TLS handshake failed: {error}"))?;
       handshake(&mut stream, info).await?;
-      Ok(Socket::Tcp(stream.into_std().map_err(io_cause)?))
+      let (tcp, session) = stream.into_inner();
+      Ok(Socket::Tls(TlsSocket::new(tcp.into_std().map_err(io_cause)?, session)))
     }
     #[cfg(unix)]
     ConnectionAddr::Unix(path) => {

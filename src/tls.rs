@@ -1,0 +1,128 @@
+//! TLS client settings for the network stores (Redis `rediss://`, and
+//! PostgreSQL with `sslmode=require`).
+//!
+//! Certificates are checked the way Node's `tls.connect` checks them: against
+//! Mozilla's root certificates, or, when the user passes `ca`, against those
+//! certificates only; the server's name must match. There is no switch to
+//! turn checking off — a private CA is passed as `ca` instead.
+
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+use crate::errors::lock;
+
+/// The client configuration trusting `ca` (PEM, one or more certificates)
+/// or, without it, Mozilla's roots. Fails with a message naming what is
+/// wrong with `ca`.
+pub fn client_config(ca: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
+  let mut roots = RootCertStore::empty();
+  match ca {
+    None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    Some(pem) => {
+      for certificate in CertificateDer::pem_slice_iter(pem) {
+        let certificate = certificate.map_err(|error| format!("is not PEM certificates: {error}"))?;
+        roots.add(certificate).map_err(|error| format!("holds a certificate that cannot be used: {error}"))?;
+      }
+      if roots.is_empty() {
+        return Err("holds no PEM certificate".into());
+      }
+    }
+  }
+  let provider = Arc::new(rustls::crypto::ring::default_provider());
+  let config = ClientConfig::builder_with_provider(provider)
+    .with_safe_default_protocol_versions()
+    .map_err(|error| error.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+  Ok(Arc::new(config))
+}
+
+/// `host` as the name the server's certificate must carry.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+  ServerName::try_from(host.to_owned()).map_err(|_| format!("{host:?} is not a valid TLS server name"))
+}
+
+/// A TLS session over a non-blocking TCP socket, read and written like the
+/// socket itself: `WouldBlock` when there is nothing to read or no room to
+/// write. Encrypted records that did not fit in the socket wait in the
+/// session ([`wants_write`](Self::wants_write)) and go out with the next
+/// write or [`flush`](Self::flush).
+pub struct TlsSocket {
+  pub tcp: std::net::TcpStream,
+  session: Mutex<ClientConnection>,
+}
+
+impl TlsSocket {
+  /// A session whose handshake is done, over its socket.
+  pub fn new(tcp: std::net::TcpStream, session: ClientConnection) -> Self {
+    TlsSocket { tcp, session: Mutex::new(session) }
+  }
+
+  pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    let mut session = lock(&self.session);
+    loop {
+      match session.reader().read(buf) {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+        done => return done,
+      }
+      // No plaintext yet: take what the socket has (WouldBlock if nothing).
+      if session.read_tls(&mut &self.tcp)? == 0 {
+        return Ok(0);
+      }
+      session.process_new_packets().map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+    }
+  }
+
+  pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+    let mut session = lock(&self.session);
+    // Older records first; while they cannot go, take no more plaintext.
+    send_records(&mut session, &self.tcp)?;
+    let taken = session.writer().write(buf)?;
+    match send_records(&mut session, &self.tcp) {
+      Err(error) if error.kind() != io::ErrorKind::WouldBlock => Err(error),
+      _ => Ok(taken),
+    }
+  }
+
+  /// Sends the records waiting in the session (`WouldBlock` if some must
+  /// still wait).
+  pub fn flush(&self) -> io::Result<()> {
+    send_records(&mut lock(&self.session), &self.tcp)
+  }
+
+  /// Records are waiting for room in the socket.
+  pub fn wants_write(&self) -> bool {
+    lock(&self.session).wants_write()
+  }
+}
+
+fn send_records(session: &mut ClientConnection, mut tcp: &std::net::TcpStream) -> io::Result<()> {
+  while session.wants_write() {
+    session.write_tls(&mut tcp)?;
+  }
+  tcp.flush()
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn trusts_mozillas_roots_by_default_and_refuses_a_ca_that_is_not_pem() {
+    assert!(client_config(None).is_ok());
+    assert_eq!(client_config(Some(b"not a certificate")).err().unwrap(), "holds no PEM certificate");
+    let broken = b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
+    assert!(client_config(Some(broken)).err().unwrap().starts_with("is not PEM certificates"));
+  }
+
+  #[test]
+  fn server_names_are_dns_names_or_ip_addresses() {
+    assert!(server_name("redis.example.com").is_ok());
+    assert!(server_name("127.0.0.1").is_ok());
+    assert!(server_name("bad name!").is_err());
+  }
+}
