@@ -145,9 +145,15 @@ export interface PostgresStoreOptions {
   /**
    * Connection string (`postgres://user:pass@host:port/db` or `key=value`
    * form). Default: `process.env.DATABASE_URL`, then
-   * `postgres://postgres@127.0.0.1:5432/postgres`. TLS is not supported yet.
+   * `postgres://postgres@127.0.0.1:5432/postgres`. Its `sslmode` (`disable`, `prefer`,
+   * `require`) says whether TLS is used; without one, the `tls` option does (default: no TLS).
    */
   url?: string
+  /**
+   * TLS: `true`, or `{ ca }` to trust these PEM certificates instead of Mozilla's roots. The
+   * certificate and the server name are always checked.
+   */
+  tls?: boolean | { ca?: string | Uint8Array }
   /** Table name prefix, matching /^[A-Za-z_][A-Za-z0-9_]{0,40}$/ (default `"stoma_"`). */
   tablePrefix?: string
   /**

@@ -207,6 +207,10 @@ export declare function __forcePanicSync(message: string): void
 /** Options from `lib/postgres.js`, already validated there. */
 export interface NativePostgresOptions {
   url: string
+  /** TLS asked for by the `tls` option (the url's `sslmode` wins). */
+  useTls: boolean
+  /** PEM certificates to trust instead of Mozilla's roots. */
+  tlsCa?: Uint8Array
   tablePrefix: string
   poolSize: number
   connectTimeoutMs: number

@@ -4,7 +4,8 @@
 // circuits through Stoma's real gateway, and behaviour when the database is
 // missing tables, unreachable, stalled or back.
 import { execFile } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
+import { X509Certificate, randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import net from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { circuitBreaker, createGateway } from '@homegrower-club/stoma'
@@ -91,9 +92,12 @@ describe('postgres schema', () => {
     expect(() => postgresAdapter({ statementTimeoutMs: 'soon' })).toThrow(/statementTimeoutMs/)
     expect(() => postgresAdapter({ cleanupIntervalMs: -1 })).toThrow(/cleanupIntervalMs/)
     expect(() => postgresAdapter({ url: 5432 })).toThrow(TypeError)
-    expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(/url/)
-    expect(() => postgresAdapter({ url: 'postgres://h/db?sslmode=require' })).toThrow(/TLS is not supported/)
+    expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(TypeError)
+    expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(/url is not a valid/)
     expect(() => postgresAdapter({ url: 'dbname=x' })).toThrow(/url names no host/)
+    expect(() => postgresAdapter({ tls: 'on' })).toThrow(/postgresAdapter: tls must be a boolean or \{ ca \}/)
+    expect(() => postgresAdapter({ tls: { ca: 'not a certificate' } })).toThrow(TypeError)
+    expect(() => postgresAdapter({ tls: { ca: 'not a certificate' } })).toThrow(/tls.ca holds no PEM certificate/)
     expect(() => postgresAdapter({ waitUntil: 'later' })).toThrow(/waitUntil/)
     expect(() => postgresAdapter({ synchronousCommit: 'yes' })).toThrow(/synchronousCommit/)
   })
@@ -406,6 +410,79 @@ describe('postgres atomicity and cleanup', () => {
     await plant('after-close')
     await sleep(300)
     expect(await count()).toBe(2)
+  })
+})
+
+// The server's own certificate, trusted as the CA in the TLS tests, and the
+// name it is valid for (Debian's clusters have TLS on with a self-signed
+// certificate for localhost); null when the server has TLS off.
+const serverTls = await (async () => {
+  const client = new pg.Client({ connectionString: DATABASE_URL })
+  await client.connect()
+  try {
+    const { rows } = await client.query("SELECT current_setting('ssl') AS ssl, current_setting('ssl_cert_file') AS file")
+    if (rows[0].ssl !== 'on') return null
+    const ca = readFileSync(rows[0].file, 'utf8')
+    const name = new X509Certificate(ca).subjectAltName?.match(/DNS:([^,\s]+)/)?.[1]
+    return name ? { ca, name } : null
+  } finally {
+    await client.end()
+  }
+})()
+
+describe.skipIf(!serverTls)('postgres over TLS (the server must have ssl on)', () => {
+  /** DATABASE_URL for the certificate's name, with `query` appended. */
+  const tlsUrl = (query, host = serverTls.name) => {
+    const url = new URL(DATABASE_URL)
+    url.hostname = host
+    url.search = query
+    return url.href
+  }
+  /** Whether the connections named `applicationName` use TLS, as the server sees them. */
+  const sessionsUseTls = async (applicationName) => {
+    const { rows } = await admin.query('SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1', [applicationName])
+    expect(rows.length).toBeGreaterThan(0)
+    return rows.every((row) => row.ssl)
+  }
+
+  it('checks the server certificate against tls.ca and serves all three stores over it', async () => {
+    const name = `${RUN}_tls_require`
+    const adapter = await freshAdapter('tls', { url: tlsUrl(`?sslmode=require&application_name=${name}`), tls: { ca: serverTls.ca } })
+    try {
+      expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
+      expect((await adapter.circuitBreakerStore.recordFailure('k')).failureCount).toBe(1)
+      const body = randomBytes(256 * 1024)
+      await adapter.cacheStore.put('k', new Response(body), 60)
+      expect(Buffer.from(await (await adapter.cacheStore.get('k')).arrayBuffer()).equals(body)).toBe(true)
+      expect(await sessionsUseTls(name)).toBe(true)
+    } finally {
+      await adapter.close()
+    }
+  })
+
+  it('the tls option alone asks for TLS, and an sslmode in the url has the last word', async () => {
+    for (const [query, expected] of [['', true], ['sslmode=disable', false]]) {
+      const name = `${RUN}_tls_${expected}`
+      const adapter = postgresAdapter({ url: tlsUrl(`?${[query, `application_name=${name}`].filter(Boolean).join('&')}`), tls: { ca: serverTls.ca }, tablePrefix: freshPrefix('tls_option') })
+      try {
+        await adapter.ensureSchema()
+        expect(await sessionsUseTls(name)).toBe(expected)
+      } finally {
+        await adapter.close()
+      }
+    }
+  })
+
+  it('refuses a certificate it cannot check: unknown issuer, or not valid for the name', async () => {
+    const unknown = postgresAdapter({ url: tlsUrl('?sslmode=require') }) // Mozilla's roots only
+    const misnamed = postgresAdapter({ url: tlsUrl('?sslmode=require', '127.0.0.1'), tls: { ca: serverTls.ca } })
+    try {
+      await expect(unknown.rateLimitStore.increment('k', 60)).rejects.toThrow(/^PostgresRateLimitStore: .*TLS handshake: invalid peer certificate: UnknownIssuer/)
+      await expect(misnamed.rateLimitStore.increment('k', 60)).rejects.toThrow(/^PostgresRateLimitStore: .*not valid for name "127.0.0.1"/)
+    } finally {
+      await unknown.close()
+      await misnamed.close()
+    }
   })
 })
 

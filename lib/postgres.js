@@ -7,7 +7,7 @@
 // database failures reject with an Error naming the store and the cause.
 
 const native = require('../native.js')
-const { checkKey, checkSeconds, positiveInteger, optionsObject, describe } = require('./validate.js')
+const { checkKey, checkSeconds, positiveInteger, optionsObject, describe, tlsOption } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 
 const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -71,8 +71,11 @@ function openPool(who, opts, cleans) {
   if (typeof synchronousCommit !== 'boolean') {
     throw new TypeError(`${who}: synchronousCommit must be a boolean, got ${describe(synchronousCommit)}`)
   }
-  return new native.NativePostgres({
+  const { useTls, tlsCa } = tlsOption(who, opts.tls)
+  const settings = {
     url,
+    useTls,
+    tlsCa,
     tablePrefix: checkTablePrefix(who, opts.tablePrefix ?? DEFAULT_PREFIX),
     poolSize: positiveInteger(who, opts.poolSize, 'poolSize', DEFAULT_POOL_SIZE),
     connectTimeoutMs: positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS),
@@ -81,7 +84,14 @@ function openPool(who, opts, cleans) {
     cleanupIntervalMs,
     cleanupRateLimits: cleans.rateLimit === true,
     cleanupCache: cleans.cache === true,
-  })
+  }
+  try {
+    return new native.NativePostgres(settings)
+  } catch (error) {
+    // A url or tls.ca the native side cannot use.
+    if (error?.code === 'InvalidArg') throw new TypeError(error.message)
+    throw error
+  }
 }
 
 /**

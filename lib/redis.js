@@ -6,7 +6,7 @@
 // with an Error naming the store and the cause, within commandTimeoutMs.
 
 const native = require('../native.js')
-const { checkKey, checkSeconds, checkCircuitState, positiveInteger, nonNegativeInteger, optionsObject, describe } = require('./validate.js')
+const { checkKey, checkSeconds, checkCircuitState, positiveInteger, nonNegativeInteger, optionsObject, describe, tlsOption } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
 
@@ -38,22 +38,6 @@ const SHARED_CONNECTION = Symbol('stoma-native shared Redis connection')
 /** The url with any password hidden, for error messages. */
 function redactUrl(url) {
   return url.replace(/^([^:/]+:\/\/[^/@:]*:)[^/@]*@/, '$1***@')
-}
-
-/**
- * Reads the `tls` option: absent or false (TLS only for a `rediss://` url),
- * true, or `{ ca }` — PEM certificates (string or bytes) trusted instead of
- * Mozilla's roots, as with Node's `tls.connect({ ca })`.
- */
-function tlsOptions(who, tls) {
-  if (tls === undefined || tls === false) return { useTls: false, tlsCa: null }
-  if (tls === true) return { useTls: true, tlsCa: null }
-  if (tls === null || typeof tls !== 'object') throw new TypeError(`${who}: tls must be a boolean or { ca }, got ${describe(tls)}`)
-  const { ca } = tls
-  if (ca === undefined) return { useTls: true, tlsCa: null }
-  if (typeof ca === 'string') return { useTls: true, tlsCa: new TextEncoder().encode(ca) }
-  if (ca instanceof Uint8Array) return { useTls: true, tlsCa: ca }
-  throw new TypeError(`${who}: tls.ca must be PEM text (a string or a Buffer), got ${describe(ca)}`)
 }
 
 // What a call answers, which tells `settle` how to read its values.
@@ -189,7 +173,7 @@ class Connection {
     const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
     const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
     const spinMicros = nonNegativeInteger(who, opts.spinMicros, 'spinMicros', DEFAULT_SPIN_MICROS)
-    const { useTls, tlsCa } = tlsOptions(who, opts.tls)
+    const { useTls, tlsCa } = tlsOption(who, opts.tls)
     // The native side keeps this function (and through it the calls map)
     // alive; it must not reach back to this object, or neither could ever
     // be collected.

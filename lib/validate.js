@@ -71,4 +71,21 @@ function checkCircuitState(store, to) {
   }
 }
 
-module.exports = { describe, checkKey, checkSeconds, positiveInteger, nonNegativeInteger, optionsObject, optionalName, checkCircuitState }
+/**
+ * Reads the `tls` option: absent or false (TLS only for a `rediss://` url),
+ * true, or `{ ca }` — PEM certificates (string or bytes) trusted instead of
+ * Mozilla's roots, as with Node's `tls.connect({ ca })`. Shared by the Redis
+ * and PostgreSQL connections.
+ */
+function tlsOption(who, tls) {
+  if (tls === undefined || tls === false) return { useTls: false, tlsCa: undefined }
+  if (tls === true) return { useTls: true, tlsCa: undefined }
+  if (tls === null || typeof tls !== 'object') throw new TypeError(`${who}: tls must be a boolean or { ca }, got ${describe(tls)}`)
+  const { ca } = tls
+  if (ca === undefined) return { useTls: true, tlsCa: undefined }
+  if (typeof ca === 'string') return { useTls: true, tlsCa: new TextEncoder().encode(ca) }
+  if (ca instanceof Uint8Array) return { useTls: true, tlsCa: ca }
+  throw new TypeError(`${who}: tls.ca must be PEM text (a string or a Buffer), got ${describe(ca)}`)
+}
+
+module.exports = { describe, tlsOption, checkKey, checkSeconds, positiveInteger, nonNegativeInteger, optionsObject, optionalName, checkCircuitState }

@@ -56,6 +56,12 @@ pub fn store_error(store: &str, cause: impl std::fmt::Display) -> Error {
   Error::new(Status::GenericFailure, format!("{store}: {cause}"))
 }
 
+/// A bad option found at construction; the JS layer throws it as a
+/// `TypeError`.
+pub fn option_error(store: &str, cause: impl std::fmt::Display) -> Error {
+  Error::new(Status::InvalidArg, format!("{store}: {cause}"))
+}
+
 /// Locks a mutex, recovering the data if a previous holder panicked: the
 /// stores keep no invariant that a panic mid-update could break badly enough
 /// to justify failing every later call.

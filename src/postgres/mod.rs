@@ -8,6 +8,9 @@
 //! JS thread; the JS layer (`lib/postgres.js`) validates arguments, turns
 //! cache parts into `Response`s and builds the adapter.
 //!
+//! TLS (the url's `sslmode`, or the `tls` option) goes through rustls with
+//! the settings of [`crate::tls`].
+//!
 //! Times are the caller's wall clock in epoch milliseconds, as in Stoma's
 //! adapter, so a fleet mixing both agrees on every window and expiry.
 
@@ -23,16 +26,19 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use napi::bindgen_prelude::{Buffer, PromiseRaw};
+use napi::bindgen_prelude::{Buffer, PromiseRaw, Uint8Array};
 use napi::{Env, Result};
 use napi_derive::napi;
 use tokio::task::AbortHandle;
 use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls;
 use tokio_postgres::{Config, Row};
 
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
-use crate::errors::{guard, lock, store_error};
+use crate::errors::{guard, lock, option_error, store_error};
 use batch::{params, Call};
 use pool::{Pool, PoolOptions};
 use sql::{Stmt, Tables};
@@ -54,6 +60,10 @@ const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('stoma-native s
 #[napi(object)]
 pub struct NativePostgresOptions {
   pub url: String,
+  /// TLS asked for by the `tls` option (the url's `sslmode` wins).
+  pub use_tls: bool,
+  /// PEM certificates to trust instead of Mozilla's roots.
+  pub tls_ca: Option<Uint8Array>,
   pub table_prefix: String,
   pub pool_size: u32,
   pub connect_timeout_ms: f64,
@@ -109,10 +119,15 @@ impl NativePostgres {
         return Err(store_error(ADAPTER, reason));
       }
       let connect_timeout = millis(options.connect_timeout_ms);
-      let config = parse_url(&options.url, connect_timeout)?;
+      let config = parse_url(&options.url, connect_timeout, options.use_tls)?;
+      let tls = match config.get_ssl_mode() {
+        SslMode::Disable => None,
+        _ => Some(tls::client_config(options.tls_ca.as_deref()).map_err(|error| option_error(ADAPTER, format!("tls.ca {error}")))?),
+      };
       let pool = Arc::new(Pool::new(
         PoolOptions {
           config,
+          tls: tls.map(|config| MakeRustlsConnect::new((*config).clone())),
           size: options.pool_size.max(1) as usize,
           connect_timeout,
           statement_timeout: millis(options.statement_timeout_ms),
@@ -339,16 +354,17 @@ pub fn postgres_schema_sql(table_prefix: String) -> Result<String> {
   }
 }
 
-/// Parses a `postgres://` URL or `key=value` string. TLS is not built in,
-/// so `sslmode=require` is refused here rather than failing on every call.
-fn parse_url(url: &str, connect_timeout: Duration) -> Result<Config> {
+/// Parses a `postgres://` URL or `key=value` string. TLS is used as the
+/// url's `sslmode` says; without one, as the `tls` option says (`require`)
+/// or not at all — like node-postgres, not tokio-postgres's `prefer`.
+fn parse_url(url: &str, connect_timeout: Duration, use_tls: bool) -> Result<Config> {
   let mut config = Config::from_str(url)
-    .map_err(|error| store_error(ADAPTER, format!("url is not a valid PostgreSQL connection string: {error}")))?;
-  if config.get_ssl_mode() == SslMode::Require {
-    return Err(store_error(ADAPTER, "url asks for sslmode=require, but TLS is not supported yet"));
+    .map_err(|error| option_error(ADAPTER, format!("url is not a valid PostgreSQL connection string: {error}")))?;
+  if !url.contains("sslmode=") {
+    config.ssl_mode(if use_tls { SslMode::Require } else { SslMode::Disable });
   }
   if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-    return Err(store_error(ADAPTER, "url names no host"));
+    return Err(option_error(ADAPTER, "url names no host"));
   }
   config.connect_timeout(connect_timeout);
   if config.get_application_name().is_none() {

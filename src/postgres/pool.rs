@@ -38,7 +38,9 @@ use tokio::sync::OnceCell;
 use tokio::time::timeout;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls, Row, Statement};
+use tokio_postgres::tls::TlsStream;
+use tokio_postgres::{Client, Config, Connection, NoTls, Row, Socket, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::batch::{self, Answer, Call, Lane};
 use super::sql::{Statements, Stmt, Tables};
@@ -47,6 +49,8 @@ use crate::errors::{lock, store_error};
 /// How the pool was asked to behave.
 pub struct PoolOptions {
   pub config: Config,
+  /// How to make TLS sessions, unless the config's `sslmode` is `disable`.
+  pub tls: Option<MakeRustlsConnect>,
   pub size: usize,
   pub connect_timeout: Duration,
   pub statement_timeout: Duration,
@@ -308,14 +312,13 @@ impl Pool {
     if let Some(conn) = slot.live() {
       return Ok(conn); // connected by the caller we queued behind
     }
-    let (client, connection) = self.options.config.connect(NoTls).await.map_err(|error| {
+    let connected = match &self.options.tls {
+      None => self.options.config.connect(NoTls).await.map(run_connection),
+      Some(tls) => self.options.config.connect(tls.clone()).await.map(run_connection),
+    };
+    let client = connected.map_err(|error| {
       store_error(store, format!("could not connect to PostgreSQL at {}: {}", self.target, chain(&error)))
     })?;
-    // The connection task does the socket I/O; it ends when the socket
-    // closes or when the last handle to the client is dropped.
-    tokio::spawn(async move {
-      let _ = connection.await;
-    });
     // Only an explicit opt-out changes the server's durability setting.
     if !self.options.synchronous_commit {
       client
@@ -372,6 +375,15 @@ fn describe_target(config: &Config) -> String {
   }
 }
 
+/// Spawns the task that does a new connection's socket I/O (it ends when the
+/// socket closes or the last handle to the client is dropped).
+fn run_connection<T: TlsStream + Unpin + Send + 'static>((client, connection): (Client, Connection<Socket, T>)) -> Client {
+  tokio::spawn(async move {
+    let _ = connection.await;
+  });
+  client
+}
+
 #[cfg(test)]
 mod tests {
   use std::str::FromStr;
@@ -386,3 +398,4 @@ mod tests {
     assert_eq!(target("host=/run/postgresql port=5433"), "/run/postgresql/.s.PGSQL.5433");
   }
 }
+
