@@ -1,8 +1,8 @@
-//! Where one RESP reply ends in the bytes read from Redis so far.
+//! Where one RESP reply ends in the bytes read from Redis so far, and what
+//! it says.
 //!
 //! Replies arrive in pieces of whatever size the socket hands over. Before a
-//! reply is decoded (by the `redis` crate's parser) we need to know that all
-//! of it is here, and for a large one how many bytes to make room for.
+//! reply is decoded ([`decode`]) we need to know that all of it is here, and for a large one how many bytes to make room for.
 //! Scanning the headers is enough: a bulk string's length says how far to
 //! skip, so a reply costs a few steps however large its payload.
 
@@ -86,9 +86,12 @@ fn decode_common(frame: &[u8], at: &mut usize) -> Option<::redis::Value> {
     b'$' => match number(header).ok()? {
       -1 => Value::Nil,
       length => {
-        let start = *at;
-        *at += length as usize + 2;
-        Value::BulkString(frame.get(start..start + length as usize)?.to_vec())
+        let (start, end) = (*at, *at + length as usize);
+        if frame.get(end..end + 2)? != b"\r\n" {
+          return None; // out of step: let the crate's parser say so
+        }
+        *at = end + 2;
+        Value::BulkString(frame[start..end].to_vec())
       }
     },
     b'*' => match number(header).ok()? {
@@ -116,6 +119,7 @@ fn number(digits: &[u8]) -> Result<i64, ProtocolError> {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use proptest::prelude::*;
 
   #[test]
   fn whole_replies_of_every_kind() {
@@ -161,6 +165,53 @@ mod tests {
     ] {
       let ours = format!("{:?}", decode(reply));
       assert_eq!(ours, format!("{:?}", ::redis::parse_redis_value(reply)), "{:?}", String::from_utf8_lossy(reply));
+    }
+  }
+
+  /// RESP text for a reply tree: leaves are integers, bulk strings, nil,
+  /// simple strings and errors.
+  fn resp_reply() -> impl Strategy<Value = Vec<u8>> {
+    let leaf = prop_oneof![
+      any::<i64>().prop_map(|n| format!(":{n}\r\n").into_bytes()),
+      proptest::collection::vec(any::<u8>(), 0..40).prop_map(|bytes| {
+        let mut out = format!("${}\r\n", bytes.len()).into_bytes();
+        out.extend(bytes);
+        out.extend(b"\r\n");
+        out
+      }),
+      Just(b"$-1\r\n".to_vec()),
+      Just(b"+OK\r\n".to_vec()),
+      "[a-zA-Z ]{0,12}".prop_map(|text| format!("+{text}\r\n").into_bytes()),
+      "[A-Z]{1,8} [a-z ]{0,12}".prop_map(|text| format!("-{text}\r\n").into_bytes()),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+      proptest::collection::vec(inner, 0..6).prop_map(|items| {
+        let mut out = format!("*{}\r\n", items.len()).into_bytes();
+        out.extend(items.concat());
+        out
+      })
+    })
+  }
+
+  proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Whatever `scan` calls one whole reply — well formed, or with a byte
+    /// changed — decodes exactly as the redis crate decodes it.
+    #[test]
+    fn decodes_every_frame_as_the_redis_crate_does(
+      reply in resp_reply(),
+      corrupt in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+    ) {
+      let mut bytes = reply;
+      if let Some((at, byte)) = corrupt {
+        let at = at.index(bytes.len());
+        bytes[at] = byte;
+      }
+      if let Ok(Scan::Complete(length)) = scan(&bytes) {
+        let frame = &bytes[..length];
+        prop_assert_eq!(format!("{:?}", decode(frame)), format!("{:?}", ::redis::parse_redis_value(frame)));
+      }
     }
   }
 
