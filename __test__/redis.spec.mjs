@@ -423,6 +423,17 @@ describe('redis: TLS (rediss://)', () => {
     }
   })
 
+  it('takes REDISS:// and valkeys:// (any case) as TLS urls too', async () => {
+    for (const scheme of ['REDISS', 'valkeys']) {
+      const adapter = redisAdapter({ url: tlsUrl.replace('rediss', scheme), tls: { ca: certificates.ca }, prefix: newPrefix() })
+      try {
+        expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
+      } finally {
+        await adapter.close()
+      }
+    }
+  })
+
   it('trusts only the CA it is given: without it, calls reject naming the certificate problem', async () => {
     const adapter = redisAdapter({ url: tlsUrl, prefix: newPrefix() }) // Mozilla's roots only
     try {
@@ -510,6 +521,36 @@ describe('redis: server down', () => {
       for (const socket of sockets) socket.destroy()
       silent.close()
     }
+  })
+
+  it('a server that breaks the protocol after answering one call: that call resolves, the next rejects', async () => {
+    // Answers the handshake, then one valid reply followed by garbage, in one write.
+    const sockets = new Set()
+    const broken = net.createServer((socket) => {
+      sockets.add(socket)
+      socket.on('error', () => {})
+      let handshaken = false
+      socket.on('data', () => {
+        socket.write(handshaken ? '*2\r\n:1\r\n:1000\r\n\x00garbage\r\n' : '+OK\r\n+OK\r\n')
+        handshaken = true
+      })
+    })
+    broken.listen(0, '127.0.0.1')
+    await once(broken, 'listening')
+    for (const spinMicros of [50, 0]) {
+      const adapter = redisAdapter({ url: `redis://127.0.0.1:${broken.address().port}`, spinMicros, commandTimeoutMs: 2000 })
+      try {
+        await adapter.rateLimitStore.increment('warm', 60).catch(() => {}) // connected; the garbage drops it
+        const settled = await Promise.allSettled([adapter.rateLimitStore.increment('a', 60), adapter.rateLimitStore.increment('b', 60)])
+        expect(settled[0]).toEqual({ status: 'fulfilled', value: { count: 1, resetAt: 1000 } })
+        expect(settled[1].status).toBe('rejected')
+        expect(settled[1].reason.message).toMatch(/^RedisRateLimitStore: Redis at 127\.0\.0\.1:\d+: protocol error/)
+      } finally {
+        await adapter.close()
+      }
+    }
+    for (const socket of sockets) socket.destroy()
+    broken.close()
   })
 
   it('recovers within a second once a killed server is back, with no action by the user', async () => {

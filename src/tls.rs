@@ -7,7 +7,7 @@
 //! turn checking off — a private CA is passed as `ca` instead.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -19,19 +19,27 @@ use crate::errors::lock;
 /// or, without it, Mozilla's roots. Fails with a message naming what is
 /// wrong with `ca`.
 pub fn client_config(ca: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
+  // Mozilla's ~150 roots are read once per process, not per adapter.
+  static WITH_MOZILLA_ROOTS: LazyLock<Result<Arc<ClientConfig>, String>> = LazyLock::new(|| {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    config_trusting(roots)
+  });
+  let Some(pem) = ca else {
+    return WITH_MOZILLA_ROOTS.clone();
+  };
   let mut roots = RootCertStore::empty();
-  match ca {
-    None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    Some(pem) => {
-      for certificate in CertificateDer::pem_slice_iter(pem) {
-        let certificate = certificate.map_err(|error| format!("is not PEM certificates: {error}"))?;
-        roots.add(certificate).map_err(|error| format!("holds a certificate that cannot be used: {error}"))?;
-      }
-      if roots.is_empty() {
-        return Err("holds no PEM certificate".into());
-      }
-    }
+  for certificate in CertificateDer::pem_slice_iter(pem) {
+    let certificate = certificate.map_err(|error| format!("is not PEM certificates: {error}"))?;
+    roots.add(certificate).map_err(|error| format!("holds a certificate that cannot be used: {error}"))?;
   }
+  if roots.is_empty() {
+    return Err("holds no PEM certificate".into());
+  }
+  config_trusting(roots)
+}
+
+fn config_trusting(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
   let provider = Arc::new(rustls::crypto::ring::default_provider());
   let config = ClientConfig::builder_with_provider(provider)
     .with_safe_default_protocol_versions()

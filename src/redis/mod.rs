@@ -122,7 +122,7 @@ impl NativeRedisConnection {
     #[napi(ts_arg_type = "(batch: [Float64Array, ...unknown[]]) => void")] settle: Function<'_, Batch, Unknown<'static>>,
   ) -> Result<Self> {
     guard("redisAdapter", || {
-      let tls = match (use_tls || url.starts_with("rediss:"), tls_ca) {
+      let tls = match (use_tls || wire::after_tls_scheme(&url).is_some(), tls_ca) {
         (false, _) => None,
         (true, ca) => Some(tls::client_config(ca.as_deref()).map_err(|error| Error::new(Status::InvalidArg, format!("tls.ca {error}")))?),
       };

@@ -18,8 +18,9 @@
 //! tokio), decodes the answers and hands them to JS through [`Replies`], and
 //! enforces the command timeout. Connecting and the handshake run there too.
 //!
-//! Commands are encoded by the `redis` crate and replies decoded by its
-//! parser; [`resp::scan`] only finds where each reply ends.
+//! Commands are encoded by the `redis` crate; [`resp`] finds where each
+//! reply ends and decodes it (the common shapes itself, the rest with the
+//! crate's parser).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -173,6 +174,13 @@ impl Watcher {
   }
 }
 
+/// What follows the scheme of a url that asks for TLS (`rediss://` or
+/// `valkeys://`, in any case), or `None` for any other url.
+pub fn after_tls_scheme(url: &str) -> Option<&str> {
+  let (scheme, rest) = url.split_once("://")?;
+  (scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")).then_some(rest)
+}
+
 /// Where the connection stands.
 enum Link {
   /// None open: none opened yet, the last one was lost, or the last attempt
@@ -280,11 +288,11 @@ impl State {
   }
 
   /// Writes what is unsent and reads what has arrived until the socket would
-  /// block (so a watcher may then wait for it again), answering every call
-  /// whose reply is complete. Commands the server refused with NOSCRIPT are
-  /// sent again with their script's source.
-  fn pump(&mut self, socket: &Socket) -> Result<Vec<(Job, Value)>, String> {
-    let mut answered = Vec::new();
+  /// block (so a watcher may then wait for it again), adding every call
+  /// whose reply is complete to `answered` — where they stay if the
+  /// connection then fails, so they are answered all the same. Commands the
+  /// server refused with NOSCRIPT are sent again with their script's source.
+  fn pump(&mut self, socket: &Socket, answered: &mut Vec<(Job, Value)>) -> Result<(), String> {
     loop {
       let mut progress = false;
       while self.written < self.unsent.len() {
@@ -324,10 +332,10 @@ impl State {
             Err(error) => return Err(error.to_string()),
           }
         }
-        self.take_replies(&mut answered)?;
+        self.take_replies(answered)?;
       }
       if !progress {
-        return Ok(answered);
+        return Ok(());
       }
     }
   }
@@ -395,8 +403,8 @@ fn is_noscript(value: &Value) -> bool {
 /// What the watcher found when it looked at the socket.
 enum Look {
   Answered(Vec<(Job, Value)>),
-  /// The connection failed, for this cause.
-  Lost(String),
+  /// The connection failed, for this cause, after answering these calls.
+  Lost(Vec<(Job, Value)>, String),
   /// A newer connection replaced this one.
   Replaced,
 }
@@ -433,8 +441,8 @@ impl Wire {
     replies: Arc<Replies>,
     event_loop: Option<EventLoop>,
   ) -> Result<Arc<Self>, String> {
-    // The redis crate parses `rediss://` only when built with its own TLS.
-    let (plain_url, wants_tls) = match url.strip_prefix("rediss://") {
+    // The redis crate parses TLS schemes only when built with its own TLS.
+    let (plain_url, wants_tls) = match after_tls_scheme(url) {
       Some(rest) => (format!("redis://{rest}"), true),
       None => (url.to_owned(), false),
     };
@@ -443,7 +451,7 @@ impl Wire {
     }
     let info = Client::open(plain_url.as_str()).map_err(|error| error.to_string())?.get_connection_info().clone();
     match (info.addr(), &tls) {
-      (_, None) if wants_tls => return Err("rediss:// needs the tls settings".into()),
+      (_, None) if wants_tls => return Err("a rediss:// url needs the tls settings".into()),
       (ConnectionAddr::Tcp(..), _) | (_, None) => {}
       (_, Some(_)) => return Err("TLS works over TCP only, not a unix socket".into()),
     }
@@ -557,8 +565,8 @@ impl Wire {
     let started = Instant::now();
     let mut answered = Vec::new();
     loop {
-      match state.pump(&socket) {
-        Ok(more) => answered.extend(more),
+      match state.pump(&socket, &mut answered) {
+        Ok(()) => {}
         Err(cause) => {
           let failed = state.drop_link(&self.lost(&cause));
           drop(state);
@@ -605,13 +613,13 @@ impl Wire {
     for job in std::mem::take(&mut state.queued) {
       state.enqueue(job);
     }
-    match state.pump(&socket) {
-      Ok(answered) => {
-        drop(state);
-        self.answer(answered)
-      }
+    let mut answered = Vec::new();
+    let failed = match state.pump(&socket, &mut answered) {
+      Ok(()) => Vec::new(),
       Err(cause) => state.drop_link(&self.lost(&cause)),
-    }
+    };
+    drop(state);
+    self.answer(answered).into_iter().chain(failed).collect()
   }
 
   /// Calls are in flight that no watcher waits for: the JS layer must
@@ -721,21 +729,25 @@ impl Wire {
           look = Some(Look::Replaced);
           return Ok(());
         }
-        match state.pump(&socket) {
-          Ok(answered) => {
+        let mut answered = Vec::new();
+        match state.pump(&socket, &mut answered) {
+          Ok(()) => {
             look = Some(Look::Answered(answered));
             // The pump ended on WouldBlock: tokio may clear the readiness.
             Err(io::ErrorKind::WouldBlock.into())
           }
           Err(cause) => {
-            look = Some(Look::Lost(cause));
+            look = Some(Look::Lost(answered, cause));
             Ok(())
           }
         }
       });
       match look {
         Some(Look::Answered(answered)) => self.replies.send_all(self.answer(answered)),
-        Some(Look::Lost(cause)) => return self.give_up(generation, &self.lost(&cause)),
+        Some(Look::Lost(answered, cause)) => {
+          self.replies.send_all(self.answer(answered));
+          return self.give_up(generation, &self.lost(&cause));
+        }
         Some(Look::Replaced) => return,
         None => {}
       }
@@ -963,6 +975,15 @@ mod tests {
     assert_eq!(spin.budget_for(1, 0), micros(500));
   }
 
+
+  #[test]
+  fn tls_schemes_are_recognised_in_any_case() {
+    assert_eq!(after_tls_scheme("rediss://h:6380/0"), Some("h:6380/0"));
+    assert_eq!(after_tls_scheme("REDISS://h"), Some("h"));
+    assert_eq!(after_tls_scheme("valkeys://h"), Some("h"));
+    assert_eq!(after_tls_scheme("redis://h"), None);
+    assert_eq!(after_tls_scheme("unix:///tmp/redis.sock"), None);
+  }
 
   #[test]
   fn noscript_replies_are_recognised() {
