@@ -145,13 +145,15 @@ export interface PostgresStoreOptions {
   /**
    * Connection string (`postgres://user:pass@host:port/db` or `key=value`
    * form). Default: `process.env.DATABASE_URL`, then
-   * `postgres://postgres@127.0.0.1:5432/postgres`. Its `sslmode` (`disable`, `prefer`,
-   * `require`) says whether TLS is used; without one, the `tls` option does (default: no TLS).
+   * `postgres://postgres@127.0.0.1:5432/postgres`. Its `sslmode` says whether TLS is used:
+   * `require` (certificate and name checked), `prefer` (TLS if the server offers it, else
+   * plaintext) or `disable`; without one, the `tls` option does (default: no TLS).
    */
   url?: string
   /**
-   * TLS: `true`, or `{ ca }` to trust these PEM certificates instead of Mozilla's roots. The
-   * certificate and the server name are always checked.
+   * TLS (`sslmode=require` unless the url sets an sslmode): `true`, or `{ ca }` to trust these PEM
+   * certificates instead of Mozilla's roots. A certificate presented is always checked, with the
+   * server name.
    */
   tls?: boolean | { ca?: string | Uint8Array }
   /** Table name prefix, matching /^[A-Za-z_][A-Za-z0-9_]{0,40}$/ (default `"stoma_"`). */

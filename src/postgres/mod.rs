@@ -119,7 +119,7 @@ impl NativePostgres {
         return Err(store_error(ADAPTER, reason));
       }
       let connect_timeout = millis(options.connect_timeout_ms);
-      let config = parse_url(&options.url, connect_timeout, options.use_tls)?;
+      let config = parse_url(&options.url, connect_timeout, options.use_tls).map_err(|reason| option_error(ADAPTER, reason))?;
       let tls = match config.get_ssl_mode() {
         SslMode::Disable => None,
         _ => Some(tls::client_config(options.tls_ca.as_deref()).map_err(|error| option_error(ADAPTER, format!("tls.ca {error}")))?),
@@ -357,20 +357,48 @@ pub fn postgres_schema_sql(table_prefix: String) -> Result<String> {
 /// Parses a `postgres://` URL or `key=value` string. TLS is used as the
 /// url's `sslmode` says; without one, as the `tls` option says (`require`)
 /// or not at all — like node-postgres, not tokio-postgres's `prefer`.
-fn parse_url(url: &str, connect_timeout: Duration, use_tls: bool) -> Result<Config> {
-  let mut config = Config::from_str(url)
-    .map_err(|error| option_error(ADAPTER, format!("url is not a valid PostgreSQL connection string: {error}")))?;
-  if !url.contains("sslmode=") {
+fn parse_url(url: &str, connect_timeout: Duration, use_tls: bool) -> std::result::Result<Config, String> {
+  let parse = |text: &str| {
+    Config::from_str(text).map_err(|error| {
+      let cause = pool::chain(&error);
+      let hint = if cause.contains("sslmode") { " (sslmode may be disable, prefer or require; require checks the certificate and the name, as verify-full does elsewhere)" } else { "" };
+      format!("url is not a valid PostgreSQL connection string: {cause}{hint}")
+    })
+  };
+  let mut config = parse(url)?;
+  // Does the url set sslmode? Parsed again with another sslmode put first
+  // (a later setting wins), it keeps its own either way.
+  let mode_after = |mode| parse(&with_leading_sslmode(url, mode)).map(|config| config.get_ssl_mode());
+  if mode_after("disable")? != mode_after("require")? {
     config.ssl_mode(if use_tls { SslMode::Require } else { SslMode::Disable });
   }
   if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-    return Err(option_error(ADAPTER, "url names no host"));
+    return Err("url names no host".into());
   }
   config.connect_timeout(connect_timeout);
   if config.get_application_name().is_none() {
     config.application_name("stoma-native");
   }
   Ok(config)
+}
+
+/// `url` with `sslmode=<mode>` put before its own settings, where
+/// tokio-postgres reads them: a URL's parameters start at the first `?`
+/// after the credentials (which end at the first `@`).
+fn with_leading_sslmode(url: &str, mode: &str) -> String {
+  for scheme in ["postgres://", "postgresql://"] {
+    if let Some(rest) = url.strip_prefix(scheme) {
+      let after_credentials = rest.find('@').map_or(0, |at| at + 1);
+      return match rest[after_credentials..].find('?') {
+        Some(question) => {
+          let params = after_credentials + question + 1;
+          format!("{scheme}{}sslmode={mode}&{}", &rest[..params], &rest[params..])
+        }
+        None => format!("{url}?sslmode={mode}"),
+      };
+    }
+  }
+  format!("sslmode={mode} {url}")
 }
 
 /// A JS duration in milliseconds as a `Duration` of at least 1 ms.
@@ -432,3 +460,41 @@ impl<T, F: Future<Output = Result<T>>> Future for CatchPanic<F> {
   }
 }
 
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn mode(url: &str, use_tls: bool) -> SslMode {
+    parse_url(url, Duration::from_secs(1), use_tls).unwrap().get_ssl_mode()
+  }
+
+  #[test]
+  fn tls_only_when_the_url_or_the_option_asks() {
+    assert_eq!(mode("postgres://h/db", false), SslMode::Disable);
+    assert_eq!(mode("postgres://h/db", true), SslMode::Require);
+    assert_eq!(mode("host=h dbname=db", true), SslMode::Require);
+    assert_eq!(mode("postgres://h/db?", false), SslMode::Disable);
+  }
+
+  #[test]
+  fn the_urls_own_sslmode_wins_however_it_is_written() {
+    assert_eq!(mode("postgres://h/db?sslmode=prefer", false), SslMode::Prefer);
+    assert_eq!(mode("postgres://h/db?sslmode=disable", true), SslMode::Disable);
+    assert_eq!(mode("postgresql://h/db?application_name=a&sslmode=require", false), SslMode::Require);
+    assert_eq!(mode("host=h sslmode = require", false), SslMode::Require);
+    assert_eq!(mode("sslmode=disable host=h", true), SslMode::Disable);
+    // "sslmode=" inside a password is not a setting.
+    assert_eq!(mode("postgres://u:pw-sslmode=x@h/db", true), SslMode::Require);
+    assert_eq!(mode("postgres://u:pw-sslmode=x@h/db?sslmode=prefer", true), SslMode::Prefer);
+  }
+
+  #[test]
+  fn an_unusable_url_says_why() {
+    let reason = |url: &str| parse_url(url, Duration::from_secs(1), false).err().unwrap();
+    let verify_full = reason("postgres://h/db?sslmode=verify-full");
+    assert!(verify_full.contains("sslmode") && verify_full.contains("require checks the certificate"), "{verify_full}");
+    assert!(reason("postgres://h/db?ssl=true").contains("ssl"));
+    assert!(reason("dbname=x").contains("url names no host"));
+  }
+}

@@ -349,7 +349,7 @@ fn closed_error(store: &str) -> napi::Error {
 
 /// An error and its causes, joined: tokio-postgres puts the useful part
 /// ("Connection refused", "password authentication failed") in the causes.
-fn chain(error: &tokio_postgres::Error) -> String {
+pub fn chain(error: &tokio_postgres::Error) -> String {
   if let Some(db) = error.as_db_error() {
     return format!("{} (SQLSTATE {})", db.message(), db.code().code());
   }
