@@ -15,9 +15,9 @@
 //!   and loses updates ([`scripts`]).
 //! - One connection carries every call of an adapter. The calls one turn of
 //!   the JS event loop makes are written together (16 at a time in a long
-//!   turn) from the JS thread, which then polls briefly for the answers;
-//!   answers that take longer come back in batches from the I/O thread
-//!   ([`wire`], [`replies`]).
+//!   turn) from the JS thread, which then polls briefly for the answers
+//!   (until 16 have come, when more are due); answers that take longer come
+//!   back in batches from the I/O thread ([`wire`], [`replies`]).
 //! - The cache envelope's JSON and base64 are handled in Rust
 //!   ([`StoredResponse`]) and the body crosses into JS as one buffer.
 //! - `rediss://` (or the `tls` option) runs the same connection over rustls,

@@ -12,7 +12,8 @@
 //! bounded time (the *spin*, see [`Spin`]). Answers that arrive in time are
 //! handed back to JS by the flush itself: nobody slept, nobody was woken.
 //! A turn that makes many calls writes them 16 at a time as it goes
-//! ([`Wire::write_early`]), so Redis works while JS makes the rest.
+//! ([`Wire::write_early`]), and a spin stops once 16 answers are in
+//! ([`ENOUGH_ANSWERS`]), so Redis works while JS makes or settles the rest.
 //! Whatever is still awaited after the spin is left to a watcher task on the
 //! Redis I/O thread ([`IO`]), which waits for the socket in epoll (through
 //! tokio), decodes the answers and hands them to JS through [`Replies`], and
@@ -189,6 +190,13 @@ enum Link {
   Connecting,
   Up(Arc<Socket>),
 }
+
+/// Answers after which a spin stops even though more are due: the JS
+/// thread then acts on them (its callers typically make new calls, which go
+/// out while Redis works on the rest) and collects the rest with its next
+/// flush, instead of Redis and JS taking turns to wait for each other
+/// (64 calls in flight: ~275 → ~440 k/s, Redis ~94% busy).
+const ENOUGH_ANSWERS: usize = 16;
 
 /// The longest spin, in multiples of the base budget.
 const MAX_SPIN_FACTOR: u32 = 10;
@@ -511,10 +519,11 @@ impl Wire {
   }
 
   /// Sends the calls queued since the last flush and, if `spin`, polls for
-  /// answers (see [`Spin`]); returns the answers that came. The rest arrive
-  /// through [`Replies`] or, when the JS thread's event loop is busy, are
-  /// taken by a later flush (see [`awaiting`](Self::awaiting)); with
-  /// `defer` the writing, too, waits for that later flush.
+  /// answers (see [`Spin`]) until all or [`ENOUGH_ANSWERS`] came; returns
+  /// them. The rest arrive through [`Replies`] or, when the spin stopped at
+  /// enough answers or the JS thread's event loop is busy, are taken by a
+  /// later flush (see [`awaiting`](Self::awaiting)); with `defer` the
+  /// writing, too, waits for that later flush.
   pub fn flush(self: &Arc<Self>, spin: bool, defer: bool) -> Vec<(f64, Reply)> {
     let mut state = lock(&self.state);
     let jobs = std::mem::take(&mut state.queued);
@@ -564,6 +573,7 @@ impl Wire {
     let budget = state.spin.budget_for(state.in_flight.len(), state.unsent.len() - state.written);
     let started = Instant::now();
     let mut answered = Vec::new();
+    let mut partial = false;
     loop {
       match state.pump(&socket, &mut answered) {
         Ok(()) => {}
@@ -573,7 +583,8 @@ impl Wire {
           return self.answer(answered).into_iter().chain(failed).collect();
         }
       }
-      if state.in_flight.is_empty() || !spin || started.elapsed() >= budget || self.loop_has_work() {
+      partial = spin && answered.len() >= ENOUGH_ANSWERS && !state.in_flight.is_empty();
+      if state.in_flight.is_empty() || partial || !spin || started.elapsed() >= budget || self.loop_has_work() {
         break;
       }
       // Let a watcher of older calls take the lock between polls.
@@ -586,12 +597,13 @@ impl Wire {
         return self.answer(answered);
       }
     }
-    if spin {
+    // Stopping at enough answers is no failure to get them in time.
+    if spin && !partial {
       let answered_all = state.in_flight.is_empty();
       state.spin.record(started.elapsed(), answered_all);
     }
-    state.js_collects = leave_to_js;
-    if !leave_to_js {
+    state.js_collects = leave_to_js || partial;
+    if !state.js_collects {
       self.watch_if_needed(&mut state, &socket);
     }
     self.close_if_drained(&mut state);
