@@ -4,7 +4,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{Buffer, Function, ToNapiValue, Unknown};
+use napi::bindgen_prelude::{Function, ToNapiValue, Unknown};
 use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{check_status, sys, Env, Result, Status};
 
@@ -76,7 +76,7 @@ impl ToNapiValue for Batch {
         Reply::Cached(Some((status, headers, body))) => {
           numbers.push(f64::from(status));
           others.push(unsafe { String::to_napi_value(env, headers)? });
-          others.push(unsafe { Buffer::to_napi_value(env, body.into())? });
+          others.push(buffer_copy(env, &body)?);
         }
         Reply::Removed(removed) => numbers.push(if removed { 1.0 } else { 0.0 }),
         Reply::Done => numbers.push(0.0),
@@ -208,3 +208,14 @@ pub fn finish_elsewhere(id: f64, finish: Box<dyn FnOnce() -> Reply + Send>, repl
   });
 }
 
+
+/// A Node Buffer holding a copy of `bytes`, in memory V8 owns. Not the
+/// `Vec` itself as an external buffer: freed only when V8 finalizes it, such
+/// buffers come back from malloc in bursts as fresh pages (see the memory
+/// cache's `get`), and the copy costs less.
+fn buffer_copy(env: sys::napi_env, bytes: &[u8]) -> Result<sys::napi_value> {
+  let mut data = ptr::null_mut();
+  let mut buffer = ptr::null_mut();
+  check_status!(unsafe { sys::napi_create_buffer_copy(env, bytes.len(), bytes.as_ptr().cast(), &mut data, &mut buffer) })?;
+  Ok(buffer)
+}

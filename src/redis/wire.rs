@@ -573,9 +573,8 @@ impl Wire {
     let budget = state.spin.budget_for(state.in_flight.len(), state.unsent.len() - state.written);
     let started = Instant::now();
     let mut answered = Vec::new();
-    let mut partial = false;
     let mut polls = 0u32;
-    loop {
+    let partial = loop {
       polls += 1;
       match state.pump(&socket, &mut answered) {
         Ok(()) => {}
@@ -585,10 +584,10 @@ impl Wire {
           return self.answer(answered).into_iter().chain(failed).collect();
         }
       }
-      partial = spin && answered.len() >= ENOUGH_ANSWERS && !state.in_flight.is_empty();
+      let partial = spin && answered.len() >= ENOUGH_ANSWERS && !state.in_flight.is_empty();
       // Asking the event loop costs a syscall: every 8th poll is soon enough.
       if state.in_flight.is_empty() || partial || !spin || started.elapsed() >= budget || (polls % 8 == 0 && self.loop_has_work()) {
-        break;
+        break partial;
       }
       // Let a watcher of older calls take the lock between polls.
       drop(state);
@@ -599,7 +598,7 @@ impl Wire {
         drop(state);
         return self.answer(answered);
       }
-    }
+    };
     // Stopping at enough answers is no failure to get them in time.
     if spin && !partial {
       let answered_all = state.in_flight.is_empty();
