@@ -8,7 +8,8 @@
 //! a `Float64Array` of result slots it writes into (no JS object to build).
 //!
 //! Everything unsafe about that lives in this module: the callback data
-//! pointer, the external ArrayBuffer, argument reading and exception throwing.
+//! pointer, the external ArrayBuffer, argument reading and exception throwing
+//! — and the Buffer copies that cache hits cross into JS as ([`buffer_copy`]).
 
 use std::ffi::{c_void, CStr};
 use std::mem::MaybeUninit;
@@ -265,5 +266,37 @@ fn throw(env: sys::napi_env, error: CallError) {
     } else {
       sys::napi_throw_error(env, ptr::null(), message.as_ptr());
     }
+  }
+}
+
+/// A Node Buffer holding a copy of `bytes`, in memory V8 owns. Not a `Vec`
+/// lent as an external buffer: that is freed only when V8 finalizes the
+/// Buffer, and such blocks, freed in bursts at each GC, come back from
+/// malloc as fresh pages the kernel must zero — costing more than the copy
+/// (see the memory cache's `get`).
+pub fn buffer_copy(env: sys::napi_env, bytes: &[u8]) -> Result<sys::napi_value> {
+  let mut data = ptr::null_mut();
+  let mut buffer = ptr::null_mut();
+  check(unsafe { sys::napi_create_buffer_copy(env, bytes.len(), bytes.as_ptr().cast(), &mut data, &mut buffer) })?;
+  Ok(buffer)
+}
+
+/// Bytes that cross into JS as a Buffer holding a copy (see [`buffer_copy`]),
+/// for values napi-rs converts, such as fields of returned objects.
+pub struct CopiedBuffer(pub Vec<u8>);
+
+impl napi::bindgen_prelude::TypeName for CopiedBuffer {
+  fn type_name() -> &'static str {
+    "Buffer"
+  }
+
+  fn value_type() -> napi::ValueType {
+    napi::ValueType::Object
+  }
+}
+
+impl napi::bindgen_prelude::ToNapiValue for CopiedBuffer {
+  unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
+    buffer_copy(env, &value.0)
   }
 }

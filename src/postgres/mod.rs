@@ -26,13 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use napi::bindgen_prelude::{Buffer, PromiseRaw, Uint8Array};
+use napi::bindgen_prelude::{PromiseRaw, Uint8Array};
 use napi::{Env, Result};
 use napi_derive::napi;
 use tokio::task::AbortHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::fastcall::CopiedBuffer;
 use crate::tls;
 use tokio_postgres::{Config, Row};
 
@@ -94,11 +95,12 @@ pub struct PgCircuitSnapshot {
 }
 
 /// A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`).
-#[napi(object)]
+#[napi(object, object_from_js = false)]
 pub struct PgCachedResponse {
   pub status: u32,
   pub headers: String,
-  pub body: Buffer,
+  #[napi(ts_type = "Buffer")]
+  pub body: CopiedBuffer,
 }
 
 /// The native half of the PostgreSQL stores (see `lib/postgres.js`).
@@ -271,7 +273,7 @@ impl NativePostgres {
       Ok(StoredResponse::from_columns(status as i64, &headers, body).map(|response| PgCachedResponse {
         status: response.status as u32,
         headers: response.joined_headers(),
-        body: response.body.into(),
+        body: CopiedBuffer(response.body),
       }))
     })
     .await

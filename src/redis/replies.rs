@@ -9,6 +9,7 @@ use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunction, Threa
 use napi::{check_status, sys, Env, Result, Status};
 
 use crate::errors::{guard_async, lock};
+use crate::fastcall::buffer_copy;
 
 use super::CACHE_STORE;
 
@@ -206,16 +207,4 @@ pub fn finish_elsewhere(id: f64, finish: Box<dyn FnOnce() -> Reply + Send>, repl
     let reply = guard_async(CACHE_STORE, async { Ok(finish()) }).await;
     replies.send(id, reply.unwrap_or_else(|panicked| Reply::Failed(panicked.reason.clone())));
   });
-}
-
-
-/// A Node Buffer holding a copy of `bytes`, in memory V8 owns. Not the
-/// `Vec` itself as an external buffer: freed only when V8 finalizes it, such
-/// buffers come back from malloc in bursts as fresh pages (see the memory
-/// cache's `get`), and the copy costs less.
-fn buffer_copy(env: sys::napi_env, bytes: &[u8]) -> Result<sys::napi_value> {
-  let mut data = ptr::null_mut();
-  let mut buffer = ptr::null_mut();
-  check_status!(unsafe { sys::napi_create_buffer_copy(env, bytes.len(), bytes.as_ptr().cast(), &mut data, &mut buffer) })?;
-  Ok(buffer)
 }
