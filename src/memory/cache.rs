@@ -30,7 +30,7 @@ const ENTRY_OVERHEAD: usize = 224;
 struct CachedResponse {
   status: u16,
   headers_len: usize,
-  /// Shared so a hit can lend the bytes to JS without copying them.
+  /// Shared so a hit is copied into JS after the store's lock is released.
   data: Arc<Vec<u8>>,
   expires_at: i64,
 }
