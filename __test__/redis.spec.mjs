@@ -611,6 +611,33 @@ describe('redis: process lifetime', () => {
     expect({ code, out: out.trim() }).toEqual({ code: 0, out: '1 1 x' })
   })
 
+  it('answers that arrived while the JS thread was blocked past commandTimeoutMs are not failed as late', async () => {
+    const prefix = newPrefix()
+    const { code, out } = await runNode(`
+      const { redisAdapter } = require(process.env.STOMA_NATIVE)
+      const adapter = redisAdapter({ url: ${JSON.stringify(url)}, prefix: ${JSON.stringify(prefix)}, commandTimeoutMs: 30 })
+      const block = (ms) => { const until = Date.now() + ms; while (Date.now() < until); }
+      ;(async () => {
+        await adapter.rateLimitStore.increment('warm', 60)
+        let rejected = 0
+        for (let round = 0; round < 5; round++) {
+          await new Promise((resolve) => setTimeout(resolve, 5))
+          // 192 = 12 × 16: every call is written during the turn (16 at a
+          // time). A remainder could wait for the next turn (when Node's loop
+          // has other work) and rightly time out before it is even sent.
+          const calls = Array.from({ length: 192 }, () => adapter.rateLimitStore.increment('k', 60))
+          // Runs after this turn's flush: the JS thread is then busy for
+          // twice the timeout while Redis answers at once.
+          queueMicrotask(() => queueMicrotask(() => block(60)))
+          for (const result of await Promise.allSettled(calls)) if (result.status === 'rejected') rejected++
+        }
+        console.log(rejected)
+        await adapter.close()
+      })()
+    `)
+    expect({ code, out: out.trim() }).toEqual({ code: 0, out: '0' })
+  })
+
   it('works in worker threads, each with its own adapter, and the process still exits by itself', async () => {
     const prefix = newPrefix()
     const { code, out } = await runNode(`

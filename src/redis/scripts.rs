@@ -67,18 +67,21 @@ local key, window = KEYS[1], ARGV[1]
 
 -- The common case first, with nothing else set up: a live window.
 local count = redis.pcall('INCR', key)
+local at
 if type(count) == 'number' and count > 1 then
-  local at = redis.pcall('PEXPIRETIME', key)
+  at = redis.pcall('PEXPIRETIME', key)
   if type(at) == 'number' and at > 0 then
     return { count, at }
   end
 end
 
--- When the key expires, in epoch ms; -1 if it has no expiry.
-local function expires_at()
-  local at = redis.pcall('PEXPIRETIME', key)
-  if type(at) == 'number' then
-    return at
+-- When the key expires, in epoch ms; -1 if it has no expiry. `known` is
+-- what PEXPIRETIME already said, if anything: an error means the server
+-- has none (Redis < 7), and the time comes from TIME and PTTL.
+local function expires_at(known)
+  local found = known or redis.pcall('PEXPIRETIME', key)
+  if type(found) == 'number' then
+    return found
   end
   local ttl = redis.call('PTTL', key)
   if ttl < 0 then
@@ -91,13 +94,14 @@ end
 -- A server without PEXPIRETIME, or a window to open: the first hit, or
 -- anything under the key that is not a counter with an expiry.
 if type(count) == 'number' and count > 1 then
-  local at = expires_at()
-  if at > 0 then
-    return { count, at }
+  local ends = expires_at(at)
+  if ends > 0 then
+    return { count, ends }
   end
 end
 redis.call('SET', key, 1, 'PX', window)
-return { 1, expires_at() }
+-- After the SET only an error from before is still news.
+return { 1, expires_at(type(at) == 'table' and at or nil) }
 "#;
 
 /// One circuit-breaker operation, read-modify-write on the server.

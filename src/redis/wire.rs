@@ -550,11 +550,22 @@ impl Wire {
         return Vec::new();
       }
     };
-    if state.in_flight.front().is_some_and(|oldest| oldest.deadline <= Instant::now()) {
-      let cause = self.no_answer();
-      let mut failed = state.drop_link(&cause);
-      failed.extend(fail_all(jobs, &cause));
-      return failed;
+    let mut answered = Vec::new();
+    let overdue = |state: &State| state.in_flight.front().is_some_and(|oldest| oldest.deadline <= Instant::now());
+    if overdue(&state) {
+      // The answers may be waiting unread (the JS thread was busy, and a
+      // spin that stopped at enough answers left them to this flush): read
+      // before calling them late.
+      let cause = match state.pump(&socket, &mut answered) {
+        Err(cause) => Some(self.lost(&cause)),
+        Ok(()) => overdue(&state).then(|| self.no_answer()),
+      };
+      if let Some(cause) = cause {
+        let mut failed = state.drop_link(&cause);
+        failed.extend(fail_all(jobs, &cause));
+        drop(state);
+        return self.answer(answered).into_iter().chain(failed).collect();
+      }
     }
     for job in jobs {
       state.enqueue(job);
@@ -567,12 +578,12 @@ impl Wire {
     let leave_to_js = spin && busy;
     if leave_to_js && defer {
       state.js_collects = true;
-      return Vec::new();
+      drop(state);
+      return self.answer(answered);
     }
     let spin = spin && !busy && state.spin.wanted();
     let budget = state.spin.budget_for(state.in_flight.len(), state.unsent.len() - state.written);
     let started = Instant::now();
-    let mut answered = Vec::new();
     let mut polls = 0u32;
     let partial = loop {
       polls += 1;
