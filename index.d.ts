@@ -146,7 +146,7 @@ export interface PostgresStoreOptions {
    * Connection string (`postgres://user:pass@host:port/db` or `key=value`
    * form). Default: `process.env.DATABASE_URL`, then
    * `postgres://postgres@127.0.0.1:5432/postgres`. Its `sslmode` says whether TLS is used:
-   * `require` (certificate and name checked), `prefer` (TLS if the server offers it, else
+   * `require` (certificate and name checked; `verify-ca` / `verify-full` mean the same), `prefer` (TLS if the server offers it, else
    * plaintext) or `disable`; without one, the `tls` option does (default: no TLS).
    */
   url?: string

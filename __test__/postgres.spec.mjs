@@ -94,7 +94,7 @@ describe('postgres schema', () => {
     expect(() => postgresAdapter({ url: 5432 })).toThrow(TypeError)
     expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(TypeError)
     expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(/url is not a valid .*port/)
-    expect(() => postgresAdapter({ url: 'postgres://h/db?sslmode=verify-full' })).toThrow(/sslmode may be disable, prefer or require/)
+    expect(() => postgresAdapter({ url: 'postgres://h/db?sslmode=strict' })).toThrow(/sslmode may be disable, prefer, require, verify-ca or verify-full/)
     expect(() => postgresAdapter({ url: 'dbname=x' })).toThrow(/url names no host/)
     expect(() => postgresAdapter({ tls: 'on' })).toThrow(/postgresAdapter: tls must be a boolean or \{ ca \}/)
     expect(() => postgresAdapter({ tls: { ca: 'not a certificate' } })).toThrow(TypeError)
@@ -461,9 +461,9 @@ describe.skipIf(!serverTls)('postgres over TLS (the server must have ssl on)', (
     }
   })
 
-  it('the tls option alone asks for TLS, and an sslmode in the url has the last word', async () => {
-    for (const [query, expected] of [['', true], ['sslmode=disable', false]]) {
-      const name = `${RUN}_tls_${expected}`
+  it('the tls option alone asks for TLS, an sslmode in the url has the last word, and libpq\'s verify-full is read as require', async () => {
+    for (const [query, expected] of [['', true], ['sslmode=disable', false], ['sslmode=verify-full', true]]) {
+      const name = `${RUN}_tls_${query.replace(/\W/g, '_')}`
       const adapter = postgresAdapter({ url: tlsUrl(`?${[query, `application_name=${name}`].filter(Boolean).join('&')}`), tls: { ca: serverTls.ca }, tablePrefix: freshPrefix('tls_option') })
       try {
         await adapter.ensureSchema()

@@ -363,9 +363,16 @@ fn parse_url(url: &str, connect_timeout: Duration, use_tls: bool) -> std::result
   let parse = |text: &str| {
     Config::from_str(text).map_err(|error| {
       let cause = pool::chain(&error);
-      let hint = if cause.contains("sslmode") { " (sslmode may be disable, prefer or require; require checks the certificate and the name, as verify-full does elsewhere)" } else { "" };
+      let hint = if cause.contains("sslmode") { " (sslmode may be disable, prefer, require, verify-ca or verify-full)" } else { "" };
       format!("url is not a valid PostgreSQL connection string: {cause}{hint}")
     })
+  };
+  // libpq's verify-ca and verify-full are what `require` does here (rustls
+  // always checks the certificate and the name); tokio-postgres knows only
+  // the three weaker names, so those urls are read as `require`.
+  let url = &match parse(url) {
+    Err(_) if url.contains("sslmode=verify-") => url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require"),
+    _ => url.to_owned(),
   };
   let mut config = parse(url)?;
   // Does the url set sslmode? Parsed again with another sslmode put first
@@ -492,10 +499,16 @@ mod tests {
   }
 
   #[test]
+  fn libpq_verify_modes_mean_require() {
+    assert_eq!(mode("postgres://h/db?sslmode=verify-full", false), SslMode::Require);
+    assert_eq!(mode("host=h sslmode=verify-ca", false), SslMode::Require);
+  }
+
+  #[test]
   fn an_unusable_url_says_why() {
     let reason = |url: &str| parse_url(url, Duration::from_secs(1), false).err().unwrap();
-    let verify_full = reason("postgres://h/db?sslmode=verify-full");
-    assert!(verify_full.contains("sslmode") && verify_full.contains("require checks the certificate"), "{verify_full}");
+    let unknown_mode = reason("postgres://h/db?sslmode=strict");
+    assert!(unknown_mode.contains("sslmode may be disable, prefer, require, verify-ca or verify-full"), "{unknown_mode}");
     assert!(reason("postgres://h/db?ssl=true").contains("ssl"));
     assert!(reason("dbname=x").contains("url names no host"));
   }
