@@ -72,10 +72,10 @@ function checkCircuitState(store, to) {
 }
 
 /**
- * Reads the `tls` option: absent or false (TLS only for a `rediss://` url),
- * true, or `{ ca }` — PEM certificates (string or bytes) trusted instead of
- * Mozilla's roots, as with Node's `tls.connect({ ca })`. Shared by the Redis
- * and PostgreSQL connections.
+ * Reads the `tls` option of the Redis and PostgreSQL connections: absent or
+ * false (TLS only if the url asks: `rediss://`, `sslmode`), true, or
+ * `{ ca }` — PEM certificates (string or bytes) trusted instead of
+ * Mozilla's roots, as with Node's `tls.connect({ ca })`.
  */
 function tlsOption(who, tls) {
   if (tls === undefined || tls === false) return { useTls: false, tlsCa: undefined }

@@ -16,8 +16,8 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use crate::errors::lock;
 
 /// The client configuration trusting `ca` (PEM, one or more certificates)
-/// or, without it, Mozilla's roots. Fails with a message naming what is
-/// wrong with `ca`.
+/// or, without it, Mozilla's roots. Fails with a message naming the `tls.ca`
+/// option and what is wrong with it.
 pub fn client_config(ca: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
   // Mozilla's ~150 roots are read once per process, not per adapter.
   static WITH_MOZILLA_ROOTS: LazyLock<Result<Arc<ClientConfig>, String>> = LazyLock::new(|| {
@@ -30,11 +30,11 @@ pub fn client_config(ca: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
   };
   let mut roots = RootCertStore::empty();
   for certificate in CertificateDer::pem_slice_iter(pem) {
-    let certificate = certificate.map_err(|error| format!("is not PEM certificates: {error}"))?;
-    roots.add(certificate).map_err(|error| format!("holds a certificate that cannot be used: {error}"))?;
+    let certificate = certificate.map_err(|error| format!("tls.ca is not PEM certificates: {error}"))?;
+    roots.add(certificate).map_err(|error| format!("tls.ca holds a certificate that cannot be used: {error}"))?;
   }
   if roots.is_empty() {
-    return Err("holds no PEM certificate".into());
+    return Err("tls.ca holds no PEM certificate".into());
   }
   config_trusting(roots)
 }
@@ -122,9 +122,9 @@ mod tests {
   #[test]
   fn trusts_mozillas_roots_by_default_and_refuses_a_ca_that_is_not_pem() {
     assert!(client_config(None).is_ok());
-    assert_eq!(client_config(Some(b"not a certificate")).err().unwrap(), "holds no PEM certificate");
+    assert_eq!(client_config(Some(b"not a certificate")).err().unwrap(), "tls.ca holds no PEM certificate");
     let broken = b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
-    assert!(client_config(Some(broken)).err().unwrap().starts_with("is not PEM certificates"));
+    assert!(client_config(Some(broken)).err().unwrap().starts_with("tls.ca is not PEM certificates"));
   }
 
   #[test]

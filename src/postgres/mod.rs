@@ -124,7 +124,7 @@ impl NativePostgres {
       let config = parse_url(&options.url, connect_timeout, options.use_tls).map_err(|reason| option_error(ADAPTER, reason))?;
       let tls = match config.get_ssl_mode() {
         SslMode::Disable => None,
-        _ => Some(tls::client_config(options.tls_ca.as_deref()).map_err(|error| option_error(ADAPTER, format!("tls.ca {error}")))?),
+        _ => Some(tls::client_config(options.tls_ca.as_deref()).map_err(|reason| option_error(ADAPTER, reason))?),
       };
       let pool = Arc::new(Pool::new(
         PoolOptions {

@@ -54,10 +54,9 @@ use ::redis::{Cmd, FromRedisValue, RedisResult, Value};
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
 use crate::errors::{guard, guard_async};
-use crate::tls;
 use replies::{state_code, Batch, Replies, Reply};
 use scripts::{Lua, CIRCUIT, RATE_LIMIT};
-use wire::{Job, Wire};
+use wire::{Job, Tls, Wire};
 
 const RATE_LIMIT_STORE: &str = "RedisRateLimitStore";
 const CIRCUIT_STORE: &str = "RedisCircuitBreakerStore";
@@ -122,14 +121,11 @@ impl NativeRedisConnection {
     #[napi(ts_arg_type = "(batch: [Float64Array, ...unknown[]]) => void")] settle: Function<'_, Batch, Unknown<'static>>,
   ) -> Result<Self> {
     guard("redisAdapter", || {
-      let tls = match (use_tls || wire::after_tls_scheme(&url).is_some(), tls_ca) {
-        (false, _) => None,
-        (true, ca) => Some(tls::client_config(ca.as_deref()).map_err(|error| Error::new(Status::InvalidArg, format!("tls.ca {error}")))?),
-      };
       let replies = Arc::new(Replies::new(settle)?);
       let millis = |ms: f64| Duration::from_millis(duration_ms(ms).max(1) as u64);
       let spin = Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 { spin_micros as u64 } else { 0 });
       let event_loop = if watch_event_loop { event_loop::EventLoop::of(&env) } else { None };
+      let tls = Tls { wanted: use_tls, ca: tls_ca.as_deref() };
       let wire = Wire::new(&url, tls, millis(connect_timeout_ms), millis(command_timeout_ms), spin, replies, event_loop)
         .map_err(|error| Error::new(Status::InvalidArg, error))?;
       wire.connect_in_background();

@@ -175,9 +175,16 @@ impl Watcher {
   }
 }
 
+/// The `tls` option: whether it asks for TLS (a `rediss://` url does too),
+/// and the PEM certificates to trust instead of Mozilla's roots.
+pub struct Tls<'a> {
+  pub wanted: bool,
+  pub ca: Option<&'a [u8]>,
+}
+
 /// What follows the scheme of a url that asks for TLS (`rediss://` or
 /// `valkeys://`, in any case), or `None` for any other url.
-pub fn after_tls_scheme(url: &str) -> Option<&str> {
+fn after_tls_scheme(url: &str) -> Option<&str> {
   let (scheme, rest) = url.split_once("://")?;
   (scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")).then_some(rest)
 }
@@ -438,11 +445,11 @@ pub struct Wire {
 }
 
 impl Wire {
-  /// Parses `url`; fails at once if it is malformed. The connection uses
-  /// TLS with `tls` when given (a `rediss://` url requires it).
+  /// Parses `url`; fails at once if it is malformed (or `tls.ca` is). The
+  /// connection uses TLS when `tls` asks or the url's scheme does.
   pub fn new(
     url: &str,
-    tls: Option<Arc<ClientConfig>>,
+    tls: Tls,
     connect_timeout: Duration,
     command_timeout: Duration,
     spin: Duration,
@@ -458,11 +465,11 @@ impl Wire {
       return Err("#insecure (no certificate check) is not supported; pass tls: { ca } with the server's CA certificate".into());
     }
     let info = Client::open(plain_url.as_str()).map_err(|error| error.to_string())?.get_connection_info().clone();
-    match (info.addr(), &tls) {
-      (_, None) if wants_tls => return Err("a rediss:// url needs the tls settings".into()),
-      (ConnectionAddr::Tcp(..), _) | (_, None) => {}
-      (_, Some(_)) => return Err("TLS works over TCP only, not a unix socket".into()),
-    }
+    let tls = match (wants_tls || tls.wanted, info.addr()) {
+      (false, _) => None,
+      (true, ConnectionAddr::Tcp(..)) => Some(tls::client_config(tls.ca)?),
+      (true, _) => return Err("TLS works over TCP only, not a unix socket".into()),
+    };
     Ok(Arc::new(Wire {
       tls,
       address: info.addr().to_string(),
