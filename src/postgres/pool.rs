@@ -398,4 +398,3 @@ mod tests {
     assert_eq!(target("host=/run/postgresql port=5433"), "/run/postgresql/.s.PGSQL.5433");
   }
 }
-

@@ -164,28 +164,24 @@ impl NativeRedisConnection {
   /// the writing to that later flush, so one turn's calls share one write.
   #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
   pub fn flush(&self, env: &Env, spin: bool, defer: bool) -> Result<Option<Batch>> {
-    guard("redisAdapter", || {
-      let answers = self.wire.flush(spin, defer);
-      if answers.is_empty() {
-        return Ok(None);
-      }
-      self.wire.replies().delivered_here(env, answers.len());
-      Ok(Some(Batch(answers)))
-    })
+    guard("redisAdapter", || Ok(self.collected(env, self.wire.flush(spin, defer))))
   }
 
   /// Writes the calls queued so far, before the turn's closing `flush()`
   /// (see `Wire::write_early`); answers those already answered, or `null`.
   #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
   pub fn write_early(&self, env: &Env) -> Result<Option<Batch>> {
-    guard("redisAdapter", || {
-      let answers = self.wire.write_early();
-      if answers.is_empty() {
-        return Ok(None);
-      }
-      self.wire.replies().delivered_here(env, answers.len());
-      Ok(Some(Batch(answers)))
-    })
+    guard("redisAdapter", || Ok(self.collected(env, self.wire.write_early())))
+  }
+
+  /// Answers the JS thread collected itself, as the batch returned to JS
+  /// (`null` when there are none), counted as delivered.
+  fn collected(&self, env: &Env, answers: Vec<(f64, Reply)>) -> Option<Batch> {
+    if answers.is_empty() {
+      return None;
+    }
+    self.wire.replies().delivered_here(env, answers.len());
+    Some(Batch(answers))
   }
 
   /// Calls are in flight that only another `flush()` will collect (on a
