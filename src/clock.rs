@@ -29,7 +29,10 @@ const COARSE_SLACK_MS: i64 = 10;
 
 #[cfg(target_os = "linux")]
 fn coarse_ms() -> i64 {
-  let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+  let mut ts = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+  };
   // SAFETY: `ts` is a valid, writable timespec.
   if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
     return now_ms();
@@ -126,7 +129,10 @@ mod tests {
     for _ in 0..1000 {
       let coarse = coarse_ms();
       let precise = now_ms();
-      assert!(coarse <= precise + 1 && precise - coarse <= COARSE_SLACK_MS, "{coarse} vs {precise}");
+      assert!(
+        coarse <= precise + 1 && precise - coarse <= COARSE_SLACK_MS,
+        "{coarse} vs {precise}"
+      );
     }
   }
 

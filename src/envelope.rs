@@ -28,7 +28,10 @@ fn decode_base64(bytes: &[u8]) -> Option<Vec<u8>> {
     if bytes.len() % 4 != 0 {
       return None;
     }
-    bytes.strip_suffix(b"==").or_else(|| bytes.strip_suffix(b"=")).unwrap_or(bytes)
+    bytes
+      .strip_suffix(b"==")
+      .or_else(|| bytes.strip_suffix(b"="))
+      .unwrap_or(bytes)
   } else {
     bytes
   };
@@ -54,7 +57,11 @@ impl StoredResponse {
         headers.push((name.to_string(), value.to_string()));
       }
     }
-    StoredResponse { status, headers, body }
+    StoredResponse {
+      status,
+      headers,
+      body,
+    }
   }
 
   /// The headers joined as `name\0value\0…`, for the JS layer.
@@ -99,7 +106,9 @@ impl StoredResponse {
   /// The Redis envelope of the JS layer's parts (see [`from_joined`](Self::from_joined)),
   /// made without copying `body` first.
   pub fn envelope_of_joined(status: u16, joined_headers: &str, body: &[u8]) -> Vec<u8> {
-    let headers = StoredResponse::from_joined(status, joined_headers, Vec::new()).headers_json().to_string();
+    let headers = StoredResponse::from_joined(status, joined_headers, Vec::new())
+      .headers_json()
+      .to_string();
     envelope_bytes(status, &headers, body)
   }
 
@@ -131,26 +140,44 @@ impl StoredResponse {
         }
         _ => {
           let full = parse_envelope(text)?;
-          Self::from_parts(full.status, &full.headers, full.body?.0.trim_end().as_bytes())
+          Self::from_parts(
+            full.status,
+            &full.headers,
+            full.body?.0.trim_end().as_bytes(),
+          )
         }
       };
     }
     let envelope = parse_envelope(text)?;
-    Self::from_parts(envelope.status, &envelope.headers, envelope.body?.0.trim_end().as_bytes())
+    Self::from_parts(
+      envelope.status,
+      &envelope.headers,
+      envelope.body?.0.trim_end().as_bytes(),
+    )
   }
 
   /// `body_base64` is trimmed already. A body that is not UTF-8 is not
   /// base64 either, so it needs no check of its own.
   fn from_parts(status: u64, headers: &Value, body_base64: &[u8]) -> Option<Self> {
-    let status = u16::try_from(status).ok().filter(|s| (200..=599).contains(s))?;
+    let status = u16::try_from(status)
+      .ok()
+      .filter(|s| (200..=599).contains(s))?;
     let headers = parse_headers(headers)?;
     let body = decode_base64(body_base64)?;
-    Some(StoredResponse { status, headers, body })
+    Some(StoredResponse {
+      status,
+      headers,
+      body,
+    })
   }
 
   /// Reads PostgreSQL's columns; `None` for anything malformed.
   pub fn from_columns(status: i64, headers: &Value, body_base64: &str) -> Option<Self> {
-    Self::from_parts(u64::try_from(status).ok()?, headers, body_base64.trim_end().as_bytes())
+    Self::from_parts(
+      u64::try_from(status).ok()?,
+      headers,
+      body_base64.trim_end().as_bytes(),
+    )
   }
 }
 
@@ -218,7 +245,11 @@ fn splice_body(text: &[u8]) -> Option<Spliced<'_>> {
   let mut rest = Vec::with_capacity(text.len() - length);
   rest.extend_from_slice(&text[..start]);
   rest.extend_from_slice(&text[start + length..]);
-  Some(Spliced { rest, at: start, body: &text[start..start + length] })
+  Some(Spliced {
+    rest,
+    at: start,
+    body: &text[start..start + length],
+  })
 }
 
 /// Header pairs from `[["name","value"],…]`, or from a `{name: value}`
@@ -241,7 +272,9 @@ fn parse_headers(value: &Value) -> Option<Vec<(String, String)>> {
   };
   pairs
     .into_iter()
-    .map(|(name, value)| (is_token(name) && is_field_value(value)).then(|| (name.to_string(), value.to_string())))
+    .map(|(name, value)| {
+      (is_token(name) && is_field_value(value)).then(|| (name.to_string(), value.to_string()))
+    })
     .collect()
 }
 
@@ -255,7 +288,9 @@ fn is_token(name: &str) -> bool {
 
 /// A header value `Headers` accepts: no NUL, CR or LF, and Latin-1 only.
 fn is_field_value(value: &str) -> bool {
-  value.chars().all(|c| c != '\0' && c != '\r' && c != '\n' && (c as u32) <= 0xFF)
+  value
+    .chars()
+    .all(|c| c != '\0' && c != '\r' && c != '\n' && (c as u32) <= 0xFF)
 }
 
 #[cfg(test)]
@@ -263,41 +298,72 @@ mod tests {
   use super::*;
 
   fn sample() -> StoredResponse {
-    StoredResponse::from_joined(201, "content-type\0text/plain\0set-cookie\0a=1\0set-cookie\0b=2", vec![0, 159, 255, 10])
+    StoredResponse::from_joined(
+      201,
+      "content-type\0text/plain\0set-cookie\0a=1\0set-cookie\0b=2",
+      vec![0, 159, 255, 10],
+    )
   }
 
   #[test]
   fn round_trips_through_the_envelope() {
     let response = sample();
     let text = response.to_envelope();
-    assert!(text.contains(r#""headers":[["content-type","text/plain"],["set-cookie","a=1"],["set-cookie","b=2"]]"#));
+    assert!(text.contains(
+      r#""headers":[["content-type","text/plain"],["set-cookie","a=1"],["set-cookie","b=2"]]"#
+    ));
     assert!(text.contains(r#""body":"AJ//Cg==""#));
-    assert_eq!(StoredResponse::from_envelope(text.as_bytes()), Some(response.clone()));
-    let joined = StoredResponse::envelope_of_joined(201, &response.joined_headers(), &response.body);
+    assert_eq!(
+      StoredResponse::from_envelope(text.as_bytes()),
+      Some(response.clone())
+    );
+    let joined =
+      StoredResponse::envelope_of_joined(201, &response.joined_headers(), &response.body);
     assert_eq!(joined, text.as_bytes());
-    assert_eq!(response.joined_headers(), "content-type\0text/plain\0set-cookie\0a=1\0set-cookie\0b=2");
+    assert_eq!(
+      response.joined_headers(),
+      "content-type\0text/plain\0set-cookie\0a=1\0set-cookie\0b=2"
+    );
   }
 
   #[test]
   fn reads_what_stomas_js_writes() {
     let js = br#"{"status":200,"headers":[["x-a","1"]],"body":"aGk="}"#;
     let response = StoredResponse::from_envelope(js).unwrap();
-    assert_eq!((response.status, response.body.as_slice()), (200, &b"hi"[..]));
+    assert_eq!(
+      (response.status, response.body.as_slice()),
+      (200, &b"hi"[..])
+    );
     let object_headers = br#"{"status":204,"headers":{"etag":"x"},"body":""}"#;
-    assert_eq!(StoredResponse::from_envelope(object_headers).unwrap().headers, vec![("etag".into(), "x".into())]);
+    assert_eq!(
+      StoredResponse::from_envelope(object_headers)
+        .unwrap()
+        .headers,
+      vec![("etag".into(), "x".into())]
+    );
     // Escapes, padding left out, trailing spaces, a nested "body" key and
     // the body not last all read as JSON says.
     for (text, body) in [
-      (&br#"{"status":200,"headers":[],"body":"a\u0047k="}"#[..], &b"hi"[..]),
+      (
+        &br#"{"status":200,"headers":[],"body":"a\u0047k="}"#[..],
+        &b"hi"[..],
+      ),
       (br#"{"status":200,"headers":[],"body":"aGk"}"#, b"hi"),
       (br#"{"status":200,"headers":[],"body":"aGk= "}"#, b"hi"),
       (br#"{"status":200,"headers":[],"body":"aGk=\n"}"#, b"hi"),
       (br#"{"status":200,"body":"aGk=","headers":[]}"#, b"hi"),
       (br#"{"status":200,"headers":{"body":"aGk="}}"#, b""),
-      (br#"{"status":200,"headers":{"x":"\"body\":\"QQ=="},"body":"aGk="}"#, b"hi"),
-      (br#"{"body":"aGk=","status":200,"headers":[["x-body","\"body\":\"QQ=="]]} "#, b"hi"),
+      (
+        br#"{"status":200,"headers":{"x":"\"body\":\"QQ=="},"body":"aGk="}"#,
+        b"hi",
+      ),
+      (
+        br#"{"body":"aGk=","status":200,"headers":[["x-body","\"body\":\"QQ=="]]} "#,
+        b"hi",
+      ),
     ] {
-      let response = StoredResponse::from_envelope(text).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(text)));
+      let response = StoredResponse::from_envelope(text)
+        .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(text)));
       assert_eq!(response.body, body, "{}", String::from_utf8_lossy(text));
     }
   }
@@ -321,7 +387,12 @@ mod tests {
       br#"{"status":200,"headers":[],"body":"aGk===="}"#,
       b"\xff\xfe",
     ] {
-      assert_eq!(StoredResponse::from_envelope(garbage), None, "{}", String::from_utf8_lossy(garbage));
+      assert_eq!(
+        StoredResponse::from_envelope(garbage),
+        None,
+        "{}",
+        String::from_utf8_lossy(garbage)
+      );
     }
   }
 
@@ -338,7 +409,11 @@ mod tests {
       let decoded = StoredResponse::from_envelope(&bytes);
       if name.starts_with("hit-") {
         let response = decoded.unwrap_or_else(|| panic!("{name} should decode"));
-        assert_eq!(StoredResponse::from_envelope(response.to_envelope().as_bytes()), Some(response), "{name}");
+        assert_eq!(
+          StoredResponse::from_envelope(response.to_envelope().as_bytes()),
+          Some(response),
+          "{name}"
+        );
       } else if name.starts_with("miss-") {
         assert_eq!(decoded, None, "{name} should read as a miss");
       } else {
@@ -377,13 +452,30 @@ mod fuzz {
       (100u64..700).prop_map(Value::from),
       ".{0,12}".prop_map(Value::String),
       "[A-Za-z0-9+/=%]{0,16}".prop_map(Value::String),
-      prop_oneof![Just("status"), Just("headers"), Just("body"), Just("content-type")].prop_map(|s| Value::String(s.into())),
+      prop_oneof![
+        Just("status"),
+        Just("headers"),
+        Just("body"),
+        Just("content-type")
+      ]
+      .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
       prop_oneof![
         prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-        prop::collection::vec((prop_oneof![Just("status".to_string()), Just("headers".to_string()), Just("body".to_string()), ".{0,6}".prop_map(String::from)], inner), 0..5)
-          .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+        prop::collection::vec(
+          (
+            prop_oneof![
+              Just("status".to_string()),
+              Just("headers".to_string()),
+              Just("body".to_string()),
+              ".{0,6}".prop_map(String::from)
+            ],
+            inner
+          ),
+          0..5
+        )
+        .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
       ]
     })
   }
@@ -396,10 +488,18 @@ mod fuzz {
       (".{0,8}", ".{0,8}").prop_map(|(n, v)| serde_json::json!([n, v])),
       json(),
     ];
-    let headers = prop_oneof![prop::collection::vec(header, 0..6).prop_map(Value::Array), json()];
-    let body = prop_oneof![prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| Value::String(BASE64.encode_to_string(&b))), json()];
+    let headers = prop_oneof![
+      prop::collection::vec(header, 0..6).prop_map(Value::Array),
+      json()
+    ];
+    let body = prop_oneof![
+      prop::collection::vec(any::<u8>(), 0..64)
+        .prop_map(|b| Value::String(BASE64.encode_to_string(&b))),
+      json()
+    ];
     (status, headers, body, any::<bool>()).prop_map(|(status, headers, body, trailing)| {
-      let mut text = serde_json::json!({ "status": status, "headers": headers, "body": body }).to_string();
+      let mut text =
+        serde_json::json!({ "status": status, "headers": headers, "body": body }).to_string();
       if trailing {
         text.push('\n');
       }
@@ -413,15 +513,26 @@ mod fuzz {
     let name = "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16}";
     let value = prop::collection::vec(prop_oneof![0x20u8..0x7f, 0xa0u8..=0xff, Just(b'\t')], 0..24)
       .prop_map(|bytes| bytes.into_iter().map(char::from).collect::<String>());
-    (200u16..=599, prop::collection::vec((name, value), 0..8), prop::collection::vec(any::<u8>(), 0..256))
-      .prop_map(|(status, headers, body)| StoredResponse { status, headers, body })
+    (
+      200u16..=599,
+      prop::collection::vec((name, value), 0..8),
+      prop::collection::vec(any::<u8>(), 0..256),
+    )
+      .prop_map(|(status, headers, body)| StoredResponse {
+        status,
+        headers,
+        body,
+      })
   }
 
   /// What every successful decode must satisfy.
   fn check_decoded(response: &StoredResponse) -> Result<(), TestCaseError> {
     prop_assert!((200..=599).contains(&response.status));
     for (name, value) in &response.headers {
-      prop_assert!(is_token(name) && is_field_value(value), "{name:?}: {value:?}");
+      prop_assert!(
+        is_token(name) && is_field_value(value),
+        "{name:?}: {value:?}"
+      );
     }
     let again = StoredResponse::from_envelope(response.to_envelope().as_bytes());
     prop_assert_eq!(again.as_ref(), Some(response));

@@ -31,10 +31,12 @@ pub fn guard<T>(store: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
 /// function"). The future is not polled again after a panic.
 pub async fn guard_async<T>(store: &str, future: impl Future<Output = Result<T>>) -> Result<T> {
   let mut future = pin!(future);
-  poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-    Ok(poll) => poll,
-    Err(payload) => Poll::Ready(Err(panic_error(store, payload))),
-  })
+  poll_fn(
+    |cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+      Ok(poll) => poll,
+      Err(payload) => Poll::Ready(Err(panic_error(store, payload))),
+    },
+  )
   .await
 }
 
@@ -66,7 +68,9 @@ pub fn option_error(store: &str, cause: impl std::fmt::Display) -> Error {
 /// stores keep no invariant that a panic mid-update could break badly enough
 /// to justify failing every later call.
 pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-  mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+  mutex
+    .lock()
+    .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -78,8 +82,14 @@ mod tests {
   #[test]
   fn a_panic_reads_as_an_internal_error_of_the_store() {
     let payload = catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
-    assert_eq!(panic_reason("SomeStore", &*payload), "SomeStore: internal error: boom 1");
+    assert_eq!(
+      panic_reason("SomeStore", &*payload),
+      "SomeStore: internal error: boom 1"
+    );
     let payload = catch_unwind(|| std::panic::panic_any(7)).unwrap_err();
-    assert_eq!(panic_reason("SomeStore", &*payload), "SomeStore: internal error: unknown panic");
+    assert_eq!(
+      panic_reason("SomeStore", &*payload),
+      "SomeStore: internal error: unknown panic"
+    );
   }
 }

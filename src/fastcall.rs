@@ -101,7 +101,13 @@ impl Args {
     let mut units = [MaybeUninit::<u16>::uninit(); INLINE_KEY];
     let mut len = 0usize;
     let status = unsafe {
-      sys::napi_get_value_string_utf16(self.env, value, units.as_mut_ptr().cast(), INLINE_KEY, &mut len)
+      sys::napi_get_value_string_utf16(
+        self.env,
+        value,
+        units.as_mut_ptr().cast(),
+        INLINE_KEY,
+        &mut len,
+      )
     };
     if status != sys::Status::napi_ok {
       return Err(not_a_string());
@@ -116,7 +122,12 @@ impl Args {
           byte.write(unit as u8);
         }
         // SAFETY: the first `len` bytes were just written, all ASCII, hence UTF-8.
-        let key = unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(ascii.as_ptr().cast::<u8>(), len)) };
+        let key = unsafe {
+          std::str::from_utf8_unchecked(std::slice::from_raw_parts(
+            ascii.as_ptr().cast::<u8>(),
+            len,
+          ))
+        };
         return Ok(f(key));
       }
       return Ok(f(&String::from_utf16_lossy(units)));
@@ -124,7 +135,9 @@ impl Args {
     let mut total = 0usize;
     unsafe { sys::napi_get_value_string_utf16(self.env, value, ptr::null_mut(), 0, &mut total) };
     let mut heap = vec![0u16; total + 1];
-    unsafe { sys::napi_get_value_string_utf16(self.env, value, heap.as_mut_ptr(), total + 1, &mut len) };
+    unsafe {
+      sys::napi_get_value_string_utf16(self.env, value, heap.as_mut_ptr(), total + 1, &mut len)
+    };
     Ok(f(&String::from_utf16_lossy(&heap[..len])))
   }
 }
@@ -192,8 +205,18 @@ pub fn bound_call<T: Send + Sync + 'static>(
 
     let mut object = ptr::null_mut();
     check(sys::napi_create_object(raw_env, &mut object))?;
-    check(sys::napi_set_named_property(raw_env, object, c"call".as_ptr(), function))?;
-    check(sys::napi_set_named_property(raw_env, object, c"out".as_ptr(), typed))?;
+    check(sys::napi_set_named_property(
+      raw_env,
+      object,
+      c"call".as_ptr(),
+      function,
+    ))?;
+    check(sys::napi_set_named_property(
+      raw_env,
+      object,
+      c"out".as_ptr(),
+      typed,
+    ))?;
     Object::from_napi_value(raw_env, object)
   }
 }
@@ -202,7 +225,10 @@ fn check(status: sys::napi_status) -> Result<()> {
   if status == sys::Status::napi_ok {
     Ok(())
   } else {
-    Err(Error::new(Status::GenericFailure, format!("N-API call failed with status {status}")))
+    Err(Error::new(
+      Status::GenericFailure,
+      format!("N-API call failed with status {status}"),
+    ))
   }
 }
 
@@ -216,7 +242,10 @@ unsafe extern "C" fn release_boxed<T>(_env: sys::napi_env, data: *mut c_void, _h
 
 /// The C entry point of every bound function: reads the arguments, runs the
 /// body with panics caught, and turns its answer or error into JS.
-unsafe extern "C" fn trampoline<T>(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+unsafe extern "C" fn trampoline<T>(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
   let mut args = Args {
     env,
     values: [ptr::null_mut(); 3],
@@ -224,7 +253,14 @@ unsafe extern "C" fn trampoline<T>(env: sys::napi_env, info: sys::napi_callback_
   };
   let mut data = ptr::null_mut();
   let status = unsafe {
-    sys::napi_get_cb_info(env, info, &mut args.count, args.values.as_mut_ptr(), ptr::null_mut(), &mut data)
+    sys::napi_get_cb_info(
+      env,
+      info,
+      &mut args.count,
+      args.values.as_mut_ptr(),
+      ptr::null_mut(),
+      &mut data,
+    )
   };
   if status != sys::Status::napi_ok || data.is_null() {
     throw(env, CallError::Store("stoma-native: bad call".into()));
@@ -240,7 +276,9 @@ unsafe extern "C" fn trampoline<T>(env: sys::napi_env, info: sys::napi_callback_
       .map(|s| s.to_string())
       .or_else(|| panic.downcast_ref::<String>().cloned())
       .unwrap_or_else(|| "unknown panic".into());
-    Err(CallError::Store(format!("stoma-native: internal error: {cause}")))
+    Err(CallError::Store(format!(
+      "stoma-native: internal error: {cause}"
+    )))
   });
   let mut result = ptr::null_mut();
   match outcome {
@@ -277,7 +315,15 @@ fn throw(env: sys::napi_env, error: CallError) {
 pub fn buffer_copy(env: sys::napi_env, bytes: &[u8]) -> Result<sys::napi_value> {
   let mut data = ptr::null_mut();
   let mut buffer = ptr::null_mut();
-  check(unsafe { sys::napi_create_buffer_copy(env, bytes.len(), bytes.as_ptr().cast(), &mut data, &mut buffer) })?;
+  check(unsafe {
+    sys::napi_create_buffer_copy(
+      env,
+      bytes.len(),
+      bytes.as_ptr().cast(),
+      &mut data,
+      &mut buffer,
+    )
+  })?;
   Ok(buffer)
 }
 

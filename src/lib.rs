@@ -26,4 +26,3 @@ pub mod postgres;
 pub mod redis;
 pub mod testing;
 pub mod tls;
-

@@ -28,7 +28,10 @@ fn enabled() -> Result<()> {
   if std::env::var_os("STOMA_NATIVE_TEST_HOOKS").is_some_and(|v| v == "1") {
     Ok(())
   } else {
-    Err(store_error(HOOK, "disabled (set STOMA_NATIVE_TEST_HOOKS=1 to run it)"))
+    Err(store_error(
+      HOOK,
+      "disabled (set STOMA_NATIVE_TEST_HOOKS=1 to run it)",
+    ))
   }
 }
 
@@ -64,7 +67,10 @@ pub fn force_panic_spawned<'env>(env: &'env Env, message: String) -> Result<Prom
 
 /// Returns `{ call, out }` like the memory stores' bound calls; `call(message)`
 /// panics with `message` inside the raw N-API trampoline.
-#[napi(js_name = "__forcePanicFastcall", ts_return_type = "{ call: (message: string) => void; out: Float64Array }")]
+#[napi(
+  js_name = "__forcePanicFastcall",
+  ts_return_type = "{ call: (message: string) => void; out: Float64Array }"
+)]
 pub fn force_panic_fastcall(env: &Env) -> Result<Object<'static>> {
   enabled()?;
   bound_call(env, c"forcePanic", Arc::new(()), 1, |_, args| {

@@ -30,8 +30,11 @@ pub fn client_config(ca: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
   };
   let mut roots = RootCertStore::empty();
   for certificate in CertificateDer::pem_slice_iter(pem) {
-    let certificate = certificate.map_err(|error| format!("tls.ca is not PEM certificates: {error}"))?;
-    roots.add(certificate).map_err(|error| format!("tls.ca holds a certificate that cannot be used: {error}"))?;
+    let certificate =
+      certificate.map_err(|error| format!("tls.ca is not PEM certificates: {error}"))?;
+    roots
+      .add(certificate)
+      .map_err(|error| format!("tls.ca holds a certificate that cannot be used: {error}"))?;
   }
   if roots.is_empty() {
     return Err("tls.ca holds no PEM certificate".into());
@@ -51,7 +54,8 @@ fn config_trusting(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
 
 /// `host` as the name the server's certificate must carry.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-  ServerName::try_from(host.to_owned()).map_err(|_| format!("{host:?} is not a valid TLS server name"))
+  ServerName::try_from(host.to_owned())
+    .map_err(|_| format!("{host:?} is not a valid TLS server name"))
 }
 
 /// A TLS session over a non-blocking TCP socket, read and written like the
@@ -67,7 +71,10 @@ pub struct TlsSocket {
 impl TlsSocket {
   /// A session whose handshake is done, over its socket.
   pub fn new(tcp: std::net::TcpStream, session: ClientConnection) -> Self {
-    TlsSocket { tcp, session: Mutex::new(session) }
+    TlsSocket {
+      tcp,
+      session: Mutex::new(session),
+    }
   }
 
   pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -81,7 +88,9 @@ impl TlsSocket {
       if session.read_tls(&mut &self.tcp)? == 0 {
         return Ok(0);
       }
-      session.process_new_packets().map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+      session
+        .process_new_packets()
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
     }
   }
 
@@ -122,9 +131,15 @@ mod tests {
   #[test]
   fn trusts_mozillas_roots_by_default_and_refuses_a_ca_that_is_not_pem() {
     assert!(client_config(None).is_ok());
-    assert_eq!(client_config(Some(b"not a certificate")).err().unwrap(), "tls.ca holds no PEM certificate");
+    assert_eq!(
+      client_config(Some(b"not a certificate")).err().unwrap(),
+      "tls.ca holds no PEM certificate"
+    );
     let broken = b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
-    assert!(client_config(Some(broken)).err().unwrap().starts_with("tls.ca is not PEM certificates"));
+    assert!(client_config(Some(broken))
+      .err()
+      .unwrap()
+      .starts_with("tls.ca is not PEM certificates"));
   }
 
   #[test]

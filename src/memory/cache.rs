@@ -161,18 +161,31 @@ impl NativeMemoryCacheStore {
   #[napi(constructor)]
   pub fn new(max_entries: f64, max_bytes: f64, name: Option<String>) -> Result<Self> {
     guard(STORE, || {
-      let lru = NAMED.get_or_create(name.as_deref(), || ResponseLru::new(bound(max_entries), bound(max_bytes)));
-      Ok(NativeMemoryCacheStore { lru: Held::new(STORE, lru) })
+      let lru = NAMED.get_or_create(name.as_deref(), || {
+        ResponseLru::new(bound(max_entries), bound(max_bytes))
+      });
+      Ok(NativeMemoryCacheStore {
+        lru: Held::new(STORE, lru),
+      })
     })
   }
 
-
   /// `headers` is `name\0value\0name\0value…`; `body` is the response bytes.
   #[napi]
-  pub fn put(&self, key: String, status: u32, headers: String, body: &[u8], ttl_ms: f64) -> Result<()> {
+  pub fn put(
+    &self,
+    key: String,
+    status: u32,
+    headers: String,
+    body: &[u8],
+    ttl_ms: f64,
+  ) -> Result<()> {
     guard(STORE, || {
       let status = u16::try_from(status).map_err(|_| store_error(STORE, "status out of range"))?;
-      self.lru.get()?.put(&key, status, &headers, body, duration_ms(ttl_ms), now_ms());
+      self
+        .lru
+        .get()?
+        .put(&key, status, &headers, body, duration_ms(ttl_ms), now_ms());
       Ok(())
     })
   }
@@ -187,7 +200,12 @@ impl NativeMemoryCacheStore {
   /// from malloc as fresh pages the kernel had to zero — 3–4× slower than
   /// copying them (~40 µs against ~150 µs a round trip).
   #[napi]
-  pub fn get<'env>(&self, env: &'env Env, key: String, mut out: Float64ArraySlice) -> Result<Option<BufferSlice<'env>>> {
+  pub fn get<'env>(
+    &self,
+    env: &'env Env,
+    key: String,
+    mut out: Float64ArraySlice,
+  ) -> Result<Option<BufferSlice<'env>>> {
     guard(STORE, || {
       let Some(hit) = self.lru.get()?.get(&key, now_ms()) else {
         return Ok(None);
@@ -255,7 +273,10 @@ mod tests {
     assert_eq!(c.usage().0, 3);
     assert!(c.get("a", 1).is_none());
     c.put("d", 200, "", &[0; 10_000], 1000, 0);
-    assert!(c.get("d", 1).is_none(), "oversized put replaces and is not stored");
+    assert!(
+      c.get("d", 1).is_none(),
+      "oversized put replaces and is not stored"
+    );
     assert_eq!(c.usage().0, 2);
   }
 
@@ -264,7 +285,10 @@ mod tests {
     let c = ResponseLru::new(10, usize::MAX);
     c.put("k", 201, "a\0b", b"body", 100, 0);
     let hit = c.get("k", 99).unwrap();
-    assert_eq!((hit.status, hit.headers_len, &hit.data[..]), (201, 3, &b"a\0bbody"[..]));
+    assert_eq!(
+      (hit.status, hit.headers_len, &hit.data[..]),
+      (201, 3, &b"a\0bbody"[..])
+    );
     assert!(c.get("k", 100).is_none());
     assert_eq!(c.usage(), (0, 0));
   }
@@ -278,7 +302,12 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-      Put { key: String, headers: String, body_len: usize, ttl_ms: i64 },
+      Put {
+        key: String,
+        headers: String,
+        body_len: usize,
+        ttl_ms: i64,
+      },
       Get(String),
       Delete(String),
       Advance(i64),

@@ -156,42 +156,56 @@ impl NativeMemoryCircuitBreakerStore {
   pub fn new(max_keys: f64, name: Option<String>) -> Result<Self> {
     guard(STORE, || {
       let table = NAMED.get_or_create(name.as_deref(), || CircuitTable::new(bound(max_keys)));
-      Ok(NativeMemoryCircuitBreakerStore { table: Held::new(STORE, table) })
+      Ok(NativeMemoryCircuitBreakerStore {
+        table: Held::new(STORE, table),
+      })
     })
   }
-
 
   /// Returns `{ call, out }`: `call(op, key, to)` runs one operation —
   /// 0 getState, 1 recordSuccess, 2 recordFailure, 3 transition to state
   /// code `to` — and writes the resulting snapshot into `out` as
   /// `[stateCode, failureCount, successCount, lastFailureTime, lastStateChange]`
   /// (see [`bound_call`]).
-  #[napi(ts_return_type = "{ call: (op: number, key: string, to?: number) => void; out: Float64Array }")]
+  #[napi(
+    ts_return_type = "{ call: (op: number, key: string, to?: number) => void; out: Float64Array }"
+  )]
   pub fn bind_operations(&self, env: &Env) -> Result<Object<'static>> {
-    guard(STORE, || bound_call(env, c"circuit", self.table.get()?.clone(), 5, |bound, args| {
-      let op = args.number(0, "op")?;
-      // Read lazily: reading or counting on a known circuit needs no clock.
-      let now = &Now::read();
-      let table = &bound.state;
-      let snapshot = args.with_str(1, "key", |key| match op as u32 {
-        0 => Ok(table.get(key, now)),
-        1 => Ok(table.update(key, now, |s| s.success_count += 1)),
-        2 => Ok(table.update(key, now, |s| {
-          s.failure_count += 1;
-          s.last_failure_time = now.ms();
-        })),
-        3 => {
-          let to = args.number(2, "to")? as u32;
-          let to = CircuitState::from_code(to).ok_or_else(|| CallError::Type(format!("unknown circuit state code {to}")))?;
-          Ok(table.update(key, now, |s| s.transition(to, now.ms())))
-        }
-        other => Err(CallError::Type(format!("unknown circuit operation {other}"))),
-      })??;
-      for (index, value) in snapshot.fields().into_iter().enumerate() {
-        bound.out.set(index, value);
-      }
-      Ok(Answer::Undefined)
-    }))
+    guard(STORE, || {
+      bound_call(
+        env,
+        c"circuit",
+        self.table.get()?.clone(),
+        5,
+        |bound, args| {
+          let op = args.number(0, "op")?;
+          // Read lazily: reading or counting on a known circuit needs no clock.
+          let now = &Now::read();
+          let table = &bound.state;
+          let snapshot = args.with_str(1, "key", |key| match op as u32 {
+            0 => Ok(table.get(key, now)),
+            1 => Ok(table.update(key, now, |s| s.success_count += 1)),
+            2 => Ok(table.update(key, now, |s| {
+              s.failure_count += 1;
+              s.last_failure_time = now.ms();
+            })),
+            3 => {
+              let to = args.number(2, "to")? as u32;
+              let to = CircuitState::from_code(to)
+                .ok_or_else(|| CallError::Type(format!("unknown circuit state code {to}")))?;
+              Ok(table.update(key, now, |s| s.transition(to, now.ms())))
+            }
+            other => Err(CallError::Type(format!(
+              "unknown circuit operation {other}"
+            ))),
+          })??;
+          for (index, value) in snapshot.fields().into_iter().enumerate() {
+            bound.out.set(index, value);
+          }
+          Ok(Answer::Undefined)
+        },
+      )
+    })
   }
 
   #[napi]
@@ -233,8 +247,13 @@ mod tests {
     let t = CircuitTable::new(10);
     t.update("k", &Now::at(1), |s| s.failure_count += 1);
     t.update("k", &Now::at(2), |s| s.success_count += 1);
-    let s = t.update("k", &Now::at(3), |s| s.transition(CircuitState::HalfOpen, 3));
-    assert_eq!((s.failure_count, s.success_count, s.last_state_change), (1, 0, 3));
+    let s = t.update("k", &Now::at(3), |s| {
+      s.transition(CircuitState::HalfOpen, 3)
+    });
+    assert_eq!(
+      (s.failure_count, s.success_count, s.last_state_change),
+      (1, 0, 3)
+    );
     let s = t.update("k", &Now::at(4), |s| s.transition(CircuitState::Closed, 4));
     assert_eq!((s.failure_count, s.success_count), (0, 0));
   }
@@ -248,7 +267,11 @@ mod tests {
       t.update(key, &Now::at(0), |s| s.failure_count += 1);
     }
     assert_eq!(t.len(), 2);
-    assert_eq!(t.get("a", &Now::at(9)).failure_count, 0, "least recently used is forgotten");
+    assert_eq!(
+      t.get("a", &Now::at(9)).failure_count,
+      0,
+      "least recently used is forgotten"
+    );
     assert_eq!(t.get("c", &Now::at(9)).failure_count, 1);
   }
 }

@@ -69,7 +69,10 @@ pub(crate) struct Held<T> {
 
 impl<T> Held<T> {
   pub(crate) fn new(store: &'static str, state: Arc<T>) -> Self {
-    Held { store, state: Some(state) }
+    Held {
+      store,
+      state: Some(state),
+    }
   }
 
   pub(crate) fn get(&self) -> Result<&Arc<T>> {

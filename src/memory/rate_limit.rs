@@ -130,7 +130,10 @@ impl FixedWindowCounters {
     };
     if let Some((key, reset_at)) = reopened {
       self.opened(key, window_ms, reset_at, now.ms());
-      return Hit { count: 1.0, reset_at };
+      return Hit {
+        count: 1.0,
+        reset_at,
+      };
     }
     self.insert_new(key, window_ms, now)
   }
@@ -155,7 +158,10 @@ impl FixedWindowCounters {
       Entry::Vacant(slot) => {
         slot.insert(Window { count: 1, reset_at });
         self.opened(key, window_ms, reset_at, now_ms);
-        Hit { count: 1.0, reset_at }
+        Hit {
+          count: 1.0,
+          reset_at,
+        }
       }
     }
   }
@@ -228,13 +234,14 @@ impl NativeMemoryRateLimitStore {
   #[napi(constructor)]
   pub fn new(max_keys: f64, name: Option<String>) -> Result<Self> {
     guard(STORE, || {
-      let counters = NAMED.get_or_create(name.as_deref(), || FixedWindowCounters::new(bound(max_keys)));
+      let counters = NAMED.get_or_create(name.as_deref(), || {
+        FixedWindowCounters::new(bound(max_keys))
+      });
       Ok(NativeMemoryRateLimitStore {
         counters: Held::new(STORE, counters),
       })
     })
   }
-
 
   /// Returns `{ call, out }`: `call(key, windowMs)` counts one hit and
   /// returns the count, writing `resetAt` into `out[0]` (see [`bound_call`]).
@@ -243,10 +250,10 @@ impl NativeMemoryRateLimitStore {
     guard(STORE, || {
       let counters = self.counters.get()?;
       bound_call(env, c"increment", counters.clone(), 1, |bound, args| {
-      let window_ms = duration_ms(args.number(1, "windowMs")?);
-      let now = Now::read();
-      let hit = args.with_str(0, "key", |key| bound.state.increment(key, window_ms, &now))?;
-      bound.out.set(0, hit.reset_at as f64);
+        let window_ms = duration_ms(args.number(1, "windowMs")?);
+        let now = Now::read();
+        let hit = args.with_str(0, "key", |key| bound.state.increment(key, window_ms, &now))?;
+        bound.out.set(0, hit.reset_at as f64);
         Ok(Answer::Number(hit.count))
       })
     })
@@ -284,9 +291,27 @@ mod tests {
   #[test]
   fn counts_within_a_window_and_reopens_after_it() {
     let c = FixedWindowCounters::new(10);
-    assert_eq!(c.increment("a", 1000, &Now::at(0)), Hit { count: 1.0, reset_at: 1000 });
-    assert_eq!(c.increment("a", 1000, &Now::at(999)), Hit { count: 2.0, reset_at: 1000 });
-    assert_eq!(c.increment("a", 1000, &Now::at(1000)), Hit { count: 1.0, reset_at: 2000 });
+    assert_eq!(
+      c.increment("a", 1000, &Now::at(0)),
+      Hit {
+        count: 1.0,
+        reset_at: 1000
+      }
+    );
+    assert_eq!(
+      c.increment("a", 1000, &Now::at(999)),
+      Hit {
+        count: 2.0,
+        reset_at: 1000
+      }
+    );
+    assert_eq!(
+      c.increment("a", 1000, &Now::at(1000)),
+      Hit {
+        count: 1.0,
+        reset_at: 2000
+      }
+    );
   }
 
   #[test]
@@ -307,7 +332,10 @@ mod tests {
     let c = FixedWindowCounters::new(1);
     c.increment("a", 100, &Now::at(0));
     c.increment("a", 100, &Now::at(100)); // reopens until 200; the entry for 100 is stale
-    assert_eq!(c.increment("b", 100, &Now::at(150)).count, FAIL_CLOSED_COUNT);
+    assert_eq!(
+      c.increment("b", 100, &Now::at(150)).count,
+      FAIL_CLOSED_COUNT
+    );
     assert_eq!(c.increment("a", 100, &Now::at(150)).count, 2.0);
   }
 
@@ -318,8 +346,15 @@ mod tests {
       c.increment(&format!("k{i}"), 10, &Now::at(i));
     }
     assert!(c.len() <= 1_000);
-    let queued: usize = lock(&c.expiries).by_window.iter().map(|(_, q)| q.len()).sum();
-    assert!(queued <= 1_000 + RECLAIM_PER_CALL, "{queued} entries queued");
+    let queued: usize = lock(&c.expiries)
+      .by_window
+      .iter()
+      .map(|(_, q)| q.len())
+      .sum();
+    assert!(
+      queued <= 1_000 + RECLAIM_PER_CALL,
+      "{queued} entries queued"
+    );
   }
 
   /// Model-based fuzzing: random keys, windows and clock steps against a
@@ -338,8 +373,19 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
       let key = prop_oneof![4 => "[a-e]", 1 => ".{0,40}", 1 => "[\\x00\\n\\u{e9}\\u{1F600}]{1,3}"];
-      let window = prop_oneof![Just(0i64), 1i64..50, Just(1000), Just(crate::clock::MAX_DURATION_MS)];
-      (key, window, prop_oneof![3 => Just(0i64), 2 => 0i64..30]).prop_map(|(key, window_ms, advance_ms)| Step { key, window_ms, advance_ms })
+      let window = prop_oneof![
+        Just(0i64),
+        1i64..50,
+        Just(1000),
+        Just(crate::clock::MAX_DURATION_MS)
+      ];
+      (key, window, prop_oneof![3 => Just(0i64), 2 => 0i64..30]).prop_map(
+        |(key, window_ms, advance_ms)| Step {
+          key,
+          window_ms,
+          advance_ms,
+        },
+      )
     }
 
     proptest! {

@@ -102,7 +102,11 @@ impl Call {
   }
 
   pub fn unkeyed(stmt: Stmt, params: Vec<Param>) -> Call {
-    Call::Prepared { stmt, key: None, params }
+    Call::Prepared {
+      stmt,
+      key: None,
+      params,
+    }
   }
 
   pub fn stmt(&self) -> Option<Stmt> {
@@ -117,7 +121,9 @@ impl Call {
   pub fn row(&self) -> Option<(u8, &str)> {
     match self {
       Call::Prepared {
-        stmt, key: Some(key), ..
+        stmt,
+        key: Some(key),
+        ..
       } if stmt.changes_one_row() => Some((stmt.table_rank(), key)),
       _ => None,
     }
@@ -252,7 +258,9 @@ async fn execute(conn: &Conn, statement: Option<&Statement>, call: &Call) -> Out
       }
     }
     (Call::Script(sql), _) => client.batch_execute(sql).await.map(|()| Answer::Count(0)),
-    (Call::Prepared { .. }, None) => unreachable!("prepared statements are prepared before they are sent"),
+    (Call::Prepared { .. }, None) => {
+      unreachable!("prepared statements are prepared before they are sent")
+    }
   };
   answer.map_err(Arc::new)
 }
@@ -327,7 +335,10 @@ async fn send_group(conn: &Conn, group: Vec<Waiting>) {
   // lost — is final: a write is never sent twice.
   let refused = |error: &tokio_postgres::Error| error.as_db_error().is_some();
   let rolled_back = begun.is_ok()
-    && (outcomes.iter().any(|o| o.as_ref().is_err_and(|e| refused(e))) || committed.as_ref().is_err_and(refused));
+    && (outcomes
+      .iter()
+      .any(|o| o.as_ref().is_err_and(|e| refused(e)))
+      || committed.as_ref().is_err_and(refused));
   if rolled_back {
     return one_by_one(conn, writes.into_iter().zip(write_replies).collect()).await;
   }
@@ -357,7 +368,10 @@ async fn one_by_one(conn: &Conn, jobs: Vec<(Job, Reply)>) {
 /// requests in a row sends them back to back, in that order.
 fn send_now<F: Future>(future: F) -> Sent<F> {
   let mut future = Box::pin(future);
-  match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+  match future
+    .as_mut()
+    .poll(&mut Context::from_waker(Waker::noop()))
+  {
     Poll::Ready(output) => Sent::Done(Some(output)),
     Poll::Pending => Sent::Waiting(future),
   }

@@ -28,7 +28,11 @@ pub struct Targets {
 
 /// Deletes the expired rows of one table; answers how many were deleted.
 pub async fn run(pool: &Pool, store: &str, stmt: Stmt) -> Result<f64> {
-  Ok(pool.execute(store, Call::unkeyed(stmt, params![now_ms()])).await? as f64)
+  Ok(
+    pool
+      .execute(store, Call::unkeyed(stmt, params![now_ms()]))
+      .await? as f64,
+  )
 }
 
 /// Starts cleaning `targets` every `every`, first after one period.

@@ -121,10 +121,14 @@ impl NativePostgres {
         return Err(store_error(ADAPTER, reason));
       }
       let connect_timeout = millis(options.connect_timeout_ms);
-      let config = parse_url(&options.url, connect_timeout, options.use_tls).map_err(|reason| option_error(ADAPTER, reason))?;
+      let config = parse_url(&options.url, connect_timeout, options.use_tls)
+        .map_err(|reason| option_error(ADAPTER, reason))?;
       let tls = match config.get_ssl_mode() {
         SslMode::Disable => None,
-        _ => Some(tls::client_config(options.tls_ca.as_deref()).map_err(|reason| option_error(ADAPTER, reason))?),
+        _ => Some(
+          tls::client_config(options.tls_ca.as_deref())
+            .map_err(|reason| option_error(ADAPTER, reason))?,
+        ),
       };
       let pool = Arc::new(Pool::new(
         PoolOptions {
@@ -173,7 +177,12 @@ impl NativePostgres {
     caught(RATE_LIMIT, async move {
       let now = now_ms();
       let reset_at = now.saturating_add(duration_ms(window_ms));
-      let rows = pool.query(RATE_LIMIT, Call::keyed(Stmt::Increment, key, params![now, reset_at])).await?;
+      let rows = pool
+        .query(
+          RATE_LIMIT,
+          Call::keyed(Stmt::Increment, key, params![now, reset_at]),
+        )
+        .await?;
       let row = only_row(RATE_LIMIT, &rows)?;
       Ok(PgRateLimitHit {
         count: column::<i32>(RATE_LIMIT, row, 0)? as f64,
@@ -187,14 +196,19 @@ impl NativePostgres {
   #[napi]
   pub async fn cleanup_rate_limits(&self) -> Result<f64> {
     let pool = self.pool.clone();
-    caught(RATE_LIMIT, async move { cleanup::run(&pool, RATE_LIMIT, Stmt::CleanupRateLimits).await }).await
+    caught(RATE_LIMIT, async move {
+      cleanup::run(&pool, RATE_LIMIT, Stmt::CleanupRateLimits).await
+    })
+    .await
   }
 
   #[napi]
   pub async fn circuit_get(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
-      let rows = pool.query(CIRCUIT, Call::keyed(Stmt::CircuitGet, key, params![])).await?;
+      let rows = pool
+        .query(CIRCUIT, Call::keyed(Stmt::CircuitGet, key, params![]))
+        .await?;
       match rows.first() {
         Some(row) => snapshot(row),
         None => Ok(PgCircuitSnapshot {
@@ -213,7 +227,12 @@ impl NativePostgres {
   pub async fn circuit_record_success(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
-      let rows = pool.query(CIRCUIT, Call::keyed(Stmt::CircuitSuccess, key, params![now_ms()])).await?;
+      let rows = pool
+        .query(
+          CIRCUIT,
+          Call::keyed(Stmt::CircuitSuccess, key, params![now_ms()]),
+        )
+        .await?;
       snapshot(only_row(CIRCUIT, &rows)?)
     })
     .await
@@ -223,7 +242,12 @@ impl NativePostgres {
   pub async fn circuit_record_failure(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
-      let rows = pool.query(CIRCUIT, Call::keyed(Stmt::CircuitFailure, key, params![now_ms()])).await?;
+      let rows = pool
+        .query(
+          CIRCUIT,
+          Call::keyed(Stmt::CircuitFailure, key, params![now_ms()]),
+        )
+        .await?;
       snapshot(only_row(CIRCUIT, &rows)?)
     })
     .await
@@ -235,9 +259,17 @@ impl NativePostgres {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
       if !matches!(to.as_str(), "closed" | "open" | "half-open") {
-        return Err(store_error(CIRCUIT, format!("unknown circuit state {to:?}")));
+        return Err(store_error(
+          CIRCUIT,
+          format!("unknown circuit state {to:?}"),
+        ));
       }
-      let rows = pool.query(CIRCUIT, Call::keyed(Stmt::CircuitTransition, key, params![to, now_ms()])).await?;
+      let rows = pool
+        .query(
+          CIRCUIT,
+          Call::keyed(Stmt::CircuitTransition, key, params![to, now_ms()]),
+        )
+        .await?;
       snapshot(only_row(CIRCUIT, &rows)?)
     })
     .await
@@ -247,7 +279,9 @@ impl NativePostgres {
   pub async fn circuit_reset(&self, key: String) -> Result<()> {
     let pool = self.pool.clone();
     caught(CIRCUIT, async move {
-      pool.execute(CIRCUIT, Call::keyed(Stmt::CircuitReset, key, params![])).await?;
+      pool
+        .execute(CIRCUIT, Call::keyed(Stmt::CircuitReset, key, params![]))
+        .await?;
       Ok(())
     })
     .await
@@ -259,22 +293,31 @@ impl NativePostgres {
   pub async fn cache_get(&self, key: String) -> Result<Option<PgCachedResponse>> {
     let pool = self.pool.clone();
     caught(CACHE, async move {
-      let rows = pool.query(CACHE, Call::keyed(Stmt::CacheGet, key, params![now_ms()])).await?;
+      let rows = pool
+        .query(CACHE, Call::keyed(Stmt::CacheGet, key, params![now_ms()]))
+        .await?;
       let Some(row) = rows.first() else {
         return Ok(None);
       };
-      let (Ok(status), Ok(headers), Ok(body)) = (row.try_get::<_, i32>(0), row.try_get::<_, &str>(1), row.try_get::<_, &str>(2))
-      else {
+      let (Ok(status), Ok(headers), Ok(body)) = (
+        row.try_get::<_, i32>(0),
+        row.try_get::<_, &str>(1),
+        row.try_get::<_, &str>(2),
+      ) else {
         return Ok(None);
       };
       let Ok(headers) = serde_json::from_str(headers) else {
         return Ok(None);
       };
-      Ok(StoredResponse::from_columns(status as i64, &headers, body).map(|response| PgCachedResponse {
-        status: response.status as u32,
-        headers: response.joined_headers(),
-        body: CopiedBuffer(response.body),
-      }))
+      Ok(
+        StoredResponse::from_columns(status as i64, &headers, body).map(|response| {
+          PgCachedResponse {
+            status: response.status as u32,
+            headers: response.joined_headers(),
+            body: CopiedBuffer(response.body),
+          }
+        }),
+      )
     })
     .await
   }
@@ -303,7 +346,11 @@ impl NativePostgres {
       let headers_json = response.headers_json().to_string();
       let body_base64 = response.body_base64();
       let expires_at = now_ms().saturating_add(duration_ms(ttl_ms));
-      let put = Call::keyed(Stmt::CachePut, key, params![status, headers_json, body_base64, expires_at]);
+      let put = Call::keyed(
+        Stmt::CachePut,
+        key,
+        params![status, headers_json, body_base64, expires_at],
+      );
       pool.execute(CACHE, put).await?;
       Ok(())
     }))
@@ -313,14 +360,25 @@ impl NativePostgres {
   #[napi]
   pub async fn cache_delete(&self, key: String) -> Result<bool> {
     let pool = self.pool.clone();
-    caught(CACHE, async move { Ok(pool.execute(CACHE, Call::keyed(Stmt::CacheDelete, key, params![])).await? > 0) }).await
+    caught(CACHE, async move {
+      Ok(
+        pool
+          .execute(CACHE, Call::keyed(Stmt::CacheDelete, key, params![]))
+          .await?
+          > 0,
+      )
+    })
+    .await
   }
 
   /// Deletes expired cache rows; answers how many.
   #[napi]
   pub async fn cleanup_cache(&self) -> Result<f64> {
     let pool = self.pool.clone();
-    caught(CACHE, async move { cleanup::run(&pool, CACHE, Stmt::CleanupCache).await }).await
+    caught(CACHE, async move {
+      cleanup::run(&pool, CACHE, Stmt::CleanupCache).await
+    })
+    .await
   }
 
   /// Stops background cleanup and drops every connection; later calls
@@ -359,11 +417,19 @@ pub fn postgres_schema_sql(table_prefix: String) -> Result<String> {
 /// Parses a `postgres://` URL or `key=value` string. TLS is used as the
 /// url's `sslmode` says; without one, as the `tls` option says (`require`)
 /// or not at all — like node-postgres, not tokio-postgres's `prefer`.
-fn parse_url(url: &str, connect_timeout: Duration, use_tls: bool) -> std::result::Result<Config, String> {
+fn parse_url(
+  url: &str,
+  connect_timeout: Duration,
+  use_tls: bool,
+) -> std::result::Result<Config, String> {
   let parse = |text: &str| {
     Config::from_str(text).map_err(|error| {
       let cause = pool::chain(&error);
-      let hint = if cause.contains("sslmode") { " (sslmode may be disable, prefer, require, verify-ca or verify-full)" } else { "" };
+      let hint = if cause.contains("sslmode") {
+        " (sslmode may be disable, prefer, require, verify-ca or verify-full)"
+      } else {
+        ""
+      };
       format!("url is not a valid PostgreSQL connection string: {cause}{hint}")
     })
   };
@@ -371,15 +437,22 @@ fn parse_url(url: &str, connect_timeout: Duration, use_tls: bool) -> std::result
   // always checks the certificate and the name); tokio-postgres knows only
   // the three weaker names, so those urls are read as `require`.
   let url = &match parse(url) {
-    Err(_) if url.contains("sslmode=verify-") => url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require"),
+    Err(_) if url.contains("sslmode=verify-") => url
+      .replace("sslmode=verify-full", "sslmode=require")
+      .replace("sslmode=verify-ca", "sslmode=require"),
     _ => url.to_owned(),
   };
   let mut config = parse(url)?;
   // Does the url set sslmode? Parsed again with another sslmode put first
   // (a later setting wins), it keeps its own either way.
-  let mode_after = |mode| parse(&with_leading_sslmode(url, mode)).map(|config| config.get_ssl_mode());
+  let mode_after =
+    |mode| parse(&with_leading_sslmode(url, mode)).map(|config| config.get_ssl_mode());
   if mode_after("disable")? != mode_after("require")? {
-    config.ssl_mode(if use_tls { SslMode::Require } else { SslMode::Disable });
+    config.ssl_mode(if use_tls {
+      SslMode::Require
+    } else {
+      SslMode::Disable
+    });
   }
   if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
     return Err("url names no host".into());
@@ -401,7 +474,11 @@ fn with_leading_sslmode(url: &str, mode: &str) -> String {
       return match rest[after_credentials..].find('?') {
         Some(question) => {
           let params = after_credentials + question + 1;
-          format!("{scheme}{}sslmode={mode}&{}", &rest[..params], &rest[params..])
+          format!(
+            "{scheme}{}sslmode={mode}&{}",
+            &rest[..params],
+            &rest[params..]
+          )
         }
         None => format!("{url}?sslmode={mode}"),
       };
@@ -416,13 +493,22 @@ fn millis(ms: f64) -> Duration {
 }
 
 fn only_row<'a>(store: &str, rows: &'a [Row]) -> Result<&'a Row> {
-  rows.first().ok_or_else(|| store_error(store, "PostgreSQL returned no row"))
+  rows
+    .first()
+    .ok_or_else(|| store_error(store, "PostgreSQL returned no row"))
 }
 
-fn column<'a, T: tokio_postgres::types::FromSql<'a>>(store: &str, row: &'a Row, index: usize) -> Result<T> {
-  row
-    .try_get(index)
-    .map_err(|error| store_error(store, format!("unexpected column {index} in the table: {error}")))
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+  store: &str,
+  row: &'a Row,
+  index: usize,
+) -> Result<T> {
+  row.try_get(index).map_err(|error| {
+    store_error(
+      store,
+      format!("unexpected column {index} in the table: {error}"),
+    )
+  })
 }
 
 /// A circuit row as a snapshot. A state other than the three known ones
@@ -469,13 +555,14 @@ impl<T, F: Future<Output = Result<T>>> Future for CatchPanic<F> {
   }
 }
 
-
 #[cfg(test)]
 mod tests {
   use super::*;
 
   fn mode(url: &str, use_tls: bool) -> SslMode {
-    parse_url(url, Duration::from_secs(1), use_tls).unwrap().get_ssl_mode()
+    parse_url(url, Duration::from_secs(1), use_tls)
+      .unwrap()
+      .get_ssl_mode()
   }
 
   #[test]
@@ -488,19 +575,40 @@ mod tests {
 
   #[test]
   fn the_urls_own_sslmode_wins_however_it_is_written() {
-    assert_eq!(mode("postgres://h/db?sslmode=prefer", false), SslMode::Prefer);
-    assert_eq!(mode("postgres://h/db?sslmode=disable", true), SslMode::Disable);
-    assert_eq!(mode("postgresql://h/db?application_name=a&sslmode=require", false), SslMode::Require);
+    assert_eq!(
+      mode("postgres://h/db?sslmode=prefer", false),
+      SslMode::Prefer
+    );
+    assert_eq!(
+      mode("postgres://h/db?sslmode=disable", true),
+      SslMode::Disable
+    );
+    assert_eq!(
+      mode(
+        "postgresql://h/db?application_name=a&sslmode=require",
+        false
+      ),
+      SslMode::Require
+    );
     assert_eq!(mode("host=h sslmode = require", false), SslMode::Require);
     assert_eq!(mode("sslmode=disable host=h", true), SslMode::Disable);
     // "sslmode=" inside a password is not a setting.
-    assert_eq!(mode("postgres://u:pw-sslmode=x@h/db", true), SslMode::Require);
-    assert_eq!(mode("postgres://u:pw-sslmode=x@h/db?sslmode=prefer", true), SslMode::Prefer);
+    assert_eq!(
+      mode("postgres://u:pw-sslmode=x@h/db", true),
+      SslMode::Require
+    );
+    assert_eq!(
+      mode("postgres://u:pw-sslmode=x@h/db?sslmode=prefer", true),
+      SslMode::Prefer
+    );
   }
 
   #[test]
   fn libpq_verify_modes_mean_require() {
-    assert_eq!(mode("postgres://h/db?sslmode=verify-full", false), SslMode::Require);
+    assert_eq!(
+      mode("postgres://h/db?sslmode=verify-full", false),
+      SslMode::Require
+    );
     assert_eq!(mode("host=h sslmode=verify-ca", false), SslMode::Require);
   }
 
@@ -508,7 +616,10 @@ mod tests {
   fn an_unusable_url_says_why() {
     let reason = |url: &str| parse_url(url, Duration::from_secs(1), false).err().unwrap();
     let unknown_mode = reason("postgres://h/db?sslmode=strict");
-    assert!(unknown_mode.contains("sslmode may be disable, prefer, require, verify-ca or verify-full"), "{unknown_mode}");
+    assert!(
+      unknown_mode.contains("sslmode may be disable, prefer, require, verify-ca or verify-full"),
+      "{unknown_mode}"
+    );
     assert!(reason("postgres://h/db?ssl=true").contains("ssl"));
     assert!(reason("dbname=x").contains("url names no host"));
   }

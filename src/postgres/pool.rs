@@ -110,7 +110,10 @@ struct Slot {
 impl Slot {
   /// The slot's connection, unless it has none or it broke.
   fn live(&self) -> Option<Arc<Conn>> {
-    lock(&self.live).as_ref().filter(|c| !c.client.is_closed()).cloned()
+    lock(&self.live)
+      .as_ref()
+      .filter(|c| !c.client.is_closed())
+      .cloned()
   }
 
   /// Drops `conn` from the slot (if it is still the slot's connection), so
@@ -168,15 +171,24 @@ impl Pool {
 
   /// Runs `call` (a query) and returns its rows.
   pub async fn query(&self, store: &str, call: Call) -> Result<Vec<Row>> {
-    match self.run(store, call, self.options.statement_timeout).await? {
+    match self
+      .run(store, call, self.options.statement_timeout)
+      .await?
+    {
       Answer::Rows(rows) => Ok(rows),
-      Answer::Count(_) => Err(store_error(store, "PostgreSQL returned no rows for a query")),
+      Answer::Count(_) => Err(store_error(
+        store,
+        "PostgreSQL returned no rows for a query",
+      )),
     }
   }
 
   /// Runs `call` and returns how many rows it changed.
   pub async fn execute(&self, store: &str, call: Call) -> Result<u64> {
-    match self.run(store, call, self.options.statement_timeout).await? {
+    match self
+      .run(store, call, self.options.statement_timeout)
+      .await?
+    {
       Answer::Count(count) => Ok(count),
       Answer::Rows(rows) => Ok(rows.len() as u64),
     }
@@ -184,7 +196,10 @@ impl Pool {
 
   /// Runs a script of SQL statements (no parameters) within `limit`.
   pub async fn batch(&self, store: &str, sql: &str, limit: Duration) -> Result<()> {
-    self.run(store, Call::Script(sql.to_string()), limit).await.map(|_| ())
+    self
+      .run(store, Call::Script(sql.to_string()), limit)
+      .await
+      .map(|_| ())
   }
 
   /// Runs `call` on its connection, waiting at most `limit` for the answer,
@@ -200,10 +215,18 @@ impl Pool {
       Ok(Some(Err(error))) => Err(self.query_error(store, stmt, &error)),
       Ok(None) | Err(_) => {
         self.slots[lease.slot].discard(&lease.conn);
-        let option = if stmt.is_some() { " (statementTimeoutMs)" } else { "" };
+        let option = if stmt.is_some() {
+          " (statementTimeoutMs)"
+        } else {
+          ""
+        };
         Err(store_error(
           store,
-          format!("PostgreSQL at {} did not answer within {} ms{option}", self.target, limit.as_millis()),
+          format!(
+            "PostgreSQL at {} did not answer within {} ms{option}",
+            self.target,
+            limit.as_millis()
+          ),
         ))
       }
     }
@@ -216,7 +239,12 @@ impl Pool {
     (hasher.finish() % self.slots.len() as u64) as usize
   }
 
-  fn query_error(&self, store: &str, stmt: Option<Stmt>, error: &tokio_postgres::Error) -> napi::Error {
+  fn query_error(
+    &self,
+    store: &str,
+    stmt: Option<Stmt>,
+    error: &tokio_postgres::Error,
+  ) -> napi::Error {
     if let (Some(stmt), Some(&SqlState::UNDEFINED_TABLE)) = (stmt, error.code()) {
       return store_error(
         store,
@@ -229,8 +257,22 @@ impl Pool {
       );
     }
     match error.as_db_error() {
-      Some(db) => store_error(store, format!("PostgreSQL error: {} (SQLSTATE {})", db.message(), db.code().code())),
-      None => store_error(store, format!("lost the connection to PostgreSQL at {}: {}", self.target, chain(error))),
+      Some(db) => store_error(
+        store,
+        format!(
+          "PostgreSQL error: {} (SQLSTATE {})",
+          db.message(),
+          db.code().code()
+        ),
+      ),
+      None => store_error(
+        store,
+        format!(
+          "lost the connection to PostgreSQL at {}: {}",
+          self.target,
+          chain(error)
+        ),
+      ),
     }
   }
 
@@ -242,7 +284,10 @@ impl Pool {
       return Err(closed_error(store));
     }
     let index = match home {
-      Some(index) => match self.idle().or_else(|| self.slots[index].live().map(|conn| (index, conn))) {
+      Some(index) => match self
+        .idle()
+        .or_else(|| self.slots[index].live().map(|conn| (index, conn)))
+      {
         Some((index, conn)) => return Ok(Lease::new(index, conn)),
         None => index,
       },
@@ -269,7 +314,10 @@ impl Pool {
   /// An open connection with no call in flight, if any.
   fn idle(&self) -> Option<(usize, Arc<Conn>)> {
     self.slots.iter().enumerate().find_map(|(index, slot)| {
-      slot.live().filter(|conn| conn.in_flight.load(Ordering::Relaxed) == 0).map(|conn| (index, conn))
+      slot
+        .live()
+        .filter(|conn| conn.in_flight.load(Ordering::Relaxed) == 0)
+        .map(|conn| (index, conn))
     })
   }
 
@@ -314,17 +362,38 @@ impl Pool {
     }
     let connected = match &self.options.tls {
       None => self.options.config.connect(NoTls).await.map(run_connection),
-      Some(tls) => self.options.config.connect(tls.clone()).await.map(run_connection),
+      Some(tls) => self
+        .options
+        .config
+        .connect(tls.clone())
+        .await
+        .map(run_connection),
     };
     let client = connected.map_err(|error| {
-      store_error(store, format!("could not connect to PostgreSQL at {}: {}", self.target, chain(&error)))
+      store_error(
+        store,
+        format!(
+          "could not connect to PostgreSQL at {}: {}",
+          self.target,
+          chain(&error)
+        ),
+      )
     })?;
     // Only an explicit opt-out changes the server's durability setting.
     if !self.options.synchronous_commit {
       client
         .batch_execute("SET synchronous_commit = off")
         .await
-        .map_err(|error| store_error(store, format!("could not set up the connection to {}: {}", self.target, chain(&error))))?;
+        .map_err(|error| {
+          store_error(
+            store,
+            format!(
+              "could not set up the connection to {}: {}",
+              self.target,
+              chain(&error)
+            ),
+          )
+        })?;
     }
     let conn = Arc::new(Conn {
       client,
@@ -344,7 +413,10 @@ impl Pool {
 }
 
 fn closed_error(store: &str) -> napi::Error {
-  store_error(store, "the store was closed (close() was called); create a new adapter to reconnect")
+  store_error(
+    store,
+    "the store was closed (close() was called); create a new adapter to reconnect",
+  )
 }
 
 /// An error and its causes, joined: tokio-postgres puts the useful part
@@ -377,7 +449,9 @@ fn describe_target(config: &Config) -> String {
 
 /// Spawns the task that does a new connection's socket I/O (it ends when the
 /// socket closes or the last handle to the client is dropped).
-fn run_connection<T: TlsStream + Unpin + Send + 'static>((client, connection): (Client, Connection<Socket, T>)) -> Client {
+fn run_connection<T: TlsStream + Unpin + Send + 'static>(
+  (client, connection): (Client, Connection<Socket, T>),
+) -> Client {
   tokio::spawn(async move {
     let _ = connection.await;
   });
@@ -393,8 +467,14 @@ mod tests {
   #[test]
   fn errors_name_the_server_but_never_the_password() {
     let target = |url: &str| describe_target(&Config::from_str(url).unwrap());
-    assert_eq!(target("postgres://user:secret@db.example:6543/app"), "db.example:6543");
+    assert_eq!(
+      target("postgres://user:secret@db.example:6543/app"),
+      "db.example:6543"
+    );
     assert_eq!(target("postgres://127.0.0.1/app"), "127.0.0.1:5432");
-    assert_eq!(target("host=/run/postgresql port=5433"), "/run/postgresql/.s.PGSQL.5433");
+    assert_eq!(
+      target("host=/run/postgresql port=5433"),
+      "/run/postgresql/.s.PGSQL.5433"
+    );
   }
 }

@@ -58,7 +58,9 @@ const MAX_PREFIX_LEN: usize = 41;
 /// Why a prefix was refused, or `None` if it is safe to paste into SQL.
 pub fn check_prefix(prefix: &str) -> Option<String> {
   let mut bytes = prefix.bytes();
-  let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+  let first_ok = bytes
+    .next()
+    .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
   let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
   if first_ok && rest_ok && prefix.len() <= MAX_PREFIX_LEN {
     None
@@ -129,9 +131,11 @@ impl Stmt {
   pub fn table(self, tables: &Tables) -> &str {
     match self {
       Stmt::Increment | Stmt::CleanupRateLimits => &tables.rate_limits,
-      Stmt::CircuitGet | Stmt::CircuitSuccess | Stmt::CircuitFailure | Stmt::CircuitTransition | Stmt::CircuitReset => {
-        &tables.circuit_breakers
-      }
+      Stmt::CircuitGet
+      | Stmt::CircuitSuccess
+      | Stmt::CircuitFailure
+      | Stmt::CircuitTransition
+      | Stmt::CircuitReset => &tables.circuit_breakers,
       Stmt::CacheGet | Stmt::CachePut | Stmt::CacheDelete | Stmt::CleanupCache => &tables.cache,
     }
   }
@@ -140,7 +144,11 @@ impl Stmt {
   pub fn table_rank(self) -> u8 {
     match self {
       Stmt::Increment | Stmt::CleanupRateLimits => 0,
-      Stmt::CircuitGet | Stmt::CircuitSuccess | Stmt::CircuitFailure | Stmt::CircuitTransition | Stmt::CircuitReset => 1,
+      Stmt::CircuitGet
+      | Stmt::CircuitSuccess
+      | Stmt::CircuitFailure
+      | Stmt::CircuitTransition
+      | Stmt::CircuitReset => 1,
       Stmt::CacheGet | Stmt::CachePut | Stmt::CacheDelete | Stmt::CleanupCache => 2,
     }
   }
@@ -176,7 +184,8 @@ impl Stmt {
 
 /// The columns every circuit statement answers, in [`crate::postgres`]'s
 /// reading order.
-const SNAPSHOT: &str = "c.state, c.failure_count, c.success_count, c.last_failure_time, c.last_state_change";
+const SNAPSHOT: &str =
+  "c.state, c.failure_count, c.success_count, c.last_failure_time, c.last_state_change";
 
 /// The statement texts for one set of tables.
 pub struct Statements {
@@ -250,7 +259,16 @@ mod tests {
     for good in ["stoma_", "_", "A", "tenant_42_", &"x".repeat(41)] {
       assert_eq!(check_prefix(good), None, "{good}");
     }
-    for bad in ["", "1abc", "a-b", "a b", "stoma_; DROP TABLE x; --", "a\"b", "é", &"x".repeat(42)] {
+    for bad in [
+      "",
+      "1abc",
+      "a-b",
+      "a b",
+      "stoma_; DROP TABLE x; --",
+      "a\"b",
+      "é",
+      &"x".repeat(42),
+    ] {
       assert!(check_prefix(bad).is_some(), "{bad}");
     }
   }
@@ -266,9 +284,15 @@ mod tests {
   #[test]
   fn every_statement_names_its_table() {
     let statements = Statements::new(&Tables::new("t_"));
-    assert!(statements.text(Stmt::Increment).contains("INTO t_rate_limits AS r"));
-    assert!(statements.text(Stmt::CircuitTransition).contains("INTO t_circuit_breakers AS c"));
+    assert!(statements
+      .text(Stmt::Increment)
+      .contains("INTO t_rate_limits AS r"));
+    assert!(statements
+      .text(Stmt::CircuitTransition)
+      .contains("INTO t_circuit_breakers AS c"));
     assert!(statements.text(Stmt::CleanupCache).contains("FROM t_cache"));
-    assert!(statements.text(Stmt::CleanupRateLimits).ends_with("FOR UPDATE SKIP LOCKED)"));
+    assert!(statements
+      .text(Stmt::CleanupRateLimits)
+      .ends_with("FOR UPDATE SKIP LOCKED)"));
   }
 }

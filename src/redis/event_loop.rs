@@ -33,7 +33,8 @@ impl EventLoop {
         return None;
       }
       // SAFETY: libuv's `int uv_backend_fd(const uv_loop_t*)`.
-      let backend_fd: BackendFd = unsafe { std::mem::transmute::<*mut libc::c_void, BackendFd>(symbol) };
+      let backend_fd: BackendFd =
+        unsafe { std::mem::transmute::<*mut libc::c_void, BackendFd>(symbol) };
       // SAFETY: `uv_loop` is the loop N-API gave us for this thread.
       let fd = unsafe { backend_fd(uv_loop) };
       (fd >= 0).then_some(EventLoop { fd })
@@ -49,7 +50,11 @@ impl EventLoop {
   pub fn has_work(&self) -> bool {
     #[cfg(unix)]
     {
-      let mut watched = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+      let mut watched = libc::pollfd {
+        fd: self.fd,
+        events: libc::POLLIN,
+        revents: 0,
+      };
       // SAFETY: one valid pollfd, no wait.
       unsafe { libc::poll(&mut watched, 1, 0) > 0 }
     }

@@ -46,10 +46,10 @@ mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::redis::{Cmd, FromRedisValue, RedisResult, Value};
 use napi::bindgen_prelude::{Function, Uint8Array, Unknown};
 use napi::{Env, Error, Result, Status};
 use napi_derive::napi;
-use ::redis::{Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
@@ -118,16 +118,39 @@ impl NativeRedisConnection {
     watch_event_loop: bool,
     use_tls: bool,
     tls_ca: Option<Uint8Array>,
-    #[napi(ts_arg_type = "(batch: [Float64Array, ...unknown[]]) => void")] settle: Function<'_, Batch, Unknown<'static>>,
+    #[napi(ts_arg_type = "(batch: [Float64Array, ...unknown[]]) => void")] settle: Function<
+      '_,
+      Batch,
+      Unknown<'static>,
+    >,
   ) -> Result<Self> {
     guard("redisAdapter", || {
       let replies = Arc::new(Replies::new(settle)?);
       let millis = |ms: f64| Duration::from_millis(duration_ms(ms).max(1) as u64);
-      let spin = Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 { spin_micros as u64 } else { 0 });
-      let event_loop = if watch_event_loop { event_loop::EventLoop::of(&env) } else { None };
-      let tls = Tls { wanted: use_tls, ca: tls_ca.as_deref() };
-      let wire = Wire::new(&url, tls, millis(connect_timeout_ms), millis(command_timeout_ms), spin, replies, event_loop)
-        .map_err(|error| Error::new(Status::InvalidArg, error))?;
+      let spin = Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 {
+        spin_micros as u64
+      } else {
+        0
+      });
+      let event_loop = if watch_event_loop {
+        event_loop::EventLoop::of(&env)
+      } else {
+        None
+      };
+      let tls = Tls {
+        wanted: use_tls,
+        ca: tls_ca.as_deref(),
+      };
+      let wire = Wire::new(
+        &url,
+        tls,
+        millis(connect_timeout_ms),
+        millis(command_timeout_ms),
+        spin,
+        replies,
+        event_loop,
+      )
+      .map_err(|error| Error::new(Status::InvalidArg, error))?;
       wire.connect_in_background();
       Ok(NativeRedisConnection { wire, prefix })
     })
@@ -138,8 +161,22 @@ impl NativeRedisConnection {
   }
 
   /// A call of `store` sending `command`, whose answer `decode` reads.
-  fn job(&self, id: f64, store: &'static str, command: Cmd, script: Option<&'static Lua>, decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static) -> Job {
-    Job { id, store, command, script, decode: Box::new(decode), deadline: self.wire.deadline() }
+  fn job(
+    &self,
+    id: f64,
+    store: &'static str,
+    command: Cmd,
+    script: Option<&'static Lua>,
+    decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static,
+  ) -> Job {
+    Job {
+      id,
+      store,
+      command,
+      script,
+      decode: Box::new(decode),
+      deadline: self.wire.deadline(),
+    }
   }
 
   /// Queues a call for the next [`flush`](Self::flush), making Node wait
@@ -154,7 +191,9 @@ impl NativeRedisConnection {
     decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static,
   ) {
     self.wire.replies().hold(env);
-    self.wire.submit(self.job(id, store, command, script, decode));
+    self
+      .wire
+      .submit(self.job(id, store, command, script, decode));
   }
 
   /// Sends the calls queued since the last flush and answers those whose
@@ -164,14 +203,18 @@ impl NativeRedisConnection {
   /// the writing to that later flush, so one turn's calls share one write.
   #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
   pub fn flush(&self, env: &Env, spin: bool, defer: bool) -> Result<Option<Batch>> {
-    guard("redisAdapter", || Ok(self.collected(env, self.wire.flush(spin, defer))))
+    guard("redisAdapter", || {
+      Ok(self.collected(env, self.wire.flush(spin, defer)))
+    })
   }
 
   /// Writes the calls queued so far, before the turn's closing `flush()`
   /// (see `Wire::write_early`); answers those already answered, or `null`.
   #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
   pub fn write_early(&self, env: &Env) -> Result<Option<Batch>> {
-    guard("redisAdapter", || Ok(self.collected(env, self.wire.write_early())))
+    guard("redisAdapter", || {
+      Ok(self.collected(env, self.wire.write_early()))
+    })
   }
 
   /// Answers the JS thread collected itself, as the batch returned to JS
@@ -201,21 +244,38 @@ impl NativeRedisConnection {
       if window_ms == 0 {
         // A zero window ends at once: every hit opens (and closes) its own.
         let now = now_ms() as f64;
-        self.submit(env, id, RATE_LIMIT_STORE, command("DEL", key), None, move |answer| {
-          answer?;
-          Ok(Reply::Hit { count: 1.0, reset_at: now })
-        });
+        self.submit(
+          env,
+          id,
+          RATE_LIMIT_STORE,
+          command("DEL", key),
+          None,
+          move |answer| {
+            answer?;
+            Ok(Reply::Hit {
+              count: 1.0,
+              reset_at: now,
+            })
+          },
+        );
         return Ok(());
       }
       let mut command = RATE_LIMIT.call(key);
       command.arg(window_ms);
-      self.submit(env, id, RATE_LIMIT_STORE, command, Some(&RATE_LIMIT), |answer| {
-        let (count, reset_at): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
-        Ok(Reply::Hit {
-          count: count as f64,
-          reset_at: reset_at as f64,
-        })
-      });
+      self.submit(
+        env,
+        id,
+        RATE_LIMIT_STORE,
+        command,
+        Some(&RATE_LIMIT),
+        |answer| {
+          let (count, reset_at): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
+          Ok(Reply::Hit {
+            count: count as f64,
+            reset_at: reset_at as f64,
+          })
+        },
+      );
       Ok(())
     })
   }
@@ -260,20 +320,31 @@ impl NativeRedisConnection {
   pub fn reset_circuit(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CIRCUIT_STORE, || {
       let command = command("DEL", self.key("cb", &key));
-      self.submit(env, id, CIRCUIT_STORE, command, None, |answer| answer.map(|_| Reply::Done));
+      self.submit(env, id, CIRCUIT_STORE, command, None, |answer| {
+        answer.map(|_| Reply::Done)
+      });
       Ok(())
     })
   }
 
   fn circuit(&self, env: &Env, id: f64, key: String, op: &str, to: &str) {
     let mut command = CIRCUIT.call(self.key("cb", &key));
-    command.arg(op).arg(now_ms()).arg(to).arg(CIRCUIT_TTL_SECONDS);
+    command
+      .arg(op)
+      .arg(now_ms())
+      .arg(to)
+      .arg(CIRCUIT_TTL_SECONDS);
     self.submit(env, id, CIRCUIT_STORE, command, Some(&CIRCUIT), |answer| {
       let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) =
         FromRedisValue::from_redis_value(answer?)?;
       Ok(Reply::Snapshot {
         state: state_code(&state),
-        numbers: [failures as f64, successes as f64, last_failure as f64, last_change as f64],
+        numbers: [
+          failures as f64,
+          successes as f64,
+          last_failure as f64,
+          last_change as f64,
+        ],
       })
     });
   }
@@ -295,7 +366,11 @@ impl NativeRedisConnection {
           let hit = raw.and_then(|raw| StoredResponse::from_envelope(&raw));
           Reply::Cached(hit.map(|hit| (hit.status, hit.joined_headers(), hit.body)))
         };
-        Ok(if raw_len > INLINE_ENVELOPE_BYTES { Reply::Later(Box::new(finish)) } else { finish() })
+        Ok(if raw_len > INLINE_ENVELOPE_BYTES {
+          Reply::Later(Box::new(finish))
+        } else {
+          finish()
+        })
       });
       Ok(())
     })
@@ -310,7 +385,16 @@ impl NativeRedisConnection {
   /// bytes of a Response the JS layer has consumed (`lib/response.js`), so
   /// reading it off the JS thread races with nothing.
   #[napi]
-  pub fn cache_put(&self, env: &Env, id: f64, key: String, status: u32, headers: String, body: Uint8Array, ttl_ms: f64) -> Result<()> {
+  pub fn cache_put(
+    &self,
+    env: &Env,
+    id: f64,
+    key: String,
+    status: u32,
+    headers: String,
+    body: Uint8Array,
+    ttl_ms: f64,
+  ) -> Result<()> {
     guard(CACHE_STORE, || {
       let key = self.key("cache", &key);
       let ttl_ms = duration_ms(ttl_ms);
@@ -341,10 +425,19 @@ impl NativeRedisConnection {
           Ok(command) => {
             drop(body);
             let decode = Box::new(stored);
-            wire.submit(Job { id, store: CACHE_STORE, command, script: None, decode, deadline });
+            wire.submit(Job {
+              id,
+              store: CACHE_STORE,
+              command,
+              script: None,
+              decode,
+              deadline,
+            });
             wire.flush_elsewhere();
           }
-          Err(panicked) => wire.replies().send(id, Reply::Failed(panicked.reason.clone())),
+          Err(panicked) => wire
+            .replies()
+            .send(id, Reply::Failed(panicked.reason.clone())),
         }
       });
       Ok(())
@@ -375,7 +468,6 @@ impl NativeRedisConnection {
     self.wire.is_closed()
   }
 }
-
 
 impl Drop for NativeRedisConnection {
   /// A connection dropped without `close()` (its adapter was collected)

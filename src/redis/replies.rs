@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::{Function, ToNapiValue, Unknown};
-use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::threadsafe_function::{
+  ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
+};
 use napi::{check_status, sys, Env, Result, Status};
 
 use crate::errors::{guard_async, lock};
@@ -16,10 +18,16 @@ use super::CACHE_STORE;
 /// The answer to one call, on its way back to JS.
 pub enum Reply {
   /// A rate-limit hit: `count, resetAt`.
-  Hit { count: f64, reset_at: f64 },
+  Hit {
+    count: f64,
+    reset_at: f64,
+  },
   /// A circuit snapshot: the state's code (see [`state_code`]), then
   /// `failureCount, successCount, lastFailureTime, lastStateChange`.
-  Snapshot { state: u8, numbers: [f64; 4] },
+  Snapshot {
+    state: u8,
+    numbers: [f64; 4],
+  },
   /// A cache answer: a hit's status, joined headers and body, or a miss.
   Cached(Option<(u16, String, Vec<u8>)>),
   Removed(bool),
@@ -69,7 +77,10 @@ impl ToNapiValue for Batch {
       numbers.push(id);
       match reply {
         Reply::Hit { count, reset_at } => numbers.extend([count, reset_at]),
-        Reply::Snapshot { state, numbers: values } => {
+        Reply::Snapshot {
+          state,
+          numbers: values,
+        } => {
           numbers.push(f64::from(state));
           numbers.extend(values);
         }
@@ -81,7 +92,9 @@ impl ToNapiValue for Batch {
         }
         Reply::Removed(removed) => numbers.push(if removed { 1.0 } else { 0.0 }),
         Reply::Done => numbers.push(0.0),
-        Reply::Failed(_) | Reply::Later(_) => unreachable!("handled above, or finished before delivery"),
+        Reply::Failed(_) | Reply::Later(_) => {
+          unreachable!("handled above, or finished before delivery")
+        }
       }
     }
     let mut data = ptr::null_mut();
@@ -94,9 +107,20 @@ impl ToNapiValue for Batch {
       unsafe { ptr::copy_nonoverlapping(numbers.as_ptr(), data.cast::<f64>(), numbers.len()) };
     }
     let mut typed = ptr::null_mut();
-    check_status!(unsafe { sys::napi_create_typedarray(env, sys::TypedarrayType::float64_array, numbers.len(), buffer, 0, &mut typed) })?;
+    check_status!(unsafe {
+      sys::napi_create_typedarray(
+        env,
+        sys::TypedarrayType::float64_array,
+        numbers.len(),
+        buffer,
+        0,
+        &mut typed,
+      )
+    })?;
     let mut array = ptr::null_mut();
-    check_status!(unsafe { sys::napi_create_array_with_length(env, 1 + others.len(), &mut array) })?;
+    check_status!(unsafe {
+      sys::napi_create_array_with_length(env, 1 + others.len(), &mut array)
+    })?;
     for (index, value) in std::iter::once(typed).chain(others).enumerate() {
       check_status!(unsafe { sys::napi_set_element(env, array, index as u32, value) })?;
     }
@@ -195,7 +219,9 @@ impl Replies {
       was_empty
     };
     if was_empty {
-      self.deliver.call((), ThreadsafeFunctionCallMode::NonBlocking);
+      self
+        .deliver
+        .call((), ThreadsafeFunctionCallMode::NonBlocking);
     }
   }
 }
@@ -205,6 +231,9 @@ impl Replies {
 pub fn finish_elsewhere(id: f64, finish: Box<dyn FnOnce() -> Reply + Send>, replies: Arc<Replies>) {
   napi::bindgen_prelude::spawn(async move {
     let reply = guard_async(CACHE_STORE, async { Ok(finish()) }).await;
-    replies.send(id, reply.unwrap_or_else(|panicked| Reply::Failed(panicked.reason.clone())));
+    replies.send(
+      id,
+      reply.unwrap_or_else(|panicked| Reply::Failed(panicked.reason.clone())),
+    );
   });
 }

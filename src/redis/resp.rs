@@ -54,7 +54,11 @@ pub fn scan(buf: &[u8]) -> Result<Scan, ProtocolError> {
       b'*' | b'~' | b'>' => remaining += number(header)?.max(0) as u64,
       // RESP3 map: twice that many.
       b'%' => remaining += 2 * number(header)?.max(0) as u64,
-      other => return Err(ProtocolError(format!("unexpected reply type byte 0x{other:02x}"))),
+      other => {
+        return Err(ProtocolError(format!(
+          "unexpected reply type byte 0x{other:02x}"
+        )))
+      }
     }
   }
   Ok(Scan::Complete(at))
@@ -96,7 +100,11 @@ fn decode_common(frame: &[u8], at: &mut usize) -> Option<::redis::Value> {
     },
     b'*' => match number(header).ok()? {
       -1 => Value::Nil,
-      length => Value::Array((0..length).map(|_| decode_common(frame, at)).collect::<Option<_>>()?),
+      length => Value::Array(
+        (0..length)
+          .map(|_| decode_common(frame, at))
+          .collect::<Option<_>>()?,
+      ),
     },
     _ => return None,
   })
@@ -104,7 +112,10 @@ fn decode_common(frame: &[u8], at: &mut usize) -> Option<::redis::Value> {
 
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
   let line = buf.get(from..)?;
-  line.windows(2).position(|pair| pair == b"\r\n").map(|cr| from + cr)
+  line
+    .windows(2)
+    .position(|pair| pair == b"\r\n")
+    .map(|cr| from + cr)
 }
 
 /// A header's decimal number, bounded so lengths cannot overflow.
@@ -123,8 +134,24 @@ mod tests {
 
   #[test]
   fn whole_replies_of_every_kind() {
-    for reply in [&b"+OK\r\n"[..], b"-ERR no\r\n", b":42\r\n", b"$-1\r\n", b"$3\r\nabc\r\n", b"$0\r\n\r\n", b"*-1\r\n", b"*0\r\n", b"*2\r\n:1\r\n$2\r\nhi\r\n", b"*2\r\n*1\r\n:1\r\n$1\r\n\r\r\n"] {
-      assert_eq!(scan(reply), Ok(Scan::Complete(reply.len())), "{:?}", String::from_utf8_lossy(reply));
+    for reply in [
+      &b"+OK\r\n"[..],
+      b"-ERR no\r\n",
+      b":42\r\n",
+      b"$-1\r\n",
+      b"$3\r\nabc\r\n",
+      b"$0\r\n\r\n",
+      b"*-1\r\n",
+      b"*0\r\n",
+      b"*2\r\n:1\r\n$2\r\nhi\r\n",
+      b"*2\r\n*1\r\n:1\r\n$1\r\n\r\r\n",
+    ] {
+      assert_eq!(
+        scan(reply),
+        Ok(Scan::Complete(reply.len())),
+        "{:?}",
+        String::from_utf8_lossy(reply)
+      );
       let mut two = reply.to_vec();
       two.extend_from_slice(b":7\r\n");
       assert_eq!(scan(&two), Ok(Scan::Complete(reply.len())));
@@ -135,20 +162,32 @@ mod tests {
   fn every_prefix_of_a_reply_is_partial() {
     let reply = b"*3\r\n:1\r\n$5\r\nhello\r\n*1\r\n+OK\r\n";
     for cut in 0..reply.len() {
-      assert!(matches!(scan(&reply[..cut]), Ok(Scan::Partial(_))), "cut at {cut}");
+      assert!(
+        matches!(scan(&reply[..cut]), Ok(Scan::Partial(_))),
+        "cut at {cut}"
+      );
     }
   }
 
   #[test]
   fn a_large_bulk_says_how_much_room_it_needs() {
-    assert_eq!(scan(b"$1000000\r\nabc"), Ok(Scan::Partial(10 + 1_000_000 + 2)));
+    assert_eq!(
+      scan(b"$1000000\r\nabc"),
+      Ok(Scan::Partial(10 + 1_000_000 + 2))
+    );
   }
 
   #[test]
   fn decodes_as_the_redis_crate_does() {
     use ::redis::Value;
-    assert_eq!(decode(b"$3\r\nabc\r\n").unwrap(), Value::BulkString(b"abc".to_vec()));
-    assert_eq!(decode(b"$0\r\n\r\n").unwrap(), Value::BulkString(Vec::new()));
+    assert_eq!(
+      decode(b"$3\r\nabc\r\n").unwrap(),
+      Value::BulkString(b"abc".to_vec())
+    );
+    assert_eq!(
+      decode(b"$0\r\n\r\n").unwrap(),
+      Value::BulkString(Vec::new())
+    );
     assert_eq!(decode(b"$-1\r\n").unwrap(), Value::Nil);
     assert_eq!(decode(b":5\r\n").unwrap(), Value::Int(5));
     for reply in [
@@ -164,7 +203,12 @@ mod tests {
       b"*2\r\n:1\r\n-ERR inside\r\n",
     ] {
       let ours = format!("{:?}", decode(reply));
-      assert_eq!(ours, format!("{:?}", ::redis::parse_redis_value(reply)), "{:?}", String::from_utf8_lossy(reply));
+      assert_eq!(
+        ours,
+        format!("{:?}", ::redis::parse_redis_value(reply)),
+        "{:?}",
+        String::from_utf8_lossy(reply)
+      );
     }
   }
 

@@ -16,7 +16,10 @@ pub struct Lua {
 
 impl Lua {
   fn new(source: &'static str) -> Self {
-    Lua { source, sha: Script::new(source).get_hash().to_string() }
+    Lua {
+      source,
+      sha: Script::new(source).get_hash().to_string(),
+    }
   }
 
   /// `EVALSHA <sha> 1 <key>`; the caller adds the script's arguments.
@@ -164,7 +167,6 @@ end
 return { c.state, c.failureCount, c.successCount, c.lastFailureTime, c.lastStateChange }
 "#;
 
-
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -180,9 +182,21 @@ mod tests {
     let mut call = RATE_LIMIT.call("stoma:rl:k".into());
     call.arg(60_000);
     let eval = RATE_LIMIT.call_with_source(&call);
-    let args: Vec<Vec<u8>> = eval.args_iter().map(|arg| if let Arg::Simple(b) = arg { b.to_vec() } else { Vec::new() }).collect();
+    let args: Vec<Vec<u8>> = eval
+      .args_iter()
+      .map(|arg| {
+        if let Arg::Simple(b) = arg {
+          b.to_vec()
+        } else {
+          Vec::new()
+        }
+      })
+      .collect();
     assert_eq!(args[0], b"EVAL");
     assert_eq!(args[1], RATE_LIMIT_LUA.as_bytes());
-    assert_eq!(&args[2..], &[b"1".to_vec(), b"stoma:rl:k".to_vec(), b"60000".to_vec()]);
+    assert_eq!(
+      &args[2..],
+      &[b"1".to_vec(), b"stoma:rl:k".to_vec(), b"60000".to_vec()]
+    );
   }
 }

@@ -138,7 +138,9 @@ impl Socket {
   fn watcher(&self) -> io::Result<Watcher> {
     Ok(match self {
       Socket::Tcp(stream) => Watcher::Tcp(tokio::net::TcpStream::from_std(stream.try_clone()?)?),
-      Socket::Tls(stream) => Watcher::Tcp(tokio::net::TcpStream::from_std(stream.tcp.try_clone()?)?),
+      Socket::Tls(stream) => {
+        Watcher::Tcp(tokio::net::TcpStream::from_std(stream.tcp.try_clone()?)?)
+      }
       #[cfg(unix)]
       Socket::Unix(stream) => Watcher::Unix(tokio::net::UnixStream::from_std(stream.try_clone()?)?),
     })
@@ -160,7 +162,13 @@ impl Watcher {
       #[cfg(unix)]
       Watcher::Unix(stream) => stream.ready(interest).await?,
     };
-    Ok(if ready.is_readable() || ready.is_read_closed() || !interest.is_writable() { Interest::READABLE } else { Interest::WRITABLE })
+    Ok(
+      if ready.is_readable() || ready.is_read_closed() || !interest.is_writable() {
+        Interest::READABLE
+      } else {
+        Interest::WRITABLE
+      },
+    )
   }
 
   /// Runs `io`, clearing the readiness it saw if it ends with `WouldBlock`
@@ -193,7 +201,9 @@ fn after_tls_scheme(url: &str) -> Option<&str> {
 enum Link {
   /// None open: none opened yet, the last one was lost, or the last attempt
   /// failed at the given instant for the given cause.
-  Down { failed: Option<(Instant, Arc<str>)> },
+  Down {
+    failed: Option<(Instant, Arc<str>)>,
+  },
   Connecting,
   Up(Arc<Socket>),
 }
@@ -226,7 +236,12 @@ struct Spin {
 
 impl Spin {
   fn new(budget: Duration) -> Self {
-    Spin { budget, recent: Duration::ZERO, skip: 0, backoff: 0 }
+    Spin {
+      budget,
+      recent: Duration::ZERO,
+      skip: 0,
+      backoff: 0,
+    }
   }
 
   fn wanted(&mut self) -> bool {
@@ -247,7 +262,9 @@ impl Spin {
   /// at least twice what recent spins took.
   fn budget_for(&self, calls: usize, bytes: usize) -> Duration {
     let extra = Duration::from_nanos(3_000 * calls as u64 + bytes as u64);
-    (self.budget + extra).max(self.recent * 2).min(self.budget * MAX_SPIN_FACTOR)
+    (self.budget + extra)
+      .max(self.recent * 2)
+      .min(self.budget * MAX_SPIN_FACTOR)
   }
 
   /// Records a spin that took `took` and got every answer, or did not.
@@ -327,7 +344,14 @@ impl State {
         self.written = 0;
         // A TLS session may still hold records of what was written.
         match socket.flush() {
-          Err(error) if !matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Err(error.to_string()),
+          Err(error)
+            if !matches!(
+              error.kind(),
+              io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+          {
+            return Err(error.to_string())
+          }
           _ => {}
         }
       }
@@ -360,12 +384,15 @@ impl State {
   fn take_replies(&mut self, answered: &mut Vec<(Job, Value)>) -> Result<(), String> {
     let mut at = 0;
     while at < self.filled {
-      let need = match resp::scan(&self.inbox[at..self.filled]).map_err(|error| format!("protocol error: {}", error.0))? {
+      let need = match resp::scan(&self.inbox[at..self.filled])
+        .map_err(|error| format!("protocol error: {}", error.0))?
+      {
         Scan::Complete(length) => {
           let Some(mut job) = self.in_flight.pop_front() else {
             return Err("protocol error: an answer to no command".into());
           };
-          let value = resp::decode(&self.inbox[at..at + length]).map_err(|error| format!("protocol error: {error}"))?;
+          let value = resp::decode(&self.inbox[at..at + length])
+            .map_err(|error| format!("protocol error: {error}"))?;
           at += length;
           match job.script.take() {
             Some(lua) if is_noscript(&value) => {
@@ -464,7 +491,10 @@ impl Wire {
     if wants_tls && plain_url.ends_with("#insecure") {
       return Err("#insecure (no certificate check) is not supported; pass tls: { ca } with the server's CA certificate".into());
     }
-    let info = Client::open(plain_url.as_str()).map_err(|error| error.to_string())?.get_connection_info().clone();
+    let info = Client::open(plain_url.as_str())
+      .map_err(|error| error.to_string())?
+      .get_connection_info()
+      .clone();
     let tls = match (wants_tls || tls.wanted, info.addr()) {
       (false, _) => None,
       (true, ConnectionAddr::Tcp(..)) => Some(tls::client_config(tls.ca)?),
@@ -542,7 +572,9 @@ impl Wire {
     }
     let socket = match &state.link {
       Link::Up(socket) => Arc::clone(socket),
-      Link::Down { failed: Some((at, cause)) } if at.elapsed() < RECONNECT_PAUSE => {
+      Link::Down {
+        failed: Some((at, cause)),
+      } if at.elapsed() < RECONNECT_PAUSE => {
         let cause = cause.clone();
         return fail_all(jobs, &cause);
       }
@@ -558,7 +590,12 @@ impl Wire {
       }
     };
     let mut answered = Vec::new();
-    let overdue = |state: &State| state.in_flight.front().is_some_and(|oldest| oldest.deadline <= Instant::now());
+    let overdue = |state: &State| {
+      state
+        .in_flight
+        .front()
+        .is_some_and(|oldest| oldest.deadline <= Instant::now())
+    };
     if overdue(&state) {
       // The answers may be waiting unread (the JS thread was busy, and a
       // spin that stopped at enough answers left them to this flush): read
@@ -589,7 +626,9 @@ impl Wire {
       return self.answer(answered);
     }
     let spin = spin && !busy && state.spin.wanted();
-    let budget = state.spin.budget_for(state.in_flight.len(), state.unsent.len() - state.written);
+    let budget = state
+      .spin
+      .budget_for(state.in_flight.len(), state.unsent.len() - state.written);
     let started = Instant::now();
     let mut polls = 0u32;
     let partial = loop {
@@ -604,7 +643,12 @@ impl Wire {
       }
       let partial = spin && answered.len() >= ENOUGH_ANSWERS && !state.in_flight.is_empty();
       // Asking the event loop costs a syscall: every 8th poll is soon enough.
-      if state.in_flight.is_empty() || partial || !spin || started.elapsed() >= budget || (polls % 8 == 0 && self.loop_has_work()) {
+      if state.in_flight.is_empty()
+        || partial
+        || !spin
+        || started.elapsed() >= budget
+        || (polls % 8 == 0 && self.loop_has_work())
+      {
         break partial;
       }
       // Let a watcher of older calls take the lock between polls.
@@ -662,7 +706,11 @@ impl Wire {
   }
 
   fn no_answer(&self) -> String {
-    format!("Redis at {} did not answer within {} ms", self.address, self.command_timeout.as_millis())
+    format!(
+      "Redis at {} did not answer within {} ms",
+      self.address,
+      self.command_timeout.as_millis()
+    )
   }
 
   fn loop_has_work(&self) -> bool {
@@ -738,7 +786,11 @@ impl Wire {
           return self.close_if_drained(&mut state);
         };
         let deadline = oldest.deadline;
-        let interest = if state.has_unsent(&socket) { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let interest = if state.has_unsent(&socket) {
+          Interest::READABLE | Interest::WRITABLE
+        } else {
+          Interest::READABLE
+        };
         (interest, deadline)
       };
       let ready = tokio::select! {
@@ -803,9 +855,16 @@ impl Wire {
   /// Opens connection `generation` (within the connect timeout), failing
   /// calls that wait for it past their deadline, then sends them.
   async fn connect(self: Arc<Self>, generation: u64) {
-    let mut opening = pin!(tokio::time::timeout(self.connect_timeout, open(&self.info, self.tls.as_ref())));
+    let mut opening = pin!(tokio::time::timeout(
+      self.connect_timeout,
+      open(&self.info, self.tls.as_ref())
+    ));
     let opened = loop {
-      let next_deadline = lock(&self.state).waiting.iter().map(|job| job.deadline).min();
+      let next_deadline = lock(&self.state)
+        .waiting
+        .iter()
+        .map(|job| job.deadline)
+        .min();
       let expiry = async {
         match next_deadline {
           Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
@@ -844,8 +903,11 @@ impl Wire {
         self.close_if_drained(&mut state);
       }
       Err(cause) => {
-        let cause: Arc<str> = format!("cannot connect to Redis at {}: {cause}", self.address).into();
-        state.link = Link::Down { failed: Some((Instant::now(), cause.clone())) };
+        let cause: Arc<str> =
+          format!("cannot connect to Redis at {}: {cause}", self.address).into();
+        state.link = Link::Down {
+          failed: Some((Instant::now(), cause.clone())),
+        };
         drop(state);
         self.replies.send_all(fail_all(waiting, &cause));
       }
@@ -857,12 +919,17 @@ impl Wire {
     let now = Instant::now();
     let expired: Vec<Job> = {
       let mut state = lock(&self.state);
-      let (expired, kept) = std::mem::take(&mut state.waiting).into_iter().partition(|job| job.deadline <= now);
+      let (expired, kept) = std::mem::take(&mut state.waiting)
+        .into_iter()
+        .partition(|job| job.deadline <= now);
       state.waiting = kept;
       expired
     };
     let ms = self.command_timeout.as_millis();
-    self.replies.send_all(fail_all(expired, &format!("cannot connect to Redis at {} within {ms} ms", self.address)));
+    self.replies.send_all(fail_all(
+      expired,
+      &format!("cannot connect to Redis at {} within {ms} ms", self.address),
+    ));
   }
 
   /// Refuses later calls; calls in flight still get their answers, then the
@@ -886,7 +953,10 @@ impl Wire {
 }
 
 fn fail_all(jobs: impl IntoIterator<Item = Job>, cause: &str) -> Vec<(f64, Reply)> {
-  jobs.into_iter().map(|job| (job.id, Reply::Failed(format!("{}: {cause}", job.store)))).collect()
+  jobs
+    .into_iter()
+    .map(|job| (job.id, Reply::Failed(format!("{}: {cause}", job.store))))
+    .collect()
 }
 
 /// Connects to the server and runs the handshake: AUTH and SELECT as the
@@ -895,21 +965,31 @@ async fn open(info: &ConnectionInfo, tls: Option<&Arc<ClientConfig>>) -> Result<
   let io_cause = |error: io::Error| error.to_string();
   match info.addr() {
     ConnectionAddr::Tcp(host, port) => {
-      let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(io_cause)?;
+      let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+        .await
+        .map_err(io_cause)?;
       stream.set_nodelay(true).map_err(io_cause)?;
       let Some(config) = tls else {
         handshake(&mut stream, info).await?;
         return Ok(Socket::Tcp(stream.into_std().map_err(io_cause)?));
       };
       let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-      let mut stream = connector.connect(tls::server_name(host)?, stream).await.map_err(|error| format!("TLS handshake failed: {error}"))?;
+      let mut stream = connector
+        .connect(tls::server_name(host)?, stream)
+        .await
+        .map_err(|error| format!("TLS handshake failed: {error}"))?;
       handshake(&mut stream, info).await?;
       let (tcp, session) = stream.into_inner();
-      Ok(Socket::Tls(TlsSocket::new(tcp.into_std().map_err(io_cause)?, session)))
+      Ok(Socket::Tls(TlsSocket::new(
+        tcp.into_std().map_err(io_cause)?,
+        session,
+      )))
     }
     #[cfg(unix)]
     ConnectionAddr::Unix(path) => {
-      let mut stream = tokio::net::UnixStream::connect(path).await.map_err(io_cause)?;
+      let mut stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(io_cause)?;
       handshake(&mut stream, info).await?;
       Ok(Socket::Unix(stream.into_std().map_err(io_cause)?))
     }
@@ -917,7 +997,10 @@ async fn open(info: &ConnectionInfo, tls: Option<&Arc<ClientConfig>>) -> Result<
   }
 }
 
-async fn handshake(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), info: &ConnectionInfo) -> Result<(), String> {
+async fn handshake(
+  stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+  info: &ConnectionInfo,
+) -> Result<(), String> {
   let settings = info.redis_settings();
   let mut commands = Vec::new();
   let mut checked = 0;
@@ -943,7 +1026,10 @@ async fn handshake(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), info: &Co
   for command in &commands {
     command.write_packed_command(&mut bytes);
   }
-  stream.write_all(&bytes).await.map_err(|error| error.to_string())?;
+  stream
+    .write_all(&bytes)
+    .await
+    .map_err(|error| error.to_string())?;
   let mut inbox = Vec::new();
   let mut at = 0;
   for index in 0..commands.len() {
@@ -952,7 +1038,10 @@ async fn handshake(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), info: &Co
         Scan::Complete(length) => break length,
         Scan::Partial(_) => {
           let mut chunk = [0; 4096];
-          let n = stream.read(&mut chunk).await.map_err(|error| error.to_string())?;
+          let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|error| error.to_string())?;
           if n == 0 {
             return Err("the server closed the connection during the handshake".into());
           }
@@ -969,7 +1058,6 @@ async fn handshake(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), info: &Co
   Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -983,7 +1071,10 @@ mod tests {
     assert!(!spin.wanted());
     assert!(spin.wanted());
     spin.record(took, false);
-    assert_eq!((spin.wanted(), spin.wanted(), spin.wanted()), (false, false, true));
+    assert_eq!(
+      (spin.wanted(), spin.wanted(), spin.wanted()),
+      (false, false, true)
+    );
     spin.record(took, true);
     assert!(spin.wanted());
     let mut off = Spin::new(Duration::ZERO);
@@ -1007,7 +1098,6 @@ mod tests {
     assert_eq!(spin.budget_for(1, 0), micros(500));
   }
 
-
   #[test]
   fn tls_schemes_are_recognised_in_any_case() {
     assert_eq!(after_tls_scheme("rediss://h:6380/0"), Some("h:6380/0"));
@@ -1019,7 +1109,9 @@ mod tests {
 
   #[test]
   fn noscript_replies_are_recognised() {
-    assert!(is_noscript(&resp::decode(b"-NOSCRIPT No matching script.\r\n").unwrap()));
+    assert!(is_noscript(
+      &resp::decode(b"-NOSCRIPT No matching script.\r\n").unwrap()
+    ));
     assert!(!is_noscript(&resp::decode(b"-ERR other\r\n").unwrap()));
   }
 }
