@@ -185,7 +185,8 @@ export interface PostgresStoresOption {
   cache?: boolean
 }
 
-export interface PostgresAdapterOptions<S extends PostgresStoresOption = PostgresStoresOption> extends PostgresStoreOptions {
+export interface PostgresAdapterOptions<S extends PostgresStoresOption = PostgresStoresOption>
+  extends PostgresStoreOptions {
   stores?: S
   waitUntil?: (promise: Promise<unknown>) => void
 }
@@ -327,14 +328,15 @@ export interface RedisAdapterOptions<Stores extends RedisStoreFlags = RedisStore
 }
 
 /** A store slot: absent when its flag is `false`, present when `true` or unset, optional when only known as `boolean`. */
-type RedisStoreSlot<Stores, Flag extends keyof RedisStoreFlags, Slot extends string, Store> =
-  [Stores extends { [K in Flag]: infer F } ? F : undefined] extends [infer F]
-    ? [F] extends [false]
-      ? {}
-      : [F] extends [true | undefined]
-        ? { [K in Slot]: Store }
-        : { [K in Slot]?: Store }
-    : never
+type RedisStoreSlot<Stores, Flag extends keyof RedisStoreFlags, Slot extends string, Store> = [
+  Stores extends { [K in Flag]: infer F } ? F : undefined,
+] extends [infer F]
+  ? [F] extends [false]
+    ? {}
+    : [F] extends [true | undefined]
+      ? { [K in Slot]: Store }
+      : { [K in Slot]?: Store }
+  : never
 
 export type RedisGatewayAdapter<Stores extends RedisStoreFlags = {}> = GatewayAdapter &
   RedisStoreSlot<Stores, 'rateLimit', 'rateLimitStore', RedisRateLimitStore> &

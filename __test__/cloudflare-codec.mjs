@@ -40,7 +40,10 @@ export function decode(value) {
     case 'number':
       return Number(value.value)
     case 'response':
-      return new Response(value.body === null ? null : fromBase64(value.body), { status: value.status, headers: value.headers })
+      return new Response(value.body === null ? null : fromBase64(value.body), {
+        status: value.status,
+        headers: value.headers,
+      })
     case 'error': {
       const error = new (ERROR_CLASSES[value.name] ?? Error)(value.message)
       return error

@@ -28,7 +28,9 @@ export default {
         {
           path: '/limited',
           pipeline: {
-            policies: [rateLimit({ max: 2, windowSeconds: 60, keyBy: () => 'everyone', store: adapter.rateLimitStore })],
+            policies: [
+              rateLimit({ max: 2, windowSeconds: 60, keyBy: () => 'everyone', store: adapter.rateLimitStore }),
+            ],
             upstream: { type: 'handler', handler: () => new Response('ok') },
           },
         },
@@ -42,14 +44,18 @@ export default {
         {
           path: '/down',
           pipeline: {
-            policies: [circuitBreaker({ failureThreshold: 2, resetTimeoutMs: 60_000, store: adapter.circuitBreakerStore })],
+            policies: [
+              circuitBreaker({ failureThreshold: 2, resetTimeoutMs: 60_000, store: adapter.circuitBreakerStore }),
+            ],
             upstream: { type: 'service-binding', service: 'BACKEND' },
           },
         },
         {
           path: '/stoma/down',
           pipeline: {
-            policies: [circuitBreaker({ failureThreshold: 2, resetTimeoutMs: 60_000, store: stomaOwn.circuitBreakerStore })],
+            policies: [
+              circuitBreaker({ failureThreshold: 2, resetTimeoutMs: 60_000, store: stomaOwn.circuitBreakerStore }),
+            ],
             upstream: { type: 'service-binding', service: 'BACKEND' },
           },
         },

@@ -28,7 +28,10 @@ const adapter: GatewayAdapter = cloudflareAdapter({
   env: {},
 })
 const rateLimits: RateLimitStore[] = [new KVRateLimitStore(kv), new DurableObjectRateLimitStore(namespace)]
-const circuits: CircuitBreakerStore[] = [new DurableObjectCircuitBreakerStore(namespace), new InMemoryCircuitBreakerStore({ maxKeys: 5 })]
+const circuits: CircuitBreakerStore[] = [
+  new DurableObjectCircuitBreakerStore(namespace),
+  new InMemoryCircuitBreakerStore({ maxKeys: 5 }),
+]
 const caches: CacheStore = new CacheApiCacheStore(cache, 'https://cache.example')
 
 // @ts-expect-error cacheOrigin must be a string

@@ -13,7 +13,11 @@ async function bindingsFor(profile, env, ctx) {
     case 'durable':
       return { rateLimitDo: env.RATE_LIMITER, circuitBreakerDo: env.CIRCUITS, executionCtx: ctx, env }
     case 'isolate':
-      return { rateLimitDo: env.RATE_LIMITER, cache: await caches.open('isolate'), cacheOrigin: 'https://isolate.example' }
+      return {
+        rateLimitDo: env.RATE_LIMITER,
+        cache: await caches.open('isolate'),
+        cacheOrigin: 'https://isolate.example',
+      }
     case 'kv':
       return { rateLimitKv: env.RATE_LIMIT_KV }
     case 'both':
@@ -44,7 +48,8 @@ export default {
       case '/kinds': {
         const adapter = cloudflareAdapter(await bindingsFor(profile, env, ctx))
         const kinds = {}
-        for (const [name, value] of Object.entries(adapter)) kinds[name] = typeof value === 'function' ? 'function' : value.constructor.name
+        for (const [name, value] of Object.entries(adapter))
+          kinds[name] = typeof value === 'function' ? 'function' : value.constructor.name
         return Response.json(kinds)
       }
 

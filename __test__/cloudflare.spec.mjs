@@ -121,7 +121,13 @@ function remoteStores(target) {
     Object.fromEntries(methods.map((method) => [method, (...args) => callStore(target, store, method, args)]))
   return {
     rateLimitStore: remote('rateLimitStore', ['increment']),
-    circuitBreakerStore: remote('circuitBreakerStore', ['getState', 'recordSuccess', 'recordFailure', 'transition', 'reset']),
+    circuitBreakerStore: remote('circuitBreakerStore', [
+      'getState',
+      'recordSuccess',
+      'recordFailure',
+      'transition',
+      'reset',
+    ]),
     cacheStore: remote('cacheStore', ['get', 'put', 'delete']),
   }
 }
@@ -155,7 +161,10 @@ describe('cloudflare: bundling for workerd', () => {
 
   it('resolves the bare package to the plain-JS entry under the workerd conditions', async () => {
     const result = await build({
-      stdin: { contents: "export { cloudflareAdapter } from 'stoma-native'", resolveDir: fileURLToPath(new URL('.', import.meta.url)) },
+      stdin: {
+        contents: "export { cloudflareAdapter } from 'stoma-native'",
+        resolveDir: fileURLToPath(new URL('.', import.meta.url)),
+      },
       bundle: true,
       format: 'esm',
       platform: 'neutral',
@@ -188,7 +197,8 @@ describe('cloudflare: bundling for workerd', () => {
 
 describe('cloudflare: rate limits', () => {
   const kv = { profile: 'kv' }
-  const increment = (target, key, windowSeconds) => callStore(target, 'rateLimitStore', 'increment', [key, windowSeconds])
+  const increment = (target, key, windowSeconds) =>
+    callStore(target, 'rateLimitStore', 'increment', [key, windowSeconds])
 
   it('counts on KV across requests, in the { count, resetAt } JSON Stoma uses', async () => {
     const counts = []
@@ -273,7 +283,11 @@ describe('cloudflare: waitUntil and service bindings', () => {
   it('dispatches to a service binding in env', async () => {
     const response = await fetchWorker('/dispatch?service=BACKEND')
     expect(response.status).toBe(200)
-    expect(await response.json()).toEqual({ from: 'backend', url: 'https://backend.internal/hello', header: 'via-binding' })
+    expect(await response.json()).toEqual({
+      from: 'backend',
+      url: 'https://backend.internal/hello',
+      header: 'via-binding',
+    })
   })
 
   it('names a missing service binding', async () => {
@@ -326,7 +340,9 @@ describe("cloudflare: Stoma's gateway in workerd on this adapter", () => {
   })
 
   it('answers 429 past the limit', async () => {
-    expect([(await get('/limited')).status, (await get('/limited')).status, (await get('/limited')).status]).toEqual([200, 200, 429])
+    expect([(await get('/limited')).status, (await get('/limited')).status, (await get('/limited')).status]).toEqual([
+      200, 200, 429,
+    ])
   })
 
   it('serves the second request from the Cache API with x-cache: HIT', async () => {
@@ -374,7 +390,9 @@ describe('cloudflare: argument checks (in Node)', () => {
 
   it('rejects a service name that is not a string', async () => {
     const adapter = cloudflareAdapter({ cache, env: {} })
-    await expect(adapter.dispatchBinding(undefined, new Request('https://x.test'))).rejects.toThrow(/service must be a string/)
+    await expect(adapter.dispatchBinding(undefined, new Request('https://x.test'))).rejects.toThrow(
+      /service must be a string/,
+    )
   })
 
   it('bounds the isolate circuit store, forgetting the least recently used circuit', async () => {

@@ -16,7 +16,9 @@ describe('Stoma gateway on native memory stores', () => {
         {
           path: '/limited',
           pipeline: {
-            policies: [rateLimit({ max: 3, windowSeconds: 60, store: adapter.rateLimitStore, keyBy: () => 'client-1' })],
+            policies: [
+              rateLimit({ max: 3, windowSeconds: 60, store: adapter.rateLimitStore, keyBy: () => 'client-1' }),
+            ],
             upstream: { type: 'handler', handler: () => new Response('ok') },
           },
         },
@@ -43,7 +45,9 @@ describe('Stoma gateway on native memory stores', () => {
               type: 'handler',
               handler: () => {
                 upstreamCalls++
-                return new Response(body, { headers: { 'content-type': 'application/octet-stream', 'x-origin': 'yes' } })
+                return new Response(body, {
+                  headers: { 'content-type': 'application/octet-stream', 'x-origin': 'yes' },
+                })
               },
             },
           },
@@ -69,7 +73,9 @@ describe('Stoma gateway on native memory stores', () => {
         {
           path: '/flaky',
           pipeline: {
-            policies: [circuitBreaker({ failureThreshold: 3, resetTimeoutMs: 300, store: adapter.circuitBreakerStore })],
+            policies: [
+              circuitBreaker({ failureThreshold: 3, resetTimeoutMs: 300, store: adapter.circuitBreakerStore }),
+            ],
             upstream: { type: 'handler', handler: () => new Response('x', { status: healthy ? 200 : 500 }) },
           },
         },

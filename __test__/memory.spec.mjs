@@ -139,7 +139,9 @@ describe('store lifecycle and option checks', () => {
     circuitBreakerStore.destroy()
     cacheStore.destroy()
     await expect(rateLimitStore.increment('k', 1)).rejects.toThrow(/MemoryRateLimitStore: the store was destroyed/)
-    await expect(circuitBreakerStore.recordFailure('k')).rejects.toThrow(/MemoryCircuitBreakerStore: the store was destroyed/)
+    await expect(circuitBreakerStore.recordFailure('k')).rejects.toThrow(
+      /MemoryCircuitBreakerStore: the store was destroyed/,
+    )
     await expect(cacheStore.get('k')).rejects.toThrow(/MemoryCacheStore: the store was destroyed/)
   })
 

@@ -94,7 +94,9 @@ describe('postgres schema', () => {
     expect(() => postgresAdapter({ url: 5432 })).toThrow(TypeError)
     expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(TypeError)
     expect(() => postgresAdapter({ url: 'postgres://h:notaport/db' })).toThrow(/url is not a valid .*port/)
-    expect(() => postgresAdapter({ url: 'postgres://h/db?sslmode=strict' })).toThrow(/sslmode may be disable, prefer, require, verify-ca or verify-full/)
+    expect(() => postgresAdapter({ url: 'postgres://h/db?sslmode=strict' })).toThrow(
+      /sslmode may be disable, prefer, require, verify-ca or verify-full/,
+    )
     expect(() => postgresAdapter({ url: 'dbname=x' })).toThrow(/url names no host/)
     expect(() => postgresAdapter({ tls: 'on' })).toThrow(/postgresAdapter: tls must be a boolean or \{ ca \}/)
     expect(() => postgresAdapter({ tls: { ca: 'not a certificate' } })).toThrow(TypeError)
@@ -107,7 +109,9 @@ describe('postgres schema', () => {
     const adapter = postgresAdapter({ tablePrefix: freshPrefix('missing') })
     const advice = /does not exist.*ensureSchema\(\).*POSTGRES_SCHEMA_SQL/
     await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(advice)
-    await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow(/PostgresCircuitBreakerStore: table \w+circuit_breakers does not exist/)
+    await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow(
+      /PostgresCircuitBreakerStore: table \w+circuit_breakers does not exist/,
+    )
     await expect(adapter.cacheStore.get('k')).rejects.toThrow(/PostgresCacheStore: table \w+cache does not exist/)
     await adapter.ensureSchema()
     await adapter.ensureSchema() // idempotent
@@ -162,7 +166,10 @@ describe("postgres: same tables as Stoma's postgresAdapter, both ways", () => {
   it("circuit breaker: Stoma's own transition() fails on PostgreSQL, ours does not", async () => {
     await expect(stoma.circuitBreakerStore.transition('cb:defect', 'open')).rejects.toThrow(/ambiguous/)
     await stoma.circuitBreakerStore.recordFailure('cb:defect')
-    expect(await ours.circuitBreakerStore.transition('cb:defect', 'open')).toMatchObject({ state: 'open', failureCount: 1 })
+    expect(await ours.circuitBreakerStore.transition('cb:defect', 'open')).toMatchObject({
+      state: 'open',
+      failureCount: 1,
+    })
   })
 
   it('cache: binary bodies and headers round-trip byte for byte in both directions', async () => {
@@ -194,9 +201,13 @@ describe("postgres: same tables as Stoma's postgresAdapter, both ways", () => {
     }
     // The same row text, whoever wrote it.
     await stoma.cacheStore.put('c:same', new Response('same', { headers: { 'x-a': '1' } }), 60)
-    const { rows: [theirs] } = await admin.query(`SELECT status, headers, body FROM ${prefix}cache WHERE key = 'c:same'`)
+    const {
+      rows: [theirs],
+    } = await admin.query(`SELECT status, headers, body FROM ${prefix}cache WHERE key = 'c:same'`)
     await ours.cacheStore.put('c:same', new Response('same', { headers: { 'x-a': '1' } }), 60)
-    const { rows: [mine] } = await admin.query(`SELECT status, headers, body FROM ${prefix}cache WHERE key = 'c:same'`)
+    const {
+      rows: [mine],
+    } = await admin.query(`SELECT status, headers, body FROM ${prefix}cache WHERE key = 'c:same'`)
     expect(mine).toEqual(theirs)
   })
 
@@ -258,7 +269,11 @@ describe('postgres circuits through the real Stoma gateway', () => {
     upstream.healthy = true
     expect((await request()).status).toBe(200) // the half-open probe
     expect(upstream.calls).toBe(4)
-    expect(await adapter.circuitBreakerStore.getState('/svc')).toMatchObject({ state: 'closed', failureCount: 0, successCount: 0 })
+    expect(await adapter.circuitBreakerStore.getState('/svc')).toMatchObject({
+      state: 'closed',
+      failureCount: 0,
+      successCount: 0,
+    })
     expect((await request()).status).toBe(200)
     await adapter.close()
   })
@@ -340,7 +355,10 @@ describe('postgres atomicity and cleanup', () => {
       }
     }
     const deadlocks = async () =>
-      Number((await admin.query('SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()')).rows[0].deadlocks)
+      Number(
+        (await admin.query('SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()')).rows[0]
+          .deadlocks,
+      )
     const deadlocksBefore = await deadlocks()
     const settled = await Promise.allSettled(calls)
     await other.close()
@@ -366,7 +384,11 @@ describe('postgres atomicity and cleanup', () => {
     ])
     const hit = (i) => single.rateLimitStore.increment(`group:${i % 4}`, 60)
     const good = Array.from({ length: 40 }, (_, i) => i)
-    const calls = [...good.slice(0, 20).map(hit), single.rateLimitStore.increment('full', 60), ...good.slice(20).map(hit)]
+    const calls = [
+      ...good.slice(0, 20).map(hit),
+      single.rateLimitStore.increment('full', 60),
+      ...good.slice(20).map(hit),
+    ]
     const settled = await Promise.allSettled(calls)
     await single.close()
     const [bad] = settled.splice(20, 1)
@@ -403,7 +425,13 @@ describe('postgres atomicity and cleanup', () => {
         admin.query(`INSERT INTO ${bgPrefix}cache (key, status, expires_at) VALUES ($1, 200, 1)`, [key]),
       ])
     const count = async () =>
-      Number((await admin.query(`SELECT (SELECT count(*) FROM ${bgPrefix}rate_limits) + (SELECT count(*) FROM ${bgPrefix}cache) AS n`)).rows[0].n)
+      Number(
+        (
+          await admin.query(
+            `SELECT (SELECT count(*) FROM ${bgPrefix}rate_limits) + (SELECT count(*) FROM ${bgPrefix}cache) AS n`,
+          )
+        ).rows[0].n,
+      )
     await plant('old')
     await sleep(300)
     expect(await count()).toBe(0)
@@ -421,7 +449,9 @@ const serverTls = await (async () => {
   const client = new pg.Client({ connectionString: DATABASE_URL })
   await client.connect()
   try {
-    const { rows } = await client.query("SELECT current_setting('ssl') AS ssl, current_setting('ssl_cert_file') AS file")
+    const { rows } = await client.query(
+      "SELECT current_setting('ssl') AS ssl, current_setting('ssl_cert_file') AS file",
+    )
     if (rows[0].ssl !== 'on') return null
     const ca = readFileSync(rows[0].file, 'utf8')
     const name = new X509Certificate(ca).subjectAltName?.match(/DNS:([^,\s]+)/)?.[1]
@@ -441,14 +471,20 @@ describe.skipIf(!serverTls)('postgres over TLS (the server must have ssl on)', (
   }
   /** Whether the connections named `applicationName` use TLS, as the server sees them. */
   const sessionsUseTls = async (applicationName) => {
-    const { rows } = await admin.query('SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1', [applicationName])
+    const { rows } = await admin.query(
+      'SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1',
+      [applicationName],
+    )
     expect(rows.length).toBeGreaterThan(0)
     return rows.every((row) => row.ssl)
   }
 
   it('checks the server certificate against tls.ca and serves all three stores over it', async () => {
     const name = `${RUN}_tls_require`
-    const adapter = await freshAdapter('tls', { url: tlsUrl(`?sslmode=require&application_name=${name}`), tls: { ca: serverTls.ca } })
+    const adapter = await freshAdapter('tls', {
+      url: tlsUrl(`?sslmode=require&application_name=${name}`),
+      tls: { ca: serverTls.ca },
+    })
     try {
       expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
       expect((await adapter.circuitBreakerStore.recordFailure('k')).failureCount).toBe(1)
@@ -461,10 +497,18 @@ describe.skipIf(!serverTls)('postgres over TLS (the server must have ssl on)', (
     }
   })
 
-  it('the tls option alone asks for TLS, an sslmode in the url has the last word, and libpq\'s verify-full is read as require', async () => {
-    for (const [query, expected] of [['', true], ['sslmode=disable', false], ['sslmode=verify-full', true]]) {
+  it("the tls option alone asks for TLS, an sslmode in the url has the last word, and libpq's verify-full is read as require", async () => {
+    for (const [query, expected] of [
+      ['', true],
+      ['sslmode=disable', false],
+      ['sslmode=verify-full', true],
+    ]) {
       const name = `${RUN}_tls_${query.replace(/\W/g, '_')}`
-      const adapter = postgresAdapter({ url: tlsUrl(`?${[query, `application_name=${name}`].filter(Boolean).join('&')}`), tls: { ca: serverTls.ca }, tablePrefix: freshPrefix('tls_option') })
+      const adapter = postgresAdapter({
+        url: tlsUrl(`?${[query, `application_name=${name}`].filter(Boolean).join('&')}`),
+        tls: { ca: serverTls.ca },
+        tablePrefix: freshPrefix('tls_option'),
+      })
       try {
         await adapter.ensureSchema()
         expect(await sessionsUseTls(name)).toBe(expected)
@@ -478,8 +522,12 @@ describe.skipIf(!serverTls)('postgres over TLS (the server must have ssl on)', (
     const unknown = postgresAdapter({ url: tlsUrl('?sslmode=require') }) // Mozilla's roots only
     const misnamed = postgresAdapter({ url: tlsUrl('?sslmode=require', '127.0.0.1'), tls: { ca: serverTls.ca } })
     try {
-      await expect(unknown.rateLimitStore.increment('k', 60)).rejects.toThrow(/^PostgresRateLimitStore: .*TLS handshake: invalid peer certificate: UnknownIssuer/)
-      await expect(misnamed.rateLimitStore.increment('k', 60)).rejects.toThrow(/^PostgresRateLimitStore: .*not valid for name "127.0.0.1"/)
+      await expect(unknown.rateLimitStore.increment('k', 60)).rejects.toThrow(
+        /^PostgresRateLimitStore: .*TLS handshake: invalid peer certificate: UnknownIssuer/,
+      )
+      await expect(misnamed.rateLimitStore.increment('k', 60)).rejects.toThrow(
+        /^PostgresRateLimitStore: .*not valid for name "127.0.0.1"/,
+      )
     } finally {
       await unknown.close()
       await misnamed.close()
@@ -495,7 +543,9 @@ describe('postgres lifecycle', () => {
     await adapter.rateLimitStore.increment('k', 60)
     await adapter.close()
     await adapter.close()
-    await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(/PostgresRateLimitStore: the store was closed/)
+    await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(
+      /PostgresRateLimitStore: the store was closed/,
+    )
     await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow(/PostgresCircuitBreakerStore: .*closed/)
     await expect(adapter.cacheStore.get('k')).rejects.toThrow(/PostgresCacheStore: .*closed/)
     await expect(adapter.ensureSchema()).rejects.toThrow(/closed/)
@@ -538,8 +588,12 @@ describe('postgres with the database unreachable, stalled and back', () => {
     await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(
       /^PostgresRateLimitStore: could not connect to PostgreSQL at 127\.0\.0\.1:1: .*refused/i,
     )
-    await expect(adapter.circuitBreakerStore.recordFailure('k')).rejects.toThrow(/^PostgresCircuitBreakerStore: could not connect/)
-    await expect(adapter.cacheStore.put('k', new Response('x'), 60)).rejects.toThrow(/^PostgresCacheStore: could not connect/)
+    await expect(adapter.circuitBreakerStore.recordFailure('k')).rejects.toThrow(
+      /^PostgresCircuitBreakerStore: could not connect/,
+    )
+    await expect(adapter.cacheStore.put('k', new Response('x'), 60)).rejects.toThrow(
+      /^PostgresCacheStore: could not connect/,
+    )
     expect(Date.now() - started).toBeLessThan(2000)
     await adapter.close()
   })
@@ -565,8 +619,12 @@ describe('postgres with the database unreachable, stalled and back', () => {
     )
     expect(Date.now() - started).toBeLessThan(300 + 300 + 400)
     started = Date.now()
-    const stalled = await Promise.allSettled(Array.from({ length: 20 }, () => adapter.circuitBreakerStore.getState('k')))
-    expect(stalled.every((s) => s.status === 'rejected' && /^PostgresCircuitBreakerStore: /.test(s.reason.message))).toBe(true)
+    const stalled = await Promise.allSettled(
+      Array.from({ length: 20 }, () => adapter.circuitBreakerStore.getState('k')),
+    )
+    expect(
+      stalled.every((s) => s.status === 'rejected' && /^PostgresCircuitBreakerStore: /.test(s.reason.message)),
+    ).toBe(true)
     expect(Date.now() - started).toBeLessThan(300 + 300 + 400)
 
     proxy.mode = 'forward'

@@ -146,7 +146,9 @@ describe('redis: beyond the anchor', () => {
       Array.from({ length: 1000 }, () => ours.circuitBreakerStore.recordFailure('hot')),
     )
     expect((await ours.circuitBreakerStore.getState('hot')).failureCount).toBe(1000)
-    expect(snapshots.map((s) => s.failureCount).sort((a, b) => a - b)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1))
+    expect(snapshots.map((s) => s.failureCount).sort((a, b) => a - b)).toEqual(
+      Array.from({ length: 1000 }, (_, i) => i + 1),
+    )
   })
 
   it('reads garbage under a cache key as a miss', async () => {
@@ -181,7 +183,12 @@ describe('redis: beyond the anchor', () => {
     ]
     for (const [i, value] of garbage.entries()) {
       await client.set(`${prefix}cb:g${i}`, value)
-      expect(await ours.circuitBreakerStore.getState(`g${i}`)).toMatchObject({ state: 'closed', failureCount: 0, successCount: 0, lastFailureTime: 0 })
+      expect(await ours.circuitBreakerStore.getState(`g${i}`)).toMatchObject({
+        state: 'closed',
+        failureCount: 0,
+        successCount: 0,
+        lastFailureTime: 0,
+      })
       expect((await ours.circuitBreakerStore.recordFailure(`g${i}`)).failureCount).toBe(1)
       expect(JSON.parse(await client.get(`${prefix}cb:g${i}`))).toMatchObject({ state: 'closed', failureCount: 1 })
     }
@@ -218,7 +225,6 @@ describe('redis: beyond the anchor', () => {
     expect(await ours.cacheStore.get('ttl0')).toBeNull()
     expect(await client.exists(`${prefix}cache:ttl0`)).toBe(0)
   })
-
 })
 
 // Tests that count connections or flush the script cache use a private
@@ -241,12 +247,14 @@ describe('redis: on a private server', () => {
 
   it('pipelines concurrent calls of all three stores on one connection', async () => {
     await Promise.all(
-      Array.from({ length: 300 }, (_, i) =>
-        [
-          adapter.rateLimitStore.increment(`p${i % 7}`, 60),
-          adapter.circuitBreakerStore.recordSuccess(`p${i % 5}`),
-          adapter.cacheStore.get(`p${i}`),
-        ][i % 3],
+      Array.from(
+        { length: 300 },
+        (_, i) =>
+          [
+            adapter.rateLimitStore.increment(`p${i % 7}`, 60),
+            adapter.circuitBreakerStore.recordSuccess(`p${i % 5}`),
+            adapter.cacheStore.get(`p${i}`),
+          ][i % 3],
       ),
     )
     const clients = (await admin.client('LIST')).trim().split('\n')
@@ -257,7 +265,9 @@ describe('redis: on a private server', () => {
     await adapter.rateLimitStore.increment('early', 60)
     // 40 more calls in one turn; redis-cli reads the counter before that turn ends.
     const calls = Array.from({ length: 40 }, () => adapter.rateLimitStore.increment('early', 60))
-    const seen = execFileSync('redis-cli', ['-p', String(port), 'GET', 'stoma:rl:early']).toString().trim()
+    const seen = execFileSync('redis-cli', ['-p', String(port), 'GET', 'stoma:rl:early'])
+      .toString()
+      .trim()
     expect(Number(seen)).toBe(1 + 32)
     expect((await Promise.all(calls)).at(-1).count).toBe(41)
   })
@@ -283,7 +293,8 @@ describe('redis: on a private server', () => {
   })
 
   it('runs both scripts by EVALSHA, resending with the source (once) after SCRIPT FLUSH', async () => {
-    const calls = async (name) => Number((await admin.info('commandstats')).match(new RegExp(`cmdstat_${name}:calls=(\\d+)`))?.[1] ?? 0)
+    const calls = async (name) =>
+      Number((await admin.info('commandstats')).match(new RegExp(`cmdstat_${name}:calls=(\\d+)`))?.[1] ?? 0)
     await admin.config('RESETSTAT')
     await admin.script('FLUSH')
     expect((await adapter.rateLimitStore.increment('after-flush', 60)).count).toBe(1)
@@ -373,8 +384,12 @@ describe('redis: adapter options and lifecycle', () => {
     await adapter.rateLimitStore.increment('k', 5)
     await adapter.close()
     await adapter.close()
-    await expect(adapter.rateLimitStore.increment('k', 5)).rejects.toThrow('RedisRateLimitStore: the Redis connection was closed')
-    await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow('RedisCircuitBreakerStore: the Redis connection was closed')
+    await expect(adapter.rateLimitStore.increment('k', 5)).rejects.toThrow(
+      'RedisRateLimitStore: the Redis connection was closed',
+    )
+    await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow(
+      'RedisCircuitBreakerStore: the Redis connection was closed',
+    )
     await expect(adapter.cacheStore.get('k')).rejects.toThrow('RedisCacheStore: the Redis connection was closed')
   })
 
@@ -411,7 +426,9 @@ describe('redis: TLS (rediss://)', () => {
       const adapter = redisAdapter({ url: tlsUrl, tls: { ca: certificates.ca }, prefix: newPrefix(), spinMicros })
       try {
         const hits = await Promise.all(Array.from({ length: 2000 }, () => adapter.rateLimitStore.increment('k', 60)))
-        expect(hits.map((hit) => hit.count).sort((a, b) => a - b)).toEqual(Array.from({ length: 2000 }, (_, i) => i + 1))
+        expect(hits.map((hit) => hit.count).sort((a, b) => a - b)).toEqual(
+          Array.from({ length: 2000 }, (_, i) => i + 1),
+        )
         expect((await adapter.circuitBreakerStore.recordFailure('k')).failureCount).toBe(1)
         await adapter.cacheStore.put('big', new Response(body, { headers: { 'x-tls': 'yes' } }), 60)
         const cached = await adapter.cacheStore.get('big')
@@ -425,7 +442,11 @@ describe('redis: TLS (rediss://)', () => {
 
   it('takes REDISS:// and valkeys:// (any case) as TLS urls too', async () => {
     for (const scheme of ['REDISS', 'valkeys']) {
-      const adapter = redisAdapter({ url: tlsUrl.replace('rediss', scheme), tls: { ca: certificates.ca }, prefix: newPrefix() })
+      const adapter = redisAdapter({
+        url: tlsUrl.replace('rediss', scheme),
+        tls: { ca: certificates.ca },
+        prefix: newPrefix(),
+      })
       try {
         expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
       } finally {
@@ -438,7 +459,9 @@ describe('redis: TLS (rediss://)', () => {
     const adapter = redisAdapter({ url: tlsUrl, prefix: newPrefix() }) // Mozilla's roots only
     try {
       const started = Date.now()
-      await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(/^RedisRateLimitStore: .*TLS handshake failed: invalid peer certificate: UnknownIssuer/)
+      await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(
+        /^RedisRateLimitStore: .*TLS handshake failed: invalid peer certificate: UnknownIssuer/,
+      )
       expect(Date.now() - started).toBeLessThan(1000)
     } finally {
       await adapter.close()
@@ -446,18 +469,28 @@ describe('redis: TLS (rediss://)', () => {
   })
 
   it('checks the server name: a certificate for localhost does not do for another name', async () => {
-    const adapter = redisAdapter({ url: tlsUrl.replace('localhost', '127.0.0.1'), tls: { ca: certificates.ca }, prefix: newPrefix() })
+    const adapter = redisAdapter({
+      url: tlsUrl.replace('localhost', '127.0.0.1'),
+      tls: { ca: certificates.ca },
+      prefix: newPrefix(),
+    })
     try {
-      await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(/^RedisRateLimitStore: .*TLS handshake failed: invalid peer certificate: certificate not valid for name "127.0.0.1"/)
+      await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(
+        /^RedisRateLimitStore: .*TLS handshake failed: invalid peer certificate: certificate not valid for name "127.0.0.1"/,
+      )
     } finally {
       await adapter.close()
     }
   })
 
   it('rejects bad tls options at once with a TypeError naming them', () => {
-    expect(() => redisAdapter({ url: tlsUrl, tls: 'yes' })).toThrow(/redisAdapter: tls must be a boolean or \{ ca \}, got "yes"/)
+    expect(() => redisAdapter({ url: tlsUrl, tls: 'yes' })).toThrow(
+      /redisAdapter: tls must be a boolean or \{ ca \}, got "yes"/,
+    )
     expect(() => redisAdapter({ url: tlsUrl, tls: { ca: 42 } })).toThrow(/redisAdapter: tls.ca must be PEM text/)
-    expect(() => redisAdapter({ url: tlsUrl, tls: { ca: 'not a certificate' } })).toThrow(/redisAdapter: tls.ca holds no PEM certificate/)
+    expect(() => redisAdapter({ url: tlsUrl, tls: { ca: 'not a certificate' } })).toThrow(
+      /redisAdapter: tls.ca holds no PEM certificate/,
+    )
     expect(() => redisAdapter({ url: `${tlsUrl}/#insecure` })).toThrow(/#insecure .*not supported/)
     expect(() => redisAdapter({ url: 'unix:///tmp/redis.sock', tls: true })).toThrow(/TLS works over TCP only/)
   })
@@ -513,7 +546,11 @@ describe('redis: server down', () => {
     })
     silent.listen(0, '127.0.0.1')
     await once(silent, 'listening')
-    const adapter = redisAdapter({ url: `redis://127.0.0.1:${silent.address().port}`, commandTimeoutMs: 300, connectTimeoutMs: 500 })
+    const adapter = redisAdapter({
+      url: `redis://127.0.0.1:${silent.address().port}`,
+      commandTimeoutMs: 300,
+      connectTimeoutMs: 500,
+    })
     try {
       await expectEachRejects(adapter, 300, /(within 300 ms|no answer within 500 ms)/)
     } finally {
@@ -538,10 +575,17 @@ describe('redis: server down', () => {
     broken.listen(0, '127.0.0.1')
     await once(broken, 'listening')
     for (const spinMicros of [50, 0]) {
-      const adapter = redisAdapter({ url: `redis://127.0.0.1:${broken.address().port}`, spinMicros, commandTimeoutMs: 2000 })
+      const adapter = redisAdapter({
+        url: `redis://127.0.0.1:${broken.address().port}`,
+        spinMicros,
+        commandTimeoutMs: 2000,
+      })
       try {
         await adapter.rateLimitStore.increment('warm', 60).catch(() => {}) // connected; the garbage drops it
-        const settled = await Promise.allSettled([adapter.rateLimitStore.increment('a', 60), adapter.rateLimitStore.increment('b', 60)])
+        const settled = await Promise.allSettled([
+          adapter.rateLimitStore.increment('a', 60),
+          adapter.rateLimitStore.increment('b', 60),
+        ])
         expect(settled[0]).toEqual({ status: 'fulfilled', value: { count: 1, resetAt: 1000 } })
         expect(settled[1].status).toBe('rejected')
         expect(settled[1].reason.message).toMatch(/^RedisRateLimitStore: Redis at 127\.0\.0\.1:\d+: protocol error/)
@@ -750,10 +794,30 @@ async function sparePort() {
  */
 async function startRedis(port, tls) {
   const listen = tls
-    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', tls.certFile, '--tls-key-file', tls.keyFile, '--tls-ca-cert-file', tls.caFile, '--tls-auth-clients', 'no']
+    ? [
+        '--port',
+        '0',
+        '--tls-port',
+        String(port),
+        '--tls-cert-file',
+        tls.certFile,
+        '--tls-key-file',
+        tls.keyFile,
+        '--tls-ca-cert-file',
+        tls.caFile,
+        '--tls-auth-clients',
+        'no',
+      ]
     : ['--port', String(port)]
-  const server = spawn('redis-server', [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-  const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, tls: tls && { ca: tls.ca, servername: 'localhost' } })
+  const server = spawn('redis-server', [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  })
+  const probe = new Redis(port, '127.0.0.1', {
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    tls: tls && { ca: tls.ca, servername: 'localhost' },
+  })
   probe.on('error', () => {})
   try {
     for (let i = 0; i < 200; i++) {
@@ -781,10 +845,38 @@ function makeCertificates() {
   const file = (name) => join(dir, name)
   const openssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore' })
   const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
-  openssl('req', '-x509', ...ecKey, '-keyout', file('ca.key'), '-out', file('ca.pem'), '-days', '2', '-subj', '/CN=stoma-native test CA')
+  openssl(
+    'req',
+    '-x509',
+    ...ecKey,
+    '-keyout',
+    file('ca.key'),
+    '-out',
+    file('ca.pem'),
+    '-days',
+    '2',
+    '-subj',
+    '/CN=stoma-native test CA',
+  )
   openssl('req', ...ecKey, '-keyout', file('server.key'), '-out', file('server.csr'), '-subj', '/CN=localhost')
   writeFileSync(file('ext.cnf'), 'subjectAltName=DNS:localhost\n')
-  openssl('x509', '-req', '-in', file('server.csr'), '-CA', file('ca.pem'), '-CAkey', file('ca.key'), '-CAcreateserial', '-out', file('server.pem'), '-days', '2', '-extfile', file('ext.cnf'))
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    file('server.csr'),
+    '-CA',
+    file('ca.pem'),
+    '-CAkey',
+    file('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    file('server.pem'),
+    '-days',
+    '2',
+    '-extfile',
+    file('ext.cnf'),
+  )
   return {
     dir,
     ca: readFileSync(file('ca.pem'), 'utf8'),

@@ -34,12 +34,17 @@ const smokeChecks = [
 /** Runs a command to completion; rejects with its output on failure or after `timeout` ms (then SIGKILLed). */
 function run(command, args, { cwd, env, timeout = 60_000 }) {
   return new Promise((resolve, reject) => {
-    execFile(command, args, { cwd, env, timeout, killSignal: 'SIGKILL', maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
-      if (error) {
-        error.message = `${command} ${args.join(' ')} failed (${error.killed ? `killed after ${timeout} ms` : `exit ${error.code}`}):\n${stdout}\n${stderr}`
-        reject(error)
-      } else resolve({ stdout, stderr })
-    })
+    execFile(
+      command,
+      args,
+      { cwd, env, timeout, killSignal: 'SIGKILL', maxBuffer: 16 << 20 },
+      (error, stdout, stderr) => {
+        if (error) {
+          error.message = `${command} ${args.join(' ')} failed (${error.killed ? `killed after ${timeout} ms` : `exit ${error.code}`}):\n${stdout}\n${stderr}`
+          reject(error)
+        } else resolve({ stdout, stderr })
+      },
+    )
   })
 }
 
@@ -54,7 +59,9 @@ function pathWithoutRust() {
         return false
       }
     })
-  return process.env.PATH.split(delimiter).filter((dir) => dir && !hasRust(dir)).join(delimiter)
+  return process.env.PATH.split(delimiter)
+    .filter((dir) => dir && !hasRust(dir))
+    .join(delimiter)
 }
 
 let project
@@ -62,7 +69,11 @@ let env
 let packed
 
 beforeAll(async () => {
-  const { stdout } = await run(process.execPath, [join(root, 'scripts', 'package.mjs')], { cwd: root, env: process.env, timeout: 120_000 })
+  const { stdout } = await run(process.execPath, [join(root, 'scripts', 'package.mjs')], {
+    cwd: root,
+    env: process.env,
+    timeout: 120_000,
+  })
   packed = JSON.parse(stdout)
 
   project = mkdtempSync(join(tmpdir(), 'stoma-native-runtimes-'))
@@ -81,7 +92,10 @@ beforeAll(async () => {
     BUN_RUNTIME_TRANSPILER_CACHE_PATH: '0',
     BUN_INSTALL_CACHE_DIR: join(project, '.bun'),
   }
-  writeFileSync(join(project, 'package.json'), `${JSON.stringify({ name: 'stoma-native-smoke', private: true }, null, 2)}\n`)
+  writeFileSync(
+    join(project, 'package.json'),
+    `${JSON.stringify({ name: 'stoma-native-smoke', private: true }, null, 2)}\n`,
+  )
   await run(
     'npm',
     [
@@ -96,9 +110,13 @@ beforeAll(async () => {
     ],
     { cwd: project, env, timeout: 120_000 },
   )
-  for (const file of readdirSync(join(root, '__test__', 'runtimes'))) cpSync(join(root, '__test__', 'runtimes', file), join(project, file))
+  for (const file of readdirSync(join(root, '__test__', 'runtimes')))
+    cpSync(join(root, '__test__', 'runtimes', file), join(project, file))
   cpSync(join(root, '__test__', 'store-contract.mjs'), join(project, 'store-contract.mjs'))
-  writeFileSync(join(project, 'deno.json'), `${JSON.stringify({ nodeModulesDir: 'manual', imports: { vitest: './vitest-deno-shim.mjs' } }, null, 2)}\n`)
+  writeFileSync(
+    join(project, 'deno.json'),
+    `${JSON.stringify({ nodeModulesDir: 'manual', imports: { vitest: './vitest-deno-shim.mjs' } }, null, 2)}\n`,
+  )
 }, 300_000)
 
 afterAll(async () => {
@@ -116,7 +134,9 @@ function smokeResult(stdout) {
 function expectSmoke(result, runtime, how) {
   expect(result).toMatchObject({ runtime, how })
   expect(result.checks).toEqual(smokeChecks.map((c) => c.replace('<runtime>', runtime)))
-  expect(result.addon).toBe(join(project, 'node_modules', 'stoma-native-linux-x64-gnu', 'stoma-native.linux-x64-gnu.node'))
+  expect(result.addon).toBe(
+    join(project, 'node_modules', 'stoma-native-linux-x64-gnu', 'stoma-native.linux-x64-gnu.node'),
+  )
 }
 
 describe('packed tarballs', () => {
@@ -124,10 +144,15 @@ describe('packed tarballs', () => {
     expect(packed.main.tarball).toBe(`pkg/stoma-native-${packed.main.version}.tgz`)
     expect(packed.platforms.map((p) => p.name)).toContain('stoma-native-linux-x64-gnu')
     expect(Object.keys(packed.main.optionalDependencies)).toEqual(packed.platforms.map((p) => p.name))
-    const listing = (tarball) => spawnSync('tar', ['tzf', join(root, tarball)], { encoding: 'utf8' }).stdout.trim().split('\n')
+    const listing = (tarball) =>
+      spawnSync('tar', ['tzf', join(root, tarball)], { encoding: 'utf8' })
+        .stdout.trim()
+        .split('\n')
     expect(listing(packed.main.tarball).filter((f) => f.endsWith('.node'))).toEqual([])
     for (const p of packed.platforms) {
-      expect(listing(p.tarball).sort()).toEqual(['package/README.md', 'package/package.json', `package/${p.node}`].sort())
+      expect(listing(p.tarball).sort()).toEqual(
+        ['package/README.md', 'package/package.json', `package/${p.node}`].sort(),
+      )
     }
     const installed = join(project, 'node_modules', 'stoma-native-linux-x64-gnu', 'stoma-native.linux-x64-gnu.node')
     expect(spawnSync('file', ['-b', installed], { encoding: 'utf8' }).stdout).toMatch(/ELF 64-bit.*x86-64.*, stripped/)
@@ -136,18 +161,33 @@ describe('packed tarballs', () => {
   it('install into an empty project, with no Rust toolchain and no registry, compiles nothing', () => {
     for (const tool of ['cargo', 'rustc']) expect(spawnSync(tool, ['--version'], { env }).error?.code).toBe('ENOENT')
     const modules = join(project, 'node_modules')
-    expect(readdirSync(modules).filter((d) => !d.startsWith('.')).sort()).toEqual(['stoma-native', 'stoma-native-linux-x64-gnu'])
+    expect(
+      readdirSync(modules)
+        .filter((d) => !d.startsWith('.'))
+        .sort(),
+    ).toEqual(['stoma-native', 'stoma-native-linux-x64-gnu'])
     expect(readdirSync(join(modules, 'stoma-native')).filter((f) => f.endsWith('.node'))).toEqual([])
     const manifest = JSON.parse(readFileSync(join(modules, 'stoma-native', 'package.json'), 'utf8'))
-    for (const hook of ['preinstall', 'install', 'postinstall', 'prepare']) expect(manifest.scripts?.[hook]).toBeUndefined()
-    expect(readdirSync(join(modules, 'stoma-native-linux-x64-gnu')).filter((f) => f.endsWith('.node'))).toEqual(['stoma-native.linux-x64-gnu.node'])
+    for (const hook of ['preinstall', 'install', 'postinstall', 'prepare'])
+      expect(manifest.scripts?.[hook]).toBeUndefined()
+    expect(readdirSync(join(modules, 'stoma-native-linux-x64-gnu')).filter((f) => f.endsWith('.node'))).toEqual([
+      'stoma-native.linux-x64-gnu.node',
+    ])
   })
 
   it('TypeScript resolves the declarations through exports (import and require)', async () => {
     writeFileSync(
       join(project, 'tsconfig.json'),
       JSON.stringify({
-        compilerOptions: { target: 'ES2022', module: 'nodenext', moduleResolution: 'nodenext', strict: true, noEmit: true, types: [], lib: ['ES2022', 'DOM'] },
+        compilerOptions: {
+          target: 'ES2022',
+          module: 'nodenext',
+          moduleResolution: 'nodenext',
+          strict: true,
+          noEmit: true,
+          types: [],
+          lib: ['ES2022', 'DOM'],
+        },
         files: ['types-check.mts', 'types-check.cts'],
       }),
     )
@@ -157,21 +197,43 @@ describe('packed tarballs', () => {
 
 describe('smoke script in every runtime', () => {
   it('node, ESM (import)', async () => {
-    expectSmoke(smokeResult((await run(process.execPath, ['smoke.mjs', '--esm'], { cwd: project, env })).stdout), 'node', 'import')
+    expectSmoke(
+      smokeResult((await run(process.execPath, ['smoke.mjs', '--esm'], { cwd: project, env })).stdout),
+      'node',
+      'import',
+    )
   })
 
   it('node, CommonJS (require)', async () => {
-    expectSmoke(smokeResult((await run(process.execPath, ['smoke.cjs'], { cwd: project, env })).stdout), 'node', 'require')
+    expectSmoke(
+      smokeResult((await run(process.execPath, ['smoke.cjs'], { cwd: project, env })).stdout),
+      'node',
+      'require',
+    )
   })
 
   it('bun, ESM and CommonJS', async () => {
-    expectSmoke(smokeResult((await run(bin('bun'), ['smoke.mjs', '--esm'], { cwd: project, env })).stdout), 'bun', 'import')
+    expectSmoke(
+      smokeResult((await run(bin('bun'), ['smoke.mjs', '--esm'], { cwd: project, env })).stdout),
+      'bun',
+      'import',
+    )
     expectSmoke(smokeResult((await run(bin('bun'), ['smoke.cjs'], { cwd: project, env })).stdout), 'bun', 'require')
   })
 
   it('deno, ESM and CommonJS', async () => {
-    expectSmoke(smokeResult((await run(bin('deno'), ['run', ...denoPermissions, 'smoke.mjs', '--esm'], { cwd: project, env })).stdout), 'deno', 'import')
-    expectSmoke(smokeResult((await run(bin('deno'), ['run', ...denoPermissions, 'smoke.cjs'], { cwd: project, env })).stdout), 'deno', 'require')
+    expectSmoke(
+      smokeResult(
+        (await run(bin('deno'), ['run', ...denoPermissions, 'smoke.mjs', '--esm'], { cwd: project, env })).stdout,
+      ),
+      'deno',
+      'import',
+    )
+    expectSmoke(
+      smokeResult((await run(bin('deno'), ['run', ...denoPermissions, 'smoke.cjs'], { cwd: project, env })).stdout),
+      'deno',
+      'require',
+    )
   })
 })
 
@@ -179,7 +241,11 @@ describe('store contract in other runtimes', () => {
   const suites = (runtime) => ['memory', 'TestAdapter', 'redis'].map((b) => `${runtime} ${b}: store contract`)
 
   it('bun test (vitest imports mapped to bun:test)', async () => {
-    const { stdout, stderr } = await run(bin('bun'), ['test', './contract.test.mjs'], { cwd: project, env, timeout: 120_000 })
+    const { stdout, stderr } = await run(bin('bun'), ['test', './contract.test.mjs'], {
+      cwd: project,
+      env,
+      timeout: 120_000,
+    })
     const output = stdout + stderr
     expect(output).toMatch(/\b42 pass\b/)
     expect(output).toMatch(/\b0 fail\b/)
@@ -187,7 +253,11 @@ describe('store contract in other runtimes', () => {
   }, 150_000)
 
   it('deno test (vitest imports mapped to a describe/it/expect shim on Deno.test)', async () => {
-    const { stdout, stderr } = await run(bin('deno'), ['test', '--no-check', ...denoPermissions, 'contract.test.mjs'], { cwd: project, env, timeout: 120_000 })
+    const { stdout, stderr } = await run(bin('deno'), ['test', '--no-check', ...denoPermissions, 'contract.test.mjs'], {
+      cwd: project,
+      env,
+      timeout: 120_000,
+    })
     const output = stdout + stderr
     expect(output).toMatch(/ok \| 3 passed \(51 steps\) \| 0 failed/)
     for (const suite of suites('deno')) expect(output).toContain(`${suite} ... ok`)

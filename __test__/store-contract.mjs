@@ -79,7 +79,11 @@ export function storeContract(backend, { createStores, close }) {
         const halfOpen = await store.transition('cb:t', 'half-open')
         expect(halfOpen).toMatchObject({ state: 'half-open', failureCount: 2, successCount: 0 })
         await store.recordSuccess('cb:t')
-        expect(await store.transition('cb:t', 'closed')).toMatchObject({ state: 'closed', failureCount: 0, successCount: 0 })
+        expect(await store.transition('cb:t', 'closed')).toMatchObject({
+          state: 'closed',
+          failureCount: 0,
+          successCount: 0,
+        })
 
         await store.recordFailure('cb:t')
         await store.reset('cb:t')

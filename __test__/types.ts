@@ -24,7 +24,14 @@ import {
   redisAdapter,
 } from '../index.js'
 
-const adapters: GatewayAdapter[] = [memoryAdapter(), nodeAdapter(), bunAdapter(), denoAdapter(), new TestAdapter(), redisAdapter()]
+const adapters: GatewayAdapter[] = [
+  memoryAdapter(),
+  nodeAdapter(),
+  bunAdapter(),
+  denoAdapter(),
+  new TestAdapter(),
+  redisAdapter(),
+]
 const rateLimit: RateLimitStore = new MemoryRateLimitStore({ maxKeys: 10 })
 const circuits: CircuitBreakerStore = new MemoryCircuitBreakerStore()
 const cache: CacheStore = new MemoryCacheStore({ maxBytes: 1024 })
@@ -36,7 +43,12 @@ const testAdapter: PublicMembers<StomaTestAdapter> = createTestAdapter()
 
 // PostgreSQL: stores and adapters assignable to Stoma's types; `stores`
 // flags decide which stores the adapter's type has.
-const pg = postgresAdapter({ url: 'postgres://localhost/db', tablePrefix: 'x_', poolSize: 2, cleanupIntervalMs: 60_000 })
+const pg = postgresAdapter({
+  url: 'postgres://localhost/db',
+  tablePrefix: 'x_',
+  poolSize: 2,
+  cleanupIntervalMs: 60_000,
+})
 const pgAdapter: GatewayAdapter = pg
 const pgRateLimit: RateLimitStore = pg.rateLimitStore
 const pgCircuits: CircuitBreakerStore = new PostgresCircuitBreakerStore({ statementTimeoutMs: 500 })
@@ -66,4 +78,16 @@ declare const maybe: boolean
 // @ts-expect-error a flag only known as boolean leaves the store optional
 const maybeCache: RedisCacheStore = redisAdapter({ stores: { cache: maybe } }).cacheStore
 
-export { adapters, rateLimit, circuits, cache, testAdapter, redisStores, redisCache, closing, limiter, noCache, maybeCache }
+export {
+  adapters,
+  rateLimit,
+  circuits,
+  cache,
+  testAdapter,
+  redisStores,
+  redisCache,
+  closing,
+  limiter,
+  noCache,
+  maybeCache,
+}

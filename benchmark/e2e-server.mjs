@@ -28,7 +28,14 @@ const gateway = createGateway({
     {
       path: '/limited',
       pipeline: {
-        policies: [rateLimit({ max: 1e12, windowSeconds: 60, store: adapter.rateLimitStore, keyBy: (c) => c.req.header('x-client') ?? 'anon' })],
+        policies: [
+          rateLimit({
+            max: 1e12,
+            windowSeconds: 60,
+            store: adapter.rateLimitStore,
+            keyBy: (c) => c.req.header('x-client') ?? 'anon',
+          }),
+        ],
         upstream: { type: 'handler', handler: () => Response.json({ ok: true }) },
       },
     },
@@ -37,7 +44,10 @@ const gateway = createGateway({
       methods: ['GET'],
       pipeline: {
         policies: [cache({ ttlSeconds: 300, store: adapter.cacheStore })],
-        upstream: { type: 'handler', handler: () => new Response(page64k, { headers: { 'content-type': 'application/octet-stream' } }) },
+        upstream: {
+          type: 'handler',
+          handler: () => new Response(page64k, { headers: { 'content-type': 'application/octet-stream' } }),
+        },
       },
     },
   ],

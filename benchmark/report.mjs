@@ -29,9 +29,11 @@ export function machine() {
 }
 
 const ratioText = (r) => `${r >= 10 ? r.toFixed(0) : r.toFixed(2)}×`
-const targetText = (row) => (row.target === undefined ? '' : `≥ ${row.target}× ${row.ratio >= row.target ? '✓' : '✗ missed'}`)
+const targetText = (row) =>
+  row.target === undefined ? '' : `≥ ${row.target}× ${row.ratio >= row.target ? '✓' : '✗ missed'}`
 
-const cell = (row, rate) => (row.unit === 'req' ? `${formatRate(rate).replace('/s', ' req/s')}` : `${formatRate(rate)} (${formatLatency(rate)}/op)`)
+const cell = (row, rate) =>
+  row.unit === 'req' ? `${formatRate(rate).replace('/s', ' req/s')}` : `${formatRate(rate)} (${formatLatency(rate)}/op)`
 
 export function table(rows) {
   const lines = ['| case | stoma-native | Stoma (JS) | ratio | target | notes |', '|---|---|---|---|---|---|']
@@ -69,11 +71,15 @@ export function chart(rows, date) {
     const x0 = x(1)
     const x1 = x(row.ratio)
     parts.push(`<text x="${label - 8}" y="${y + 15}" text-anchor="end">${escapeXml(row.name)}</text>`)
-    parts.push(`<rect x="${Math.min(x0, x1)}" y="${y}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${barHeight}" fill="${fill}"/>`)
+    parts.push(
+      `<rect x="${Math.min(x0, x1)}" y="${y}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${barHeight}" fill="${fill}"/>`,
+    )
     const labelAt = row.ratio >= 1 ? `x="${x1 + 6}"` : `x="${x1 - 6}" text-anchor="end"`
     parts.push(`<text ${labelAt} y="${y + 15}">${ratioText(row.ratio)}</text>`)
     if (row.target !== undefined) {
-      parts.push(`<line x1="${x(row.target)}" x2="${x(row.target)}" y1="${y - 2}" y2="${y + barHeight + 2}" stroke="#000" stroke-dasharray="3,2"/>`)
+      parts.push(
+        `<line x1="${x(row.target)}" x2="${x(row.target)}" y1="${y - 2}" y2="${y + barHeight + 2}" stroke="#000" stroke-dasharray="3,2"/>`,
+      )
     }
   })
   const bottom = top + rows.length * (barHeight + 8)
@@ -83,7 +89,9 @@ export function chart(rows, date) {
     parts.push(`<line x1="${x(tick)}" x2="${x(tick)}" y1="${top - 6}" y2="${bottom}" ${stroke}/>`)
     parts.push(`<text x="${x(tick)}" y="${bottom + 16}" text-anchor="middle" fill="#444">${tick}×</text>`)
   }
-  parts.push(`<text x="${width - 10}" y="${height - 10}" text-anchor="end" fill="#666">dashed: target · ${escapeXml(date)}</text>`)
+  parts.push(
+    `<text x="${width - 10}" y="${height - 10}" text-anchor="end" fill="#666">dashed: target · ${escapeXml(date)}</text>`,
+  )
   parts.push('</svg>')
   return `${parts.join('\n')}\n`
 }

@@ -16,12 +16,16 @@ const stoma = {
   ...(await loadStoma('policies/index.js')),
 }
 const context = { stoma }
-const cases = [...memoryCases(context), ...redisCases(context), ...postgresCases(context), ...e2eCases(context)].filter((c) => filters.length === 0 || filters.some((f) => c.name.includes(f)))
+const cases = [...memoryCases(context), ...redisCases(context), ...postgresCases(context), ...e2eCases(context)].filter(
+  (c) => filters.length === 0 || filters.some((f) => c.name.includes(f)),
+)
 
 const rows = []
 for (const benchCase of cases) {
   process.stderr.write(`${benchCase.name} `)
-  const result = benchCase.run ? await benchCase.run() : await measure(benchCase, context, { log: (s) => process.stderr.write(s) })
+  const result = benchCase.run
+    ? await benchCase.run()
+    : await measure(benchCase, context, { log: (s) => process.stderr.write(s) })
   process.stderr.write('\n')
   rows.push({ name: benchCase.name, target: benchCase.target, ...result })
 }

@@ -24,7 +24,10 @@ export class CacheApiCacheStore {
   #origin
 
   constructor(cache, origin) {
-    this.#cache = cache === undefined || cache === null ? defaultCache() : checkBinding('CacheApiCacheStore', cache, 'cache', 'Cache', ['match', 'put', 'delete'])
+    this.#cache =
+      cache === undefined || cache === null
+        ? defaultCache()
+        : checkBinding('CacheApiCacheStore', cache, 'cache', 'Cache', ['match', 'put', 'delete'])
     this.#origin = cacheOrigin(origin)
   }
 
@@ -74,7 +77,9 @@ export class CacheApiCacheStore {
 function defaultCache() {
   const cache = globalThis.caches?.default
   if (!cache) {
-    throw new TypeError('CacheApiCacheStore: no cache was given and caches.default is not available (not a Workers runtime?)')
+    throw new TypeError(
+      'CacheApiCacheStore: no cache was given and caches.default is not available (not a Workers runtime?)',
+    )
   }
   return cache
 }
@@ -91,7 +96,9 @@ function cacheOrigin(origin) {
     url = null
   }
   if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
-    throw new RangeError(`CacheApiCacheStore: cacheOrigin must be an http(s) URL such as "https://cache.example", got ${describe(origin)}`)
+    throw new RangeError(
+      `CacheApiCacheStore: cacheOrigin must be an http(s) URL such as "https://cache.example", got ${describe(origin)}`,
+    )
   }
   return url.origin
 }

@@ -90,7 +90,8 @@ async function dispatchBinding(env, service, request) {
   const binding = env[service]
   if (!binding || typeof binding.fetch !== 'function') {
     const available = Object.keys(env).filter((name) => typeof env[name]?.fetch === 'function')
-    const hint = available.length > 0 ? `service bindings in env: ${available.join(', ')}` : 'env has no service bindings'
+    const hint =
+      available.length > 0 ? `service bindings in env: ${available.join(', ')}` : 'env has no service bindings'
     throw new Error(`cloudflareAdapter: dispatchBinding: no service binding named ${JSON.stringify(service)} (${hint})`)
   }
   return binding.fetch(request)

@@ -17,7 +17,10 @@ function memoryStores(factory, options) {
   const name = optionalName(factory, opts.name)
   return {
     rateLimitStore: new MemoryRateLimitStore({ ...optionsObject(factory, opts.rateLimit, 'rateLimit'), name }),
-    circuitBreakerStore: new MemoryCircuitBreakerStore({ ...optionsObject(factory, opts.circuitBreaker, 'circuitBreaker'), name }),
+    circuitBreakerStore: new MemoryCircuitBreakerStore({
+      ...optionsObject(factory, opts.circuitBreaker, 'circuitBreaker'),
+      name,
+    }),
     cacheStore: new MemoryCacheStore({ ...optionsObject(factory, opts.cache, 'cache'), name }),
   }
 }

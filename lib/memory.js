@@ -38,7 +38,12 @@ class MemoryRateLimitStore {
 
   increment(key, windowSeconds) {
     try {
-      if (typeof key !== 'string' || typeof windowSeconds !== 'number' || !(windowSeconds >= 0) || windowSeconds === Infinity) {
+      if (
+        typeof key !== 'string' ||
+        typeof windowSeconds !== 'number' ||
+        !(windowSeconds >= 0) ||
+        windowSeconds === Infinity
+      ) {
         checkKey('MemoryRateLimitStore', key)
         checkSeconds('MemoryRateLimitStore', windowSeconds, 'windowSeconds')
       }
@@ -76,11 +81,15 @@ const TRANSITION = 3
 
 function circuitStateCode(to) {
   if (typeof to !== 'string') {
-    throw new TypeError(`MemoryCircuitBreakerStore: to must be a string ("closed", "open" or "half-open"), got ${typeof to}`)
+    throw new TypeError(
+      `MemoryCircuitBreakerStore: to must be a string ("closed", "open" or "half-open"), got ${typeof to}`,
+    )
   }
   const code = CIRCUIT_STATES.indexOf(to)
   if (code < 0) {
-    throw new RangeError(`MemoryCircuitBreakerStore: to must be "closed", "open" or "half-open", got ${JSON.stringify(to)}`)
+    throw new RangeError(
+      `MemoryCircuitBreakerStore: to must be "closed", "open" or "half-open", got ${JSON.stringify(to)}`,
+    )
   }
   return code
 }
@@ -98,7 +107,10 @@ class MemoryCircuitBreakerStore {
   constructor(options) {
     const opts = optionsObject('MemoryCircuitBreakerStore', options)
     const maxKeys = positiveInteger('MemoryCircuitBreakerStore', opts.maxKeys, 'maxKeys', DEFAULT_CIRCUIT_KEYS)
-    this.#native = new native.NativeMemoryCircuitBreakerStore(maxKeys, optionalName('MemoryCircuitBreakerStore', opts.name))
+    this.#native = new native.NativeMemoryCircuitBreakerStore(
+      maxKeys,
+      optionalName('MemoryCircuitBreakerStore', opts.name),
+    )
     const bound = this.#native.bindOperations()
     this.#operate = bound.call
     this.#out = bound.out

@@ -33,7 +33,9 @@ function checkPostgresKey(store, key) {
   if (key.length > MAX_KEY_BYTES / 3) {
     const bytes = Buffer.byteLength(key, 'utf8')
     if (bytes > MAX_KEY_BYTES) {
-      throw new RangeError(`${store}: key must be at most ${MAX_KEY_BYTES} bytes of UTF-8 (PostgreSQL's index entry limit), got ${bytes}`)
+      throw new RangeError(
+        `${store}: key must be at most ${MAX_KEY_BYTES} bytes of UTF-8 (PostgreSQL's index entry limit), got ${bytes}`,
+      )
     }
   }
 }
@@ -79,7 +81,12 @@ function openPool(who, opts, cleans) {
     tablePrefix: checkTablePrefix(who, opts.tablePrefix ?? DEFAULT_PREFIX),
     poolSize: positiveInteger(who, opts.poolSize, 'poolSize', DEFAULT_POOL_SIZE),
     connectTimeoutMs: positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS),
-    statementTimeoutMs: positiveInteger(who, opts.statementTimeoutMs, 'statementTimeoutMs', DEFAULT_STATEMENT_TIMEOUT_MS),
+    statementTimeoutMs: positiveInteger(
+      who,
+      opts.statementTimeoutMs,
+      'statementTimeoutMs',
+      DEFAULT_STATEMENT_TIMEOUT_MS,
+    ),
     synchronousCommit,
     cleanupIntervalMs,
     cleanupRateLimits: cleans.rateLimit === true,
@@ -206,10 +213,14 @@ class PostgresCircuitBreakerStore {
   transition(key, to) {
     return this.#run(key, (pool) => {
       if (typeof to !== 'string') {
-        throw new TypeError(`PostgresCircuitBreakerStore: to must be a string ("closed", "open" or "half-open"), got ${describe(to)}`)
+        throw new TypeError(
+          `PostgresCircuitBreakerStore: to must be a string ("closed", "open" or "half-open"), got ${describe(to)}`,
+        )
       }
       if (!CIRCUIT_STATES.includes(to)) {
-        throw new RangeError(`PostgresCircuitBreakerStore: to must be "closed", "open" or "half-open", got ${describe(to)}`)
+        throw new RangeError(
+          `PostgresCircuitBreakerStore: to must be "closed", "open" or "half-open", got ${describe(to)}`,
+        )
       }
       return pool.circuitTransition(key, to)
     })
@@ -246,9 +257,7 @@ class PostgresCacheStore {
   get(key) {
     try {
       checkPostgresKey('PostgresCacheStore', key)
-      return this.#handle.pool
-        .cacheGet(key)
-        .then((hit) => hit && buildResponse(hit.status, hit.headers, hit.body))
+      return this.#handle.pool.cacheGet(key).then((hit) => hit && buildResponse(hit.status, hit.headers, hit.body))
     } catch (error) {
       return Promise.reject(error)
     }

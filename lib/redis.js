@@ -6,7 +6,16 @@
 // with an Error naming the store and the cause, within commandTimeoutMs.
 
 const native = require('../native.js')
-const { checkKey, checkSeconds, checkCircuitState, positiveInteger, nonNegativeInteger, optionsObject, describe, tlsOption } = require('./validate.js')
+const {
+  checkKey,
+  checkSeconds,
+  checkCircuitState,
+  positiveInteger,
+  nonNegativeInteger,
+  optionsObject,
+  describe,
+  tlsOption,
+} = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
 
@@ -181,7 +190,17 @@ class Connection {
     const whenDrained = this.#whenDrained
     const onAnswers = (batch) => settle(calls, batch, whenDrained)
     try {
-      this.#native = new native.NativeRedisConnection(url, prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, IS_NODE, useTls, tlsCa, onAnswers)
+      this.#native = new native.NativeRedisConnection(
+        url,
+        prefix,
+        connectTimeoutMs,
+        commandTimeoutMs,
+        spinMicros,
+        IS_NODE,
+        useTls,
+        tlsCa,
+        onAnswers,
+      )
     } catch (error) {
       if (error?.code !== 'InvalidArg') throw error
       if (error.message.startsWith('tls.ca ')) throw new TypeError(`${who}: ${error.message}`)

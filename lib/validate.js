@@ -80,7 +80,8 @@ function checkCircuitState(store, to) {
 function tlsOption(who, tls) {
   if (tls === undefined || tls === false) return { useTls: false, tlsCa: undefined }
   if (tls === true) return { useTls: true, tlsCa: undefined }
-  if (tls === null || typeof tls !== 'object') throw new TypeError(`${who}: tls must be a boolean or { ca }, got ${describe(tls)}`)
+  if (tls === null || typeof tls !== 'object')
+    throw new TypeError(`${who}: tls must be a boolean or { ca }, got ${describe(tls)}`)
   const { ca } = tls
   if (ca === undefined) return { useTls: true, tlsCa: undefined }
   if (typeof ca === 'string') return { useTls: true, tlsCa: new TextEncoder().encode(ca) }
@@ -88,4 +89,14 @@ function tlsOption(who, tls) {
   throw new TypeError(`${who}: tls.ca must be PEM text (a string or a Buffer), got ${describe(ca)}`)
 }
 
-module.exports = { describe, tlsOption, checkKey, checkSeconds, positiveInteger, nonNegativeInteger, optionsObject, optionalName, checkCircuitState }
+module.exports = {
+  describe,
+  tlsOption,
+  checkKey,
+  checkSeconds,
+  positiveInteger,
+  nonNegativeInteger,
+  optionsObject,
+  optionalName,
+  checkCircuitState,
+}

@@ -10,7 +10,12 @@ if (hasCargo) {
   const built = spawnSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' })
   process.exit(built.status ?? 1)
 }
-if (!readdirSync(root).some((f) => f.endsWith('.node')) && !existsSync(`${root}node_modules/stoma-native-linux-x64-gnu`)) {
-  console.error('stoma-native: no Rust toolchain (cargo) on PATH and no built addon; install Rust from https://rustup.rs')
+if (
+  !readdirSync(root).some((f) => f.endsWith('.node')) &&
+  !existsSync(`${root}node_modules/stoma-native-linux-x64-gnu`)
+) {
+  console.error(
+    'stoma-native: no Rust toolchain (cargo) on PATH and no built addon; install Rust from https://rustup.rs',
+  )
   process.exit(1)
 }

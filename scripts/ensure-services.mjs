@@ -36,7 +36,12 @@ async function ensure(name, url, defaultPort, start) {
   throw new Error(`${name} did not come up on port ${port}`)
 }
 
-await ensure('Redis', redisUrl, 6379, (port) => `redis-server --daemonize yes --bind 127.0.0.1 --port ${port} --save "" --appendonly no`)
+await ensure(
+  'Redis',
+  redisUrl,
+  6379,
+  (port) => `redis-server --daemonize yes --bind 127.0.0.1 --port ${port} --save "" --appendonly no`,
+)
 await ensure('PostgreSQL', postgresUrl, 5432, () => {
   const version = readdirSync('/etc/postgresql')[0]
   return `pg_ctlcluster --skip-systemctl-redirect ${version} main start`

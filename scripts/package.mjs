@@ -21,7 +21,17 @@
 // stripped release .node in each platform tarball, every platform package at
 // the main package's version. Prints a JSON summary.
 import { execFileSync, spawnSync } from 'node:child_process'
-import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import {
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -37,11 +47,19 @@ function fail(message) {
 }
 
 // npm's own npm_* variables (from `npm run package`, e.g. npm_config_local_prefix) stay out of the nested npm pack.
-const npmEnv = { ...Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^npm_/i.test(key))), npm_config_update_notifier: 'false', npm_config_fund: 'false' }
+const npmEnv = {
+  ...Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^npm_/i.test(key))),
+  npm_config_update_notifier: 'false',
+  npm_config_fund: 'false',
+}
 
 /** `npm pack` in `cwd` into pkg/; returns { filename, files: [{ path, size }] }. */
 function npmPack(cwd) {
-  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', pkgDir, '--ignore-scripts'], { cwd, encoding: 'utf8', env: npmEnv })
+  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', pkgDir, '--ignore-scripts'], {
+    cwd,
+    encoding: 'utf8',
+    env: npmEnv,
+  })
   const [result] = JSON.parse(out)
   return result
 }
@@ -55,7 +73,8 @@ function isStripped(file) {
 }
 
 mkdirSync(pkgDir, { recursive: true })
-for (const f of readdirSync(pkgDir)) if (f.endsWith('.tgz') || f === '.stage') rmSync(join(pkgDir, f), { recursive: true, force: true })
+for (const f of readdirSync(pkgDir))
+  if (f.endsWith('.tgz') || f === '.stage') rmSync(join(pkgDir, f), { recursive: true, force: true })
 
 // Platform packages.
 const platforms = []
@@ -63,25 +82,38 @@ const packed = []
 for (const platform of readdirSync(join(root, 'npm')).sort()) {
   const dir = join(root, 'npm', platform)
   const platformManifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'))
-  if (platformManifest.version !== manifest.version) fail(`${platformManifest.name} is at ${platformManifest.version}, ${manifest.name} at ${manifest.version}`)
+  if (platformManifest.version !== manifest.version)
+    fail(`${platformManifest.name} is at ${platformManifest.version}, ${manifest.name} at ${manifest.version}`)
   platforms.push(platformManifest.name)
   const addon = `${binaryName}.${platform}.node`
   const built = join(root, addon)
   if (existsSync(built)) copyFileSync(built, join(dir, addon))
   if (!existsSync(join(dir, addon))) continue
-  if (isStripped(join(dir, addon)) === false) fail(`${addon} is not stripped; build it with npm run build (release, --strip)`)
+  if (isStripped(join(dir, addon)) === false)
+    fail(`${addon} is not stripped; build it with npm run build (release, --strip)`)
   const result = npmPack(dir)
   const nodes = result.files.filter((f) => f.path.endsWith('.node'))
   if (nodes.length !== 1 || nodes[0].path !== addon) {
     fail(`${result.filename} must carry exactly ${addon}, has ${JSON.stringify(nodes.map((f) => f.path))}`)
   }
-  packed.push({ name: platformManifest.name, version: platformManifest.version, tarball: `pkg/${result.filename}`, node: addon, nodeBytes: nodes[0].size, tarballBytes: statSync(join(pkgDir, result.filename)).size })
+  packed.push({
+    name: platformManifest.name,
+    version: platformManifest.version,
+    tarball: `pkg/${result.filename}`,
+    node: addon,
+    nodeBytes: nodes[0].size,
+    tarballBytes: statSync(join(pkgDir, result.filename)).size,
+  })
 }
 if (packed.length === 0) fail(`no platform addon found; run npm run build first`)
 
 // Main package, from a staging copy of exactly the files npm would pack.
 const dryRun = JSON.parse(
-  execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8', env: npmEnv }),
+  execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+    cwd: root,
+    encoding: 'utf8',
+    env: npmEnv,
+  }),
 )[0]
 const stage = join(pkgDir, '.stage', manifest.name)
 for (const { path } of dryRun.files) {
@@ -89,17 +121,30 @@ for (const { path } of dryRun.files) {
   cpSync(join(root, path), join(stage, path))
 }
 const listed = allOptional ? platforms : packed.map((p) => p.name)
-const staged = { ...manifest, optionalDependencies: { ...manifest.optionalDependencies, ...Object.fromEntries(listed.map((name) => [name, manifest.version])) } }
+const staged = {
+  ...manifest,
+  optionalDependencies: {
+    ...manifest.optionalDependencies,
+    ...Object.fromEntries(listed.map((name) => [name, manifest.version])),
+  },
+}
 writeFileSync(join(stage, 'package.json'), `${JSON.stringify(staged, null, 2)}\n`)
 const main = npmPack(stage)
 rmSync(join(pkgDir, '.stage'), { recursive: true, force: true })
 const mainNodes = main.files.filter((f) => f.path.endsWith('.node'))
-if (mainNodes.length > 0) fail(`${main.filename} must not carry an addon, has ${JSON.stringify(mainNodes.map((f) => f.path))}`)
+if (mainNodes.length > 0)
+  fail(`${main.filename} must not carry an addon, has ${JSON.stringify(mainNodes.map((f) => f.path))}`)
 
 console.log(
   JSON.stringify(
     {
-      main: { name: manifest.name, version: manifest.version, tarball: `pkg/${main.filename}`, files: main.files.length, optionalDependencies: staged.optionalDependencies },
+      main: {
+        name: manifest.name,
+        version: manifest.version,
+        tarball: `pkg/${main.filename}`,
+        files: main.files.length,
+        optionalDependencies: staged.optionalDependencies,
+      },
       platforms: packed,
     },
     null,

@@ -33,9 +33,18 @@ console.log(JSON.stringify(counts))
 `
 
 async function twoProcesses(backend, op) {
-  const env = { ...process.env, STOMA_NATIVE: entry, REDIS_URL, DATABASE_URL, PREFIX: backend === 'redis' ? `${RUN}:` : `${RUN}_` }
+  const env = {
+    ...process.env,
+    STOMA_NATIVE: entry,
+    REDIS_URL,
+    DATABASE_URL,
+    PREFIX: backend === 'redis' ? `${RUN}:` : `${RUN}_`,
+  }
   const children = [0, 1].map(() => {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', WORKER, backend, op], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, ['--input-type=module', '-e', WORKER, backend, op], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (c) => (stdout += c))

@@ -35,7 +35,13 @@ function load(call, workers = 32) {
         await call()
         state.outcomes.push({ phase, ok: true, ms: performance.now() - started, at: Date.now() })
       } catch (error) {
-        state.outcomes.push({ phase, ok: false, ms: performance.now() - started, at: Date.now(), message: error.message })
+        state.outcomes.push({
+          phase,
+          ok: false,
+          ms: performance.now() - started,
+          at: Date.now(),
+          message: error.message,
+        })
         await sleep(5)
       }
     }
@@ -51,7 +57,13 @@ function load(call, workers = 32) {
 async function firstSuccess(call, limitMs) {
   const started = Date.now()
   while (Date.now() - started < limitMs) {
-    if (await call().then(() => true, () => false)) return Date.now() - started
+    if (
+      await call().then(
+        () => true,
+        () => false,
+      )
+    )
+      return Date.now() - started
     await sleep(10)
   }
   throw new Error(`no success within ${limitMs} ms`)
@@ -63,7 +75,12 @@ describe('reliability: Redis killed under load and restarted', () => {
   beforeAll(async () => {
     port = await sparePort()
     server = await startRedis(port)
-    adapter = redisAdapter({ url: `redis://127.0.0.1:${port}`, commandTimeoutMs, connectTimeoutMs: 300, prefix: 'kill:' })
+    adapter = redisAdapter({
+      url: `redis://127.0.0.1:${port}`,
+      commandTimeoutMs,
+      connectTimeoutMs: 300,
+      prefix: 'kill:',
+    })
   })
   afterAll(async () => {
     await adapter?.close()
@@ -113,90 +130,119 @@ describe('reliability: Redis killed under load and restarted', () => {
 
 // ---- PostgreSQL on a private cluster ----
 
-const PG_BIN = ['/usr/lib/postgresql/15/bin', '/usr/local/bin'].find((dir) => spawnSync(`${dir}/pg_ctl`, ['--version']).status === 0)
+const PG_BIN = ['/usr/lib/postgresql/15/bin', '/usr/local/bin'].find(
+  (dir) => spawnSync(`${dir}/pg_ctl`, ['--version']).status === 0,
+)
 const asRoot = process.getuid?.() === 0
 
 /** Runs a PostgreSQL binary, as the postgres OS user when we are root. */
 function pgRun(binary, args, options = {}) {
-  const command = asRoot ? ['runuser', ['-u', 'postgres', '--', `${PG_BIN}/${binary}`, ...args]] : [`${PG_BIN}/${binary}`, args]
+  const command = asRoot
+    ? ['runuser', ['-u', 'postgres', '--', `${PG_BIN}/${binary}`, ...args]]
+    : [`${PG_BIN}/${binary}`, args]
   return execFileSync(command[0], command[1], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000, ...options })
 }
 
-describe.skipIf(!PG_BIN)('reliability: PostgreSQL (private cluster) killed under load and restarted', () => {
-  const statementTimeoutMs = 500
-  const connectTimeoutMs = 500
-  let dir, data, port, adapter, startedCluster = false
+describe.skipIf(!PG_BIN)(
+  'reliability: PostgreSQL (private cluster) killed under load and restarted',
+  () => {
+    const statementTimeoutMs = 500
+    const connectTimeoutMs = 500
+    let dir,
+      data,
+      port,
+      adapter,
+      startedCluster = false
 
-  const start = () => {
-    pgRun('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-t', '30', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40`, 'start'])
-    startedCluster = true
-  }
-  const stopImmediate = () => pgRun('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop'])
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'stoma-pg-'))
-    chmodSync(dir, 0o700)
-    if (asRoot) {
-      const uid = Number(execFileSync('id', ['-u', 'postgres']).toString())
-      const gid = Number(execFileSync('id', ['-g', 'postgres']).toString())
-      chownSync(dir, uid, gid)
+    const start = () => {
+      pgRun('pg_ctl', [
+        '-D',
+        data,
+        '-l',
+        join(dir, 'log'),
+        '-w',
+        '-t',
+        '30',
+        '-o',
+        `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40`,
+        'start',
+      ])
+      startedCluster = true
     }
-    data = join(dir, 'data')
-    pgRun('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'])
-    port = await sparePort()
-    start()
-    adapter = postgresAdapter({ url: `postgres://postgres@127.0.0.1:${port}/postgres`, statementTimeoutMs, connectTimeoutMs, poolSize: 4, tablePrefix: 'kill_' })
-    await adapter.ensureSchema()
-  }, 60_000)
+    const stopImmediate = () => pgRun('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop'])
 
-  afterAll(async () => {
-    await adapter?.close()
-    if (startedCluster) {
-      try {
-        pgRun('pg_ctl', ['-D', data, '-m', 'immediate', 'stop'])
-      } catch {}
-    }
-    if (dir) rmSync(dir, { recursive: true, force: true })
-  })
+    beforeAll(async () => {
+      dir = mkdtempSync(join(tmpdir(), 'stoma-pg-'))
+      chmodSync(dir, 0o700)
+      if (asRoot) {
+        const uid = Number(execFileSync('id', ['-u', 'postgres']).toString())
+        const gid = Number(execFileSync('id', ['-g', 'postgres']).toString())
+        chownSync(dir, uid, gid)
+      }
+      data = join(dir, 'data')
+      pgRun('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'])
+      port = await sparePort()
+      start()
+      adapter = postgresAdapter({
+        url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+        statementTimeoutMs,
+        connectTimeoutMs,
+        poolSize: 4,
+        tablePrefix: 'kill_',
+      })
+      await adapter.ensureSchema()
+    }, 60_000)
 
-  it('rejects within the timeouts + 500 ms while down, succeeds again shortly after the restart', async () => {
-    const { rateLimitStore, circuitBreakerStore, cacheStore } = adapter
-    let i = 0
-    const work = load(() => {
-      const n = i++
-      if (n % 3 === 0) return rateLimitStore.increment(`k${n % 50}`, 60)
-      if (n % 3 === 1) return circuitBreakerStore.recordFailure(`c${n % 10}`)
-      return cacheStore.get(`p${n % 20}`)
+    afterAll(async () => {
+      await adapter?.close()
+      if (startedCluster) {
+        try {
+          pgRun('pg_ctl', ['-D', data, '-m', 'immediate', 'stop'])
+        } catch {}
+      }
+      if (dir) rmSync(dir, { recursive: true, force: true })
     })
-    await sleep(300)
-    work.phase = 'down'
-    const killedAt = Date.now()
-    stopImmediate() // the postmaster and every backend die at once (SIGQUIT), no shutdown checkpoint
-    await sleep(1000)
-    const restartBegan = Date.now()
-    start() // crash recovery, then accepting connections (pg_ctl -w waits for that)
-    const startMs = Date.now() - restartBegan
-    const restarted = Date.now()
-    work.phase = 'restarted'
-    const recoveredMs = await firstSuccess(() => rateLimitStore.increment('probe', 60), 10_000)
-    await sleep(300)
-    await work.done()
 
-    // Calls still in flight at the kill may fail; only those finished before count.
-    const up = work.outcomes.filter((o) => o.phase === 'up' && o.at < killedAt)
-    const down = work.outcomes.filter((o) => o.phase === 'down' && !o.ok)
-    const after = work.outcomes.filter((o) => o.phase === 'restarted' && o.ok)
-    const slowest = Math.max(...down.map((o) => o.ms))
-    console.log(
-      `postgres kill: ${up.length} calls up, ${down.length} rejected while down (slowest ${slowest.toFixed(0)} ms), ` +
-        `pg_ctl start took ${startMs} ms, first success ${recoveredMs} ms after it returned, ${after.length} successes after`,
-    )
-    expect(up.length).toBeGreaterThan(100)
-    expect(up.every((o) => o.ok)).toBe(true)
-    expect(down.length).toBeGreaterThan(10)
-    expect(slowest).toBeLessThanOrEqual(Math.max(statementTimeoutMs, connectTimeoutMs) + 500)
-    expect(down.every((o) => /^Postgres(RateLimit|CircuitBreaker|Cache)Store: /.test(o.message))).toBe(true)
-    expect(recoveredMs).toBeLessThanOrEqual(2000)
-    expect(after.length).toBeGreaterThan(10)
-  })
-}, 90_000)
+    it('rejects within the timeouts + 500 ms while down, succeeds again shortly after the restart', async () => {
+      const { rateLimitStore, circuitBreakerStore, cacheStore } = adapter
+      let i = 0
+      const work = load(() => {
+        const n = i++
+        if (n % 3 === 0) return rateLimitStore.increment(`k${n % 50}`, 60)
+        if (n % 3 === 1) return circuitBreakerStore.recordFailure(`c${n % 10}`)
+        return cacheStore.get(`p${n % 20}`)
+      })
+      await sleep(300)
+      work.phase = 'down'
+      const killedAt = Date.now()
+      stopImmediate() // the postmaster and every backend die at once (SIGQUIT), no shutdown checkpoint
+      await sleep(1000)
+      const restartBegan = Date.now()
+      start() // crash recovery, then accepting connections (pg_ctl -w waits for that)
+      const startMs = Date.now() - restartBegan
+      const restarted = Date.now()
+      work.phase = 'restarted'
+      const recoveredMs = await firstSuccess(() => rateLimitStore.increment('probe', 60), 10_000)
+      await sleep(300)
+      await work.done()
+
+      // Calls still in flight at the kill may fail; only those finished before count.
+      const up = work.outcomes.filter((o) => o.phase === 'up' && o.at < killedAt)
+      const down = work.outcomes.filter((o) => o.phase === 'down' && !o.ok)
+      const after = work.outcomes.filter((o) => o.phase === 'restarted' && o.ok)
+      const slowest = Math.max(...down.map((o) => o.ms))
+      console.log(
+        `postgres kill: ${up.length} calls up, ${down.length} rejected while down (slowest ${slowest.toFixed(0)} ms), ` +
+          `pg_ctl start took ${startMs} ms, first success ${recoveredMs} ms after it returned, ${after.length} successes after`,
+      )
+      expect(up.length).toBeGreaterThan(100)
+      expect(up.every((o) => o.ok)).toBe(true)
+      expect(down.length).toBeGreaterThan(10)
+      expect(slowest).toBeLessThanOrEqual(Math.max(statementTimeoutMs, connectTimeoutMs) + 500)
+      expect(down.every((o) => /^Postgres(RateLimit|CircuitBreaker|Cache)Store: /.test(o.message))).toBe(true)
+      expect(recoveredMs).toBeLessThanOrEqual(2000)
+      expect(after.length).toBeGreaterThan(10)
+    })
+  },
+  90_000,
+)

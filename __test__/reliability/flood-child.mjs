@@ -4,7 +4,9 @@
 // each batch of 100,000. Run with --expose-gc.
 import { createRequire } from 'node:module'
 
-const { MemoryRateLimitStore, MemoryCacheStore, MemoryCircuitBreakerStore } = createRequire(import.meta.url)(process.env.STOMA_NATIVE)
+const { MemoryRateLimitStore, MemoryCacheStore, MemoryCircuitBreakerStore } = createRequire(import.meta.url)(
+  process.env.STOMA_NATIVE,
+)
 const kind = process.argv[2]
 const total = Number(process.argv[3] ?? 1_000_000)
 const BATCH = 100_000
@@ -67,4 +69,16 @@ for (let start = 0; start < total; start += BATCH) {
 global.gc()
 await new Promise((resolve) => setTimeout(resolve, 20))
 global.gc()
-console.log(JSON.stringify({ kind, total, base, peak, after: rss(), size: store.size, bytes: store.bytes ?? null, refused, nsPerCall }))
+console.log(
+  JSON.stringify({
+    kind,
+    total,
+    base,
+    peak,
+    after: rss(),
+    size: store.size,
+    bytes: store.bytes ?? null,
+    refused,
+    nsPerCall,
+  }),
+)

@@ -27,7 +27,10 @@ async function flood(kind, total = 1_000_000) {
     `flood ${kind}: ${total} calls, rss ${result.base.toFixed(0)} → peak ${result.peak.toFixed(0)} MiB (after GC ${result.after.toFixed(0)}), ` +
       `size ${result.size}, per call first/last batch ${(first / 1000).toFixed(2)} / ${(last / 1000).toFixed(2)} µs`,
   )
-  expect(last / first, `per-call cost ${result.nsPerCall.map((n) => (n / 1000).toFixed(2)).join(', ')} µs`).toBeLessThan(3)
+  expect(
+    last / first,
+    `per-call cost ${result.nsPerCall.map((n) => (n / 1000).toFixed(2)).join(', ')} µs`,
+  ).toBeLessThan(3)
   return { ...result, growth: result.peak - result.base }
 }
 

@@ -29,8 +29,30 @@ function prng(seed) {
   }
 }
 
-const VALID = '{"state":"open","failureCount":3,"successCount":1,"lastFailureTime":1700000000000,"lastStateChange":1700000000000}'
-const TOKENS = ['{', '}', '[', ']', ',', ':', '"', '\\', '\\u0000', 'null', 'true', '-', '1e999', '0.5', 'NaN', '"state"', '"open"', '9007199254740993', '\x00', '\xff']
+const VALID =
+  '{"state":"open","failureCount":3,"successCount":1,"lastFailureTime":1700000000000,"lastStateChange":1700000000000}'
+const TOKENS = [
+  '{',
+  '}',
+  '[',
+  ']',
+  ',',
+  ':',
+  '"',
+  '\\',
+  '\\u0000',
+  'null',
+  'true',
+  '-',
+  '1e999',
+  '0.5',
+  'NaN',
+  '"state"',
+  '"open"',
+  '9007199254740993',
+  '\x00',
+  '\xff',
+]
 
 function mutate(random) {
   let text = VALID
@@ -48,7 +70,10 @@ function mutate(random) {
 function expectSnapshot(snapshot, context) {
   expect(STATES, context).toContain(snapshot.state)
   for (const field of ['failureCount', 'successCount', 'lastFailureTime', 'lastStateChange']) {
-    expect(Number.isSafeInteger(snapshot[field]) && snapshot[field] >= 0, `${context}: ${field} = ${snapshot[field]}`).toBe(true)
+    expect(
+      Number.isSafeInteger(snapshot[field]) && snapshot[field] >= 0,
+      `${context}: ${field} = ${snapshot[field]}`,
+    ).toBe(true)
   }
 }
 
@@ -83,8 +108,10 @@ describe('reliability: fuzzing the Redis circuit JSON parser (cjson in the circu
     expect(files.length).toBeGreaterThanOrEqual(15)
     for (const file of files) {
       const read = await probe(`seed:${file}`, readFileSync(`${corpus}${file}`), file)
-      if (file.startsWith('valid-open') || file === 'valid-with-1mib-padding.json') expect(read.state, file).toBe('open')
-      if (file.startsWith('bad-')) expect(read, file).toMatchObject({ state: 'closed', failureCount: 0, successCount: 0, lastFailureTime: 0 })
+      if (file.startsWith('valid-open') || file === 'valid-with-1mib-padding.json')
+        expect(read.state, file).toBe('open')
+      if (file.startsWith('bad-'))
+        expect(read, file).toMatchObject({ state: 'closed', failureCount: 0, successCount: 0, lastFailureTime: 0 })
     }
   })
 
@@ -109,7 +136,11 @@ describe('reliability: fuzzing the Redis circuit JSON parser (cjson in the circu
       await Promise.all(
         Array.from({ length: batch }, (_, j) => {
           const raw = mutate(random)
-          return probe(`m${start + j}`, raw, `seed ${seed} case ${start + j}: ${JSON.stringify(raw.toString('latin1'))}`)
+          return probe(
+            `m${start + j}`,
+            raw,
+            `seed ${seed} case ${start + j}: ${JSON.stringify(raw.toString('latin1'))}`,
+          )
         }),
       )
     }

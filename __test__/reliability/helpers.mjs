@@ -40,9 +40,13 @@ export async function waitForPort(port, limitMs = 10_000) {
 
 /** Starts a private, persistence-free redis-server on `port`; resolves once it accepts connections. */
 export async function startRedis(port) {
-  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-  })
+  const server = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    {
+      stdio: 'ignore',
+    },
+  )
   await waitForPort(port)
   return server
 }

@@ -16,7 +16,18 @@ const MAX_DATE_MS = 8.64e15
 
 /** A 1 MiB key that compresses badly (PostgreSQL would TOAST-compress a repeated one). */
 const mibKey = Array.from({ length: MIB }, (_, i) => String.fromCharCode(33 + ((i * 7919 + (i >> 7)) % 90))).join('')
-const oddKeys = ['a\0b', '\0', 'line\nbreak\r\n', 'tab\tkey', 'café', '日本語', 'emoji 😀', 'lone \ud800 surrogate', '', ' ']
+const oddKeys = [
+  'a\0b',
+  '\0',
+  'line\nbreak\r\n',
+  'tab\tkey',
+  'café',
+  '日本語',
+  'emoji 😀',
+  'lone \ud800 surrogate',
+  '',
+  ' ',
+]
 
 const backends = {
   memory: { create: () => memoryAdapter(), close: () => {} },
@@ -76,7 +87,9 @@ for (const [name, backend] of Object.entries(backends)) {
         const call = adapter.rateLimitStore.increment(key, 60)
         if (name === 'postgres' && key.includes('\0')) {
           await expect(call).rejects.toThrow(RangeError)
-          await expect(adapter.rateLimitStore.increment(key, 60)).rejects.toThrow(/^PostgresRateLimitStore: key must not contain NUL/)
+          await expect(adapter.rateLimitStore.increment(key, 60)).rejects.toThrow(
+            /^PostgresRateLimitStore: key must not contain NUL/,
+          )
           await expect(adapter.cacheStore.get(key)).rejects.toThrow(/^PostgresCacheStore: key must not contain NUL/)
           continue
         }
@@ -108,7 +121,11 @@ for (const [name, backend] of Object.entries(backends)) {
       expect(got.headers.getSetCookie()).toEqual(['a=1', 'b=2'])
 
       const huge = 'v'.repeat(64 * 1024)
-      await adapter.cacheStore.put('huge', new Response('h', { headers: { 'x-huge': huge, 'x-latin1': 'caf\u00e9' } }), 60)
+      await adapter.cacheStore.put(
+        'huge',
+        new Response('h', { headers: { 'x-huge': huge, 'x-latin1': 'caf\u00e9' } }),
+        60,
+      )
       const back = await adapter.cacheStore.get('huge')
       expect(back.headers.get('x-huge')).toBe(huge)
       expect(back.headers.get('x-latin1')).toBe('caf\u00e9')
@@ -159,7 +176,12 @@ for (const [name, backend] of Object.entries(backends)) {
         await expect(adapter.rateLimitStore.increment('k', bad)).rejects.toThrow(RangeError)
         await expect(adapter.cacheStore.put('k', new Response('x'), bad)).rejects.toThrow(RangeError)
       }
-      const fake = (status) => ({ status, headers: new Headers(), body: null, arrayBuffer: async () => new ArrayBuffer(0) })
+      const fake = (status) => ({
+        status,
+        headers: new Headers(),
+        body: null,
+        arrayBuffer: async () => new ArrayBuffer(0),
+      })
       for (const status of [0, 99, 101, 600, 70_000, 200.5, NaN]) {
         await expect(adapter.cacheStore.put('fake', fake(status), 60)).rejects.toThrow(RangeError)
       }

@@ -46,8 +46,14 @@ async function cycle(i) {
   await close(adapter)
   if (i % 1000 === 0) {
     // Calls after close reject with a clear error naming the store.
-    const error = await adapter.rateLimitStore.increment('k', 60).then(() => null, (e) => e)
-    if (!(error instanceof Error) || !/^(Memory|Redis|Postgres)RateLimitStore: .*(destroyed|closed)/.test(error.message)) {
+    const error = await adapter.rateLimitStore.increment('k', 60).then(
+      () => null,
+      (e) => e,
+    )
+    if (
+      !(error instanceof Error) ||
+      !/^(Memory|Redis|Postgres)RateLimitStore: .*(destroyed|closed)/.test(error.message)
+    ) {
       throw new Error(`after close: ${error?.message}`)
     }
   }
@@ -81,4 +87,6 @@ for (let i = 0; i < cycles; i++) {
 }
 const ms = Date.now() - started
 await settle()
-console.log(JSON.stringify({ kind, cycles, ms, before, after: { rss: rss(), heap: heap(), external: external(), fds: fds() } }))
+console.log(
+  JSON.stringify({ kind, cycles, ms, before, after: { rss: rss(), heap: heap(), external: external(), fds: fds() } }),
+)

@@ -17,7 +17,13 @@ const RSS_GROWTH_MIB = 32
 
 async function cycles(kind, count = 10_000, warmUp = 500) {
   const proc = spawn(process.execPath, ['--expose-gc', child, kind, String(count), String(warmUp)], {
-    env: { ...process.env, STOMA_NATIVE: entry, REDIS_URL, DATABASE_URL, PREFIX: kind === 'redis' ? `${RUN}:` : `${RUN}_` },
+    env: {
+      ...process.env,
+      STOMA_NATIVE: entry,
+      REDIS_URL,
+      DATABASE_URL,
+      PREFIX: kind === 'redis' ? `${RUN}:` : `${RUN}_`,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let stdout = ''
@@ -48,7 +54,8 @@ describe('reliability: 10,000 create/close cycles per adapter', () => {
     await dropTables(`${RUN}_`)
   })
 
-  it('memoryAdapter (after 20,000 warm-up cycles: RSS rises until then, then stays flat)', () => cycles('memory', 10_000, 20_000))
+  it('memoryAdapter (after 20,000 warm-up cycles: RSS rises until then, then stays flat)', () =>
+    cycles('memory', 10_000, 20_000))
   it('redisAdapter (connects in the background on creation)', () => cycles('redis'))
   it('postgresAdapter (connects on first use)', () => cycles('postgres'))
 }, 120_000)

@@ -31,12 +31,17 @@ describe('reliability: no panic crosses the FFI boundary', () => {
       { env: { STOMA_NATIVE_TEST_HOOKS: '' } },
     )
     expect(out.code).toBe(0)
-    expect(out.stdout.trim().split('\n')).toEqual(['stoma-native test hook: disabled (set STOMA_NATIVE_TEST_HOOKS=1 to run it)', 'false'])
+    expect(out.stdout.trim().split('\n')).toEqual([
+      'stoma-native test hook: disabled (set STOMA_NATIVE_TEST_HOOKS=1 to run it)',
+      'false',
+    ])
   })
 
   it('sync napi-rs method (guard): a thrown Error, every time', () => {
     for (let i = 0; i < 20; i++) {
-      expect(() => native.__forcePanicSync(`boom ${i}`)).toThrow(new RegExp(`^stoma-native test hook: internal error: boom ${i}$`))
+      expect(() => native.__forcePanicSync(`boom ${i}`)).toThrow(
+        new RegExp(`^stoma-native test hook: internal error: boom ${i}$`),
+      )
     }
   })
 
@@ -48,7 +53,9 @@ describe('reliability: no panic crosses the FFI boundary', () => {
   })
 
   it('async fn on tokio (guard_async): a rejected Promise, many at once', async () => {
-    const results = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => native.__forcePanicAsync(`boom ${i}`)))
+    const results = await Promise.allSettled(
+      Array.from({ length: 50 }, (_, i) => native.__forcePanicAsync(`boom ${i}`)),
+    )
     expect(results.every((r) => r.status === 'rejected' && INTERNAL.test(r.reason.message))).toBe(true)
   })
 

@@ -10,7 +10,11 @@ import process from 'node:process'
 
 const require = createRequire(import.meta.url)
 const runtime = typeof globalThis.Bun !== 'undefined' ? 'bun' : typeof globalThis.Deno !== 'undefined' ? 'deno' : 'node'
-const runtimeVersion = { bun: () => globalThis.Bun.version, deno: () => globalThis.Deno.version.deno, node: () => process.versions.node }[runtime]()
+const runtimeVersion = {
+  bun: () => globalThis.Bun.version,
+  deno: () => globalThis.Deno.version.deno,
+  node: () => process.versions.node,
+}[runtime]()
 
 function assert(condition, message) {
   if (!condition) throw new Error(`assertion failed: ${message}`)
@@ -31,7 +35,15 @@ export async function run(api, how) {
 
   await check('import and require give the same objects', async () => {
     const other = how === 'import' ? require('stoma-native') : await import('stoma-native')
-    for (const name of ['memoryAdapter', 'nodeAdapter', 'bunAdapter', 'denoAdapter', 'TestAdapter', 'redisAdapter', 'MemoryCacheStore']) {
+    for (const name of [
+      'memoryAdapter',
+      'nodeAdapter',
+      'bunAdapter',
+      'denoAdapter',
+      'TestAdapter',
+      'redisAdapter',
+      'MemoryCacheStore',
+    ]) {
       assert(typeof api[name] === 'function', `${name} is exported`)
       assert(other[name] === api[name], `${name} is the same through import and require`)
     }
@@ -40,7 +52,10 @@ export async function run(api, how) {
   let addon
   await check('addon from the platform package', () => {
     const platformPackage = require.resolve('stoma-native-linux-x64-gnu')
-    assert(/node_modules[\\/]stoma-native-linux-x64-gnu[\\/]stoma-native\.linux-x64-gnu\.node$/.test(platformPackage), platformPackage)
+    assert(
+      /node_modules[\\/]stoma-native-linux-x64-gnu[\\/]stoma-native\.linux-x64-gnu\.node$/.test(platformPackage),
+      platformPackage,
+    )
     addon = platformPackage
   })
 
@@ -48,13 +63,19 @@ export async function run(api, how) {
     const adapter = api[`${runtime}Adapter`]()
     const first = await adapter.rateLimitStore.increment('k', 60)
     const second = await adapter.rateLimitStore.increment('k', 60)
-    assert(first.count === 1 && second.count === 2 && second.resetAt === first.resetAt, `counts ${JSON.stringify([first, second])}`)
+    assert(
+      first.count === 1 && second.count === 2 && second.resetAt === first.resetAt,
+      `counts ${JSON.stringify([first, second])}`,
+    )
     await adapter.circuitBreakerStore.recordFailure('up')
     assert((await adapter.circuitBreakerStore.recordFailure('up')).failureCount === 2, 'two failures')
     assert((await adapter.circuitBreakerStore.transition('up', 'open')).state === 'open', 'circuit opens')
     await adapter.cacheStore.put('page', new Response('hello', { status: 201, headers: { 'x-a': '1' } }), 60)
     const hit = await adapter.cacheStore.get('page')
-    assert(hit instanceof Response && hit.status === 201 && hit.headers.get('x-a') === '1' && (await hit.text()) === 'hello', 'cache round trip')
+    assert(
+      hit instanceof Response && hit.status === 201 && hit.headers.get('x-a') === '1' && (await hit.text()) === 'hello',
+      'cache round trip',
+    )
     const fresh = api[`${runtime}Adapter`]()
     assert((await fresh.rateLimitStore.increment('k', 60)).count === 1, 'new stores per call')
   })
@@ -74,7 +95,10 @@ export async function run(api, how) {
     await a.rateLimitStore.increment(42, 60).catch((error) => {
       rejected = error
     })
-    assert(rejected instanceof TypeError && /key/.test(rejected.message), `bad key rejects with TypeError, got ${rejected}`)
+    assert(
+      rejected instanceof TypeError && /key/.test(rejected.message),
+      `bad key rejects with TypeError, got ${rejected}`,
+    )
   })
 
   await check('redis increment', async () => {
@@ -83,7 +107,10 @@ export async function run(api, how) {
     try {
       const first = await adapter.rateLimitStore.increment('hits', 30)
       const second = await adapter.rateLimitStore.increment('hits', 30)
-      assert(first.count === 1 && second.count === 2 && second.resetAt === first.resetAt, `redis counts ${JSON.stringify([first, second])}`)
+      assert(
+        first.count === 1 && second.count === 2 && second.resetAt === first.resetAt,
+        `redis counts ${JSON.stringify([first, second])}`,
+      )
       await adapter.cacheStore.put('page', new Response('cached', { headers: { 'x-b': '2' } }), 30)
       const hit = await adapter.cacheStore.get('page')
       assert((await hit.text()) === 'cached' && hit.headers.get('x-b') === '2', 'redis cache round trip')
@@ -103,7 +130,10 @@ export async function run(api, how) {
       }),
     )
     await adapter.waitAll()
-    assert((await adapter.rateLimitStore.increment('bg', 60)).count === 3, 'waitAll awaited background work, including work queued while waiting')
+    assert(
+      (await adapter.rateLimitStore.increment('bg', 60)).count === 3,
+      'waitAll awaited background work, including work queued while waiting',
+    )
     adapter.waitUntil(sleep(5).then(() => Promise.reject(new Error('boom'))))
     let failure
     await adapter.waitAll().catch((error) => {

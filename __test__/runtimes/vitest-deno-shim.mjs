@@ -44,7 +44,8 @@ async function runSuite(node, t) {
   try {
     for (const child of node.children) {
       const fn = child.fn ? () => child.fn() : (inner) => runSuite(child, inner)
-      if (!(await t.step({ name: child.name, sanitizeOps: false, sanitizeResources: false, fn }))) failed.push(child.name)
+      if (!(await t.step({ name: child.name, sanitizeOps: false, sanitizeResources: false, fn })))
+        failed.push(child.name)
     }
   } finally {
     for (const hook of node.afterAll) await hook()
@@ -89,7 +90,11 @@ export function expect(actual) {
         error = caught
         if (thrownMatches(caught, expected)) return
       }
-      throw new Error(error === undefined ? `expected a rejection matching ${show(expected)}, but it resolved` : `expected a rejection matching ${show(expected)}, got ${show(error)}`)
+      throw new Error(
+        error === undefined
+          ? `expected a rejection matching ${show(expected)}, but it resolved`
+          : `expected a rejection matching ${show(expected)}, got ${show(error)}`,
+      )
     },
   }
   return matchers
