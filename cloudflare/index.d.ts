@@ -29,7 +29,7 @@ export interface DurableObjectStubLike {
 /** The part of a Durable Object namespace binding the stores use. */
 export interface DurableObjectNamespaceLike {
   idFromName(name: string): unknown
-  get(id: any): DurableObjectStubLike
+  get(id: unknown): DurableObjectStubLike
 }
 
 /** The part of a Cache API `Cache` (e.g. `caches.default`) the cache store uses. */

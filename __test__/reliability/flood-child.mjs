@@ -25,7 +25,13 @@ const withBody = () => ({
   body: {
     getReader() {
       let done = false
-      return { read: async () => (done ? { done } : ((done = true), { done: false, value: chunk })) }
+      return {
+        read: async () => {
+          if (done) return { done }
+          done = true
+          return { done: false, value: chunk }
+        },
+      }
     },
   },
 })

@@ -5,7 +5,7 @@
 // (last 100k batch vs first: a flatness check, not a speed assertion).
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
-import { entry, lastJson, runNode } from './helpers.mjs'
+import { entry, lastJson } from './helpers.mjs'
 
 const child = fileURLToPath(new URL('./flood-child.mjs', import.meta.url))
 const MiB = 2 ** 20
