@@ -124,13 +124,10 @@ export declare class NativePostgres {
  */
 export declare class NativeRedisConnection {
   /**
-   * Parses `url` (throwing an `InvalidArg` error at once if it is
-   * malformed) and starts connecting in the background. `spinMicros` is
-   * how long a flush may poll for its answers (0: never); with
-   * `watchEventLoop` (Node only) it stops as soon as the event loop has
-   * other work.
+   * Parses the url (throwing an `InvalidArg` error at once if it is
+   * malformed) and starts connecting in the background.
    */
-  constructor(url: string, prefix: string, connectTimeoutMs: number, commandTimeoutMs: number, spinMicros: number, watchEventLoop: boolean, useTls: boolean, tlsCa: Uint8Array | undefined | null, settle: (batch: [Float64Array, ...unknown[]]) => void)
+  constructor(options: NativeRedisOptions, settle: (batch: [Float64Array, ...unknown[]]) => void)
   /**
    * Sends the calls queued since the last flush and answers those whose
    * replies came while it polled (see `Wire::flush`); `null` when none did.
@@ -227,6 +224,22 @@ export interface NativePostgresOptions {
   cleanupIntervalMs?: number
   cleanupRateLimits: boolean
   cleanupCache: boolean
+}
+
+/** Options from `lib/redis.js`, already validated there. */
+export interface NativeRedisOptions {
+  url: string
+  prefix: string
+  connectTimeoutMs: number
+  commandTimeoutMs: number
+  /** How long a flush may poll for its answers (0: never). */
+  spinMicros: number
+  /** Stop polling as soon as the event loop has other work (Node only). */
+  watchEventLoop: boolean
+  /** TLS asked for by the `tls` option (a `rediss://` url asks too). */
+  useTls: boolean
+  /** PEM certificates to trust instead of Mozilla's roots. */
+  tlsCa?: Uint8Array
 }
 
 /** A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`). */

@@ -191,14 +191,7 @@ class Connection {
     const onAnswers = (batch) => settle(calls, batch, whenDrained)
     try {
       this.#native = new native.NativeRedisConnection(
-        url,
-        prefix,
-        connectTimeoutMs,
-        commandTimeoutMs,
-        spinMicros,
-        IS_NODE,
-        useTls,
-        tlsCa,
+        { url, prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, watchEventLoop: IS_NODE, useTls, tlsCa },
         onAnswers,
       )
     } catch (error) {

@@ -37,7 +37,8 @@ fn coarse_ms() -> i64 {
   if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
     return now_ms();
   }
-  ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+  // time_t and c_long are i64 on every 64-bit target this builds for.
+  ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -25,7 +25,7 @@ const BASE64: base64_simd::Base64 = base64_simd::STANDARD;
 /// that is there must complete a 4-character group (`aGk==` is an error).
 fn decode_base64(bytes: &[u8]) -> Option<Vec<u8>> {
   let unpadded = if bytes.ends_with(b"=") {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
       return None;
     }
     bytes

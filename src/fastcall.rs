@@ -312,9 +312,14 @@ fn throw(env: sys::napi_env, error: CallError) {
 /// Buffer, and such blocks, freed in bursts at each GC, come back from
 /// malloc as fresh pages the kernel must zero — costing more than the copy
 /// (see the memory cache's `get`).
-pub fn buffer_copy(env: sys::napi_env, bytes: &[u8]) -> Result<sys::napi_value> {
+///
+/// # Safety
+/// `env` must be the live env of the calling JS thread.
+pub unsafe fn buffer_copy(env: sys::napi_env, bytes: &[u8]) -> Result<sys::napi_value> {
   let mut data = ptr::null_mut();
   let mut buffer = ptr::null_mut();
+  // SAFETY: `env` is live (the caller's promise); `bytes` is readable for
+  // its length, and napi copies it before returning.
   check(unsafe {
     sys::napi_create_buffer_copy(
       env,
@@ -343,6 +348,7 @@ impl napi::bindgen_prelude::TypeName for CopiedBuffer {
 
 impl napi::bindgen_prelude::ToNapiValue for CopiedBuffer {
   unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
-    buffer_copy(env, &value.0)
+    // SAFETY: napi-rs calls `to_napi_value` on the JS thread with its env.
+    unsafe { buffer_copy(env, &value.0) }
   }
 }

@@ -88,6 +88,23 @@ fn command(name: &str, key: String) -> Cmd {
   command
 }
 
+/// Options from `lib/redis.js`, already validated there.
+#[napi(object)]
+pub struct NativeRedisOptions {
+  pub url: String,
+  pub prefix: String,
+  pub connect_timeout_ms: f64,
+  pub command_timeout_ms: f64,
+  /// How long a flush may poll for its answers (0: never).
+  pub spin_micros: f64,
+  /// Stop polling as soon as the event loop has other work (Node only).
+  pub watch_event_loop: bool,
+  /// TLS asked for by the `tls` option (a `rediss://` url asks too).
+  pub use_tls: bool,
+  /// PEM certificates to trust instead of Mozilla's roots.
+  pub tls_ca: Option<Uint8Array>,
+}
+
 /// One Redis connection and the operations of the three stores over it
 /// (see `lib/redis.js`, which shares one between an adapter's stores).
 ///
@@ -102,22 +119,12 @@ pub struct NativeRedisConnection {
 
 #[napi]
 impl NativeRedisConnection {
-  /// Parses `url` (throwing an `InvalidArg` error at once if it is
-  /// malformed) and starts connecting in the background. `spinMicros` is
-  /// how long a flush may poll for its answers (0: never); with
-  /// `watchEventLoop` (Node only) it stops as soon as the event loop has
-  /// other work.
+  /// Parses the url (throwing an `InvalidArg` error at once if it is
+  /// malformed) and starts connecting in the background.
   #[napi(constructor)]
   pub fn new(
     env: Env,
-    url: String,
-    prefix: String,
-    connect_timeout_ms: f64,
-    command_timeout_ms: f64,
-    spin_micros: f64,
-    watch_event_loop: bool,
-    use_tls: bool,
-    tls_ca: Option<Uint8Array>,
+    options: NativeRedisOptions,
     #[napi(ts_arg_type = "(batch: [Float64Array, ...unknown[]]) => void")] settle: Function<
       '_,
       Batch,
@@ -127,32 +134,36 @@ impl NativeRedisConnection {
     guard("redisAdapter", || {
       let replies = Arc::new(Replies::new(settle)?);
       let millis = |ms: f64| Duration::from_millis(duration_ms(ms).max(1) as u64);
+      let spin_micros = options.spin_micros;
       let spin = Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 {
         spin_micros as u64
       } else {
         0
       });
-      let event_loop = if watch_event_loop {
+      let event_loop = if options.watch_event_loop {
         event_loop::EventLoop::of(&env)
       } else {
         None
       };
       let tls = Tls {
-        wanted: use_tls,
-        ca: tls_ca.as_deref(),
+        wanted: options.use_tls,
+        ca: options.tls_ca.as_deref(),
       };
       let wire = Wire::new(
-        &url,
+        &options.url,
         tls,
-        millis(connect_timeout_ms),
-        millis(command_timeout_ms),
+        millis(options.connect_timeout_ms),
+        millis(options.command_timeout_ms),
         spin,
         replies,
         event_loop,
       )
       .map_err(|error| Error::new(Status::InvalidArg, error))?;
       wire.connect_in_background();
-      Ok(NativeRedisConnection { wire, prefix })
+      Ok(NativeRedisConnection {
+        wire,
+        prefix: options.prefix,
+      })
     })
   }
 
@@ -384,6 +395,9 @@ impl NativeRedisConnection {
   /// runtime, off the JS thread, and queued from there. `body` holds the
   /// bytes of a Response the JS layer has consumed (`lib/response.js`), so
   /// reading it off the JS thread races with nothing.
+  // Positional, as every per-call method here: an options object would
+  // cost a property lookup per field on each call.
+  #[allow(clippy::too_many_arguments)]
   #[napi]
   pub fn cache_put(
     &self,

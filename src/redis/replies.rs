@@ -88,7 +88,8 @@ impl ToNapiValue for Batch {
         Reply::Cached(Some((status, headers, body))) => {
           numbers.push(f64::from(status));
           others.push(unsafe { String::to_napi_value(env, headers)? });
-          others.push(buffer_copy(env, &body)?);
+          // SAFETY: `to_napi_value` runs on the JS thread with its env.
+          others.push(unsafe { buffer_copy(env, &body)? });
         }
         Reply::Removed(removed) => numbers.push(if removed { 1.0 } else { 0.0 }),
         Reply::Done => numbers.push(0.0),
