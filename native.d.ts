@@ -115,8 +115,8 @@ export declare class NativePostgres {
 }
 
 /**
- * One Redis connection and the operations of the three stores over it
- * (see `lib/redis.js`, which shares one between an adapter's stores).
+ * The Redis connection(s) of one adapter and the operations of its three
+ * stores (see `lib/redis.js`, which shares one between an adapter's stores).
  *
  * Each operation takes a call id chosen by the JS layer and returns at
  * once; its answer arrives later through the `settle` function given to the
@@ -130,7 +130,7 @@ export declare class NativeRedisConnection {
   constructor(options: NativeRedisOptions, settle: (batch: [Float64Array, ...unknown[]]) => void)
   /**
    * Sends the calls queued since the last flush and answers those whose
-   * replies came while it polled (see `Wire::flush`); `null` when none did.
+   * replies came while it polled (see `wire::flush`); `null` when none did.
    * The others arrive through `settle`, or a later flush takes them (see
    * [`awaiting`](Self::awaiting)). With `defer`, a busy Node loop delays
    * the writing to that later flush, so one turn's calls share one write.
@@ -138,7 +138,7 @@ export declare class NativeRedisConnection {
   flush(spin: boolean, defer: boolean): [Float64Array, ...unknown[]] | null
   /**
    * Writes the calls queued so far, before the turn's closing `flush()`
-   * (see `Wire::write_early`); answers those already answered, or `null`.
+   * (see `wire::write_early`); answers those already answered, or `null`.
    */
   writeEarly(): [Float64Array, ...unknown[]] | null
   /**
@@ -152,16 +152,16 @@ export declare class NativeRedisConnection {
    */
   increment(id: number, key: string, windowMs: number): void
   /** Answers the snapshot of circuit `<prefix>cb:<key>`. */
-  getState(id: number, key: string): void
-  recordSuccess(id: number, key: string): void
-  recordFailure(id: number, key: string): void
+  circuitGet(id: number, key: string): void
+  circuitRecordSuccess(id: number, key: string): void
+  circuitRecordFailure(id: number, key: string): void
   /**
    * `to` is "closed", "open" or "half-open" (checked by the JS layer and
    * again by the script).
    */
-  transition(id: number, key: string, to: string): void
+  circuitTransition(id: number, key: string, to: string): void
   /** Forgets the circuit `<prefix>cb:<key>`. */
-  resetCircuit(id: number, key: string): void
+  circuitReset(id: number, key: string): void
   /**
    * Answers the response under `<prefix>cache:<key>`, or `null` when
    * there is none or what is there is not a well-formed envelope.
@@ -180,7 +180,7 @@ export declare class NativeRedisConnection {
   cachePut(id: number, key: string, status: number, headers: string, body: Uint8Array, ttlMs: number): void
   /** Removes `<prefix>cache:<key>`; answers whether something was there. */
   cacheDelete(id: number, key: string): void
-  /** Closes the connection; later calls fail. Calls in flight finish. */
+  /** Closes the connection(s); later calls fail. Calls in flight finish. */
   close(): void
   get closed(): boolean
 }

@@ -58,11 +58,11 @@ const DONE = 4 // undefined
 
 const OPERATIONS = {
   increment: HIT,
-  getState: SNAPSHOT,
-  recordSuccess: SNAPSHOT,
-  recordFailure: SNAPSHOT,
-  transition: SNAPSHOT,
-  resetCircuit: DONE,
+  circuitGet: SNAPSHOT,
+  circuitRecordSuccess: SNAPSHOT,
+  circuitRecordFailure: SNAPSHOT,
+  circuitTransition: SNAPSHOT,
+  circuitReset: DONE,
   cacheGet: CACHED,
   cachePut: DONE,
   cacheDelete: REMOVED,
@@ -308,7 +308,7 @@ class RedisCircuitBreakerStore {
   #run(operation, key, to) {
     try {
       checkKey('RedisCircuitBreakerStore', key)
-      if (operation === 'transition') {
+      if (operation === 'circuitTransition') {
         checkCircuitState('RedisCircuitBreakerStore', to)
         return this.#connection.redis.call(operation, key, to)
       }
@@ -319,23 +319,23 @@ class RedisCircuitBreakerStore {
   }
 
   getState(key) {
-    return this.#run('getState', key)
+    return this.#run('circuitGet', key)
   }
 
   recordSuccess(key) {
-    return this.#run('recordSuccess', key)
+    return this.#run('circuitRecordSuccess', key)
   }
 
   recordFailure(key) {
-    return this.#run('recordFailure', key)
+    return this.#run('circuitRecordFailure', key)
   }
 
   transition(key, to) {
-    return this.#run('transition', key, to)
+    return this.#run('circuitTransition', key, to)
   }
 
   reset(key) {
-    return this.#run('resetCircuit', key)
+    return this.#run('circuitReset', key)
   }
 
   /** Release this store (closing its connection if it opened one); later calls reject. */

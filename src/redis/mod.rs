@@ -38,13 +38,20 @@
 //! shortly after the server comes back, with no user action.
 
 mod event_loop;
+mod job;
+mod pipeline;
+mod refusal;
 mod replies;
 mod resp;
+mod route;
 mod scripts;
+mod setup;
+mod socket;
+mod spin;
 mod wire;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::{Cmd, FromRedisValue, RedisResult, Value};
 use napi::bindgen_prelude::{Function, Uint8Array, Unknown};
@@ -54,10 +61,15 @@ use napi_derive::napi;
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
 use crate::errors::{guard, guard_async};
+use event_loop::EventLoop;
+use job::{Job, Reload};
 use replies::{state_code, Batch, Replies, Reply};
-use scripts::{Lua, CIRCUIT, RATE_LIMIT};
-use wire::{Job, Tls, Wire};
+use route::Route;
+use scripts::{CIRCUIT, RATE_LIMIT};
+use setup::{Endpoint, Greeting, Tls};
+use wire::{Settings, Target, Wire};
 
+const ADAPTER: &str = "redisAdapter";
 const RATE_LIMIT_STORE: &str = "RedisRateLimitStore";
 const CIRCUIT_STORE: &str = "RedisCircuitBreakerStore";
 const CACHE_STORE: &str = "RedisCacheStore";
@@ -88,6 +100,9 @@ fn command(name: &str, key: String) -> Cmd {
   command
 }
 
+/// Reads a call's answer into its reply.
+type Decoder = fn(RedisResult<Value>) -> RedisResult<Reply>;
+
 /// Options from `lib/redis.js`, already validated there.
 #[napi(object)]
 pub struct NativeRedisOptions {
@@ -105,16 +120,25 @@ pub struct NativeRedisOptions {
   pub tls_ca: Option<Uint8Array>,
 }
 
-/// One Redis connection and the operations of the three stores over it
-/// (see `lib/redis.js`, which shares one between an adapter's stores).
+/// A JS duration in milliseconds as a `Duration` of at least 1 ms.
+fn millis(ms: f64) -> Duration {
+  Duration::from_millis(duration_ms(ms).max(1) as u64)
+}
+
+/// The Redis connection(s) of one adapter and the operations of its three
+/// stores (see `lib/redis.js`, which shares one between an adapter's stores).
 ///
 /// Each operation takes a call id chosen by the JS layer and returns at
 /// once; its answer arrives later through the `settle` function given to the
 /// constructor (see [`Replies`] and [`Batch`]).
 #[napi]
 pub struct NativeRedisConnection {
-  wire: Arc<Wire>,
+  route: Arc<Route>,
+  replies: Arc<Replies>,
   prefix: String,
+  command_timeout: Duration,
+  /// The JS thread's event loop, when it can tell us it has other work.
+  event_loop: Option<EventLoop>,
 }
 
 #[napi]
@@ -131,38 +155,46 @@ impl NativeRedisConnection {
       Unknown<'static>,
     >,
   ) -> Result<Self> {
-    guard("redisAdapter", || {
+    guard(ADAPTER, || {
       let replies = Arc::new(Replies::new(settle)?);
-      let millis = |ms: f64| Duration::from_millis(duration_ms(ms).max(1) as u64);
       let spin_micros = options.spin_micros;
-      let spin = Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 {
-        spin_micros as u64
-      } else {
-        0
+      let settings = Arc::new(Settings {
+        connect_timeout: millis(options.connect_timeout_ms),
+        command_timeout: millis(options.command_timeout_ms),
+        spin: Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 {
+          spin_micros as u64
+        } else {
+          0
+        }),
+        // Scripts are loaded on every new connection, so the first calls
+        // need no retry (a failure to load is not fatal: see `Reload`).
+        greeting: Greeting {
+          setup: vec![RATE_LIMIT.load(), CIRCUIT.load()],
+        },
       });
-      let event_loop = if options.watch_event_loop {
-        event_loop::EventLoop::of(&env)
-      } else {
-        None
-      };
       let tls = Tls {
         wanted: options.use_tls,
         ca: options.tls_ca.as_deref(),
       };
+      let endpoint = Endpoint::parse(&options.url, &tls)
+        .map_err(|error| Error::new(Status::InvalidArg, error))?;
       let wire = Wire::new(
-        &options.url,
-        tls,
-        millis(options.connect_timeout_ms),
-        millis(options.command_timeout_ms),
-        spin,
-        replies,
-        event_loop,
-      )
-      .map_err(|error| Error::new(Status::InvalidArg, error))?;
+        Target::Fixed(endpoint),
+        Arc::clone(&settings),
+        Arc::clone(&replies),
+        None,
+      );
       wire.connect_in_background();
       Ok(NativeRedisConnection {
-        wire,
+        route: Arc::new(Route::One(wire)),
+        replies,
         prefix: options.prefix,
+        command_timeout: settings.command_timeout,
+        event_loop: if options.watch_event_loop {
+          EventLoop::of(&env)
+        } else {
+          None
+        },
       })
     })
   }
@@ -171,60 +203,49 @@ impl NativeRedisConnection {
     store_key(&self.prefix, kind, key)
   }
 
-  /// A call of `store` sending `command`, whose answer `decode` reads.
+  /// A call of `store` on the Redis key `key`, sending the command `build`
+  /// makes of it; `decode` reads the answer.
   fn job(
     &self,
     id: f64,
     store: &'static str,
-    command: Cmd,
-    script: Option<&'static Lua>,
+    key: String,
+    build: impl FnOnce(String) -> Cmd,
     decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static,
   ) -> Job {
-    Job {
-      id,
-      store,
-      command,
-      script,
-      decode: Box::new(decode),
-      deadline: self.wire.deadline(),
-    }
+    let slot = self.route.slot(&key);
+    let deadline = Instant::now() + self.command_timeout;
+    let mut job = Job::new(id, store, build(key), Box::new(decode), deadline);
+    job.slot = slot;
+    job
   }
 
   /// Queues a call for the next [`flush`](Self::flush), making Node wait
   /// for its answer.
-  fn submit(
-    &self,
-    env: &Env,
-    id: f64,
-    store: &'static str,
-    command: Cmd,
-    script: Option<&'static Lua>,
-    decode: impl FnOnce(RedisResult<Value>) -> RedisResult<Reply> + Send + 'static,
-  ) {
-    self.wire.replies().hold(env);
-    self
-      .wire
-      .submit(self.job(id, store, command, script, decode));
+  fn send(&self, env: &Env, job: Job) {
+    self.replies.hold(env);
+    self.route.submit(job);
   }
 
   /// Sends the calls queued since the last flush and answers those whose
-  /// replies came while it polled (see `Wire::flush`); `null` when none did.
+  /// replies came while it polled (see `wire::flush`); `null` when none did.
   /// The others arrive through `settle`, or a later flush takes them (see
   /// [`awaiting`](Self::awaiting)). With `defer`, a busy Node loop delays
   /// the writing to that later flush, so one turn's calls share one write.
   #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
   pub fn flush(&self, env: &Env, spin: bool, defer: bool) -> Result<Option<Batch>> {
-    guard("redisAdapter", || {
-      Ok(self.collected(env, self.wire.flush(spin, defer)))
+    guard(ADAPTER, || {
+      let answers = self.route.flush(spin, defer, self.event_loop.as_ref());
+      Ok(self.collected(env, answers))
     })
   }
 
   /// Writes the calls queued so far, before the turn's closing `flush()`
-  /// (see `Wire::write_early`); answers those already answered, or `null`.
+  /// (see `wire::write_early`); answers those already answered, or `null`.
   #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
   pub fn write_early(&self, env: &Env) -> Result<Option<Batch>> {
-    guard("redisAdapter", || {
-      Ok(self.collected(env, self.wire.write_early()))
+    guard(ADAPTER, || {
+      Ok(self.collected(env, self.route.write_early()))
     })
   }
 
@@ -234,7 +255,7 @@ impl NativeRedisConnection {
     if answers.is_empty() {
       return None;
     }
-    self.wire.replies().delivered_here(env, answers.len());
+    self.replies.delivered_here(env, answers.len());
     Some(Batch(answers))
   }
 
@@ -242,7 +263,7 @@ impl NativeRedisConnection {
   /// busy Node event loop); the JS layer then flushes again next turn.
   #[napi(getter)]
   pub fn awaiting(&self) -> bool {
-    self.wire.awaiting()
+    self.route.awaiting()
   }
 
   /// Counts one hit on `<prefix>rl:<key>` in a window of `windowMs`;
@@ -255,45 +276,39 @@ impl NativeRedisConnection {
       if window_ms == 0 {
         // A zero window ends at once: every hit opens (and closes) its own.
         let now = now_ms() as f64;
-        self.submit(
-          env,
-          id,
-          RATE_LIMIT_STORE,
-          command("DEL", key),
-          None,
-          move |answer| {
-            answer?;
-            Ok(Reply::Hit {
-              count: 1.0,
-              reset_at: now,
-            })
-          },
-        );
+        let delete = |key| command("DEL", key);
+        let job = self.job(id, RATE_LIMIT_STORE, key, delete, move |answer| {
+          answer?;
+          Ok(Reply::Hit {
+            count: 1.0,
+            reset_at: now,
+          })
+        });
+        self.send(env, job);
         return Ok(());
       }
-      let mut command = RATE_LIMIT.call(key);
-      command.arg(window_ms);
-      self.submit(
-        env,
-        id,
-        RATE_LIMIT_STORE,
-        command,
-        Some(&RATE_LIMIT),
-        |answer| {
-          let (count, reset_at): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
-          Ok(Reply::Hit {
-            count: count as f64,
-            reset_at: reset_at as f64,
-          })
-        },
-      );
+      let call = |key| {
+        let mut command = RATE_LIMIT.call(key);
+        command.arg(window_ms);
+        command
+      };
+      let decode: Decoder = |answer| {
+        let (count, reset_at): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
+        Ok(Reply::Hit {
+          count: count as f64,
+          reset_at: reset_at as f64,
+        })
+      };
+      let mut job = self.job(id, RATE_LIMIT_STORE, key, call, decode);
+      job.reload = Some(&*RATE_LIMIT as &dyn Reload);
+      self.send(env, job);
       Ok(())
     })
   }
 
   /// Answers the snapshot of circuit `<prefix>cb:<key>`.
   #[napi]
-  pub fn get_state(&self, env: &Env, id: f64, key: String) -> Result<()> {
+  pub fn circuit_get(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CIRCUIT_STORE, || {
       self.circuit(env, id, key, "get", "");
       Ok(())
@@ -301,7 +316,7 @@ impl NativeRedisConnection {
   }
 
   #[napi]
-  pub fn record_success(&self, env: &Env, id: f64, key: String) -> Result<()> {
+  pub fn circuit_record_success(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CIRCUIT_STORE, || {
       self.circuit(env, id, key, "success", "");
       Ok(())
@@ -309,7 +324,7 @@ impl NativeRedisConnection {
   }
 
   #[napi]
-  pub fn record_failure(&self, env: &Env, id: f64, key: String) -> Result<()> {
+  pub fn circuit_record_failure(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CIRCUIT_STORE, || {
       self.circuit(env, id, key, "failure", "");
       Ok(())
@@ -319,7 +334,7 @@ impl NativeRedisConnection {
   /// `to` is "closed", "open" or "half-open" (checked by the JS layer and
   /// again by the script).
   #[napi]
-  pub fn transition(&self, env: &Env, id: f64, key: String, to: String) -> Result<()> {
+  pub fn circuit_transition(&self, env: &Env, id: f64, key: String, to: String) -> Result<()> {
     guard(CIRCUIT_STORE, || {
       self.circuit(env, id, key, "transition", &to);
       Ok(())
@@ -328,24 +343,29 @@ impl NativeRedisConnection {
 
   /// Forgets the circuit `<prefix>cb:<key>`.
   #[napi]
-  pub fn reset_circuit(&self, env: &Env, id: f64, key: String) -> Result<()> {
+  pub fn circuit_reset(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CIRCUIT_STORE, || {
-      let command = command("DEL", self.key("cb", &key));
-      self.submit(env, id, CIRCUIT_STORE, command, None, |answer| {
+      let key = self.key("cb", &key);
+      let delete = |key| command("DEL", key);
+      let job = self.job(id, CIRCUIT_STORE, key, delete, |answer| {
         answer.map(|_| Reply::Done)
       });
+      self.send(env, job);
       Ok(())
     })
   }
 
   fn circuit(&self, env: &Env, id: f64, key: String, op: &str, to: &str) {
-    let mut command = CIRCUIT.call(self.key("cb", &key));
-    command
-      .arg(op)
-      .arg(now_ms())
-      .arg(to)
-      .arg(CIRCUIT_TTL_SECONDS);
-    self.submit(env, id, CIRCUIT_STORE, command, Some(&CIRCUIT), |answer| {
+    let call = |key| {
+      let mut command = CIRCUIT.call(key);
+      command
+        .arg(op)
+        .arg(now_ms())
+        .arg(to)
+        .arg(CIRCUIT_TTL_SECONDS);
+      command
+    };
+    let decode: Decoder = |answer| {
       let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) =
         FromRedisValue::from_redis_value(answer?)?;
       Ok(Reply::Snapshot {
@@ -357,7 +377,10 @@ impl NativeRedisConnection {
           last_change as f64,
         ],
       })
-    });
+    };
+    let mut job = self.job(id, CIRCUIT_STORE, self.key("cb", &key), call, decode);
+    job.reload = Some(&*CIRCUIT as &dyn Reload);
+    self.send(env, job);
   }
 
   /// Answers the response under `<prefix>cache:<key>`, or `null` when
@@ -365,8 +388,8 @@ impl NativeRedisConnection {
   #[napi]
   pub fn cache_get(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CACHE_STORE, || {
-      let command = command("GET", self.key("cache", &key));
-      self.submit(env, id, CACHE_STORE, command, None, |answer| {
+      let get = |key| command("GET", key);
+      let decode: Decoder = |answer| {
         let raw: Option<Vec<u8>> = match answer {
           // Another Redis type under the key is garbage too: a miss.
           Err(error) if error.code() == Some("WRONGTYPE") => None,
@@ -382,7 +405,9 @@ impl NativeRedisConnection {
         } else {
           finish()
         })
-      });
+      };
+      let job = self.job(id, CACHE_STORE, self.key("cache", &key), get, decode);
+      self.send(env, job);
       Ok(())
     })
   }
@@ -412,46 +437,41 @@ impl NativeRedisConnection {
     guard(CACHE_STORE, || {
       let key = self.key("cache", &key);
       let ttl_ms = duration_ms(ttl_ms);
-      let stored = |answer: RedisResult<Value>| answer.map(|_| Reply::Done);
+      let stored: Decoder = |answer| answer.map(|_| Reply::Done);
       if ttl_ms == 0 {
-        self.submit(env, id, CACHE_STORE, command("DEL", key), None, stored);
+        let job = self.job(id, CACHE_STORE, key, |key| command("DEL", key), stored);
+        self.send(env, job);
         return Ok(());
       }
       // A status no Response has (only `Response.error()`'s 0 fits a u32
       // here) is kept as an envelope that reads back as a miss.
       let status = u16::try_from(status).unwrap_or(u16::MAX);
-      let set = move |body: &[u8]| {
+      let set = move |key, body: &[u8]| {
         let envelope = StoredResponse::envelope_of_joined(status, &headers, body);
         let mut set = command("SET", key);
         set.arg(envelope).arg("PX").arg(ttl_ms);
         set
       };
       if body.len() <= INLINE_ENVELOPE_BYTES {
-        let set = set(&body);
-        self.submit(env, id, CACHE_STORE, set, None, stored);
+        let job = self.job(id, CACHE_STORE, key, |key| set(key, &body), stored);
+        self.send(env, job);
         return Ok(());
       }
-      self.wire.replies().hold(env);
-      let deadline = self.wire.deadline();
-      let wire = Arc::clone(&self.wire);
+      // The job is made now, with an empty command, so it is routed and
+      // timed like any other; the envelope is encoded off the JS thread.
+      let mut job = self.job(id, CACHE_STORE, key.clone(), |_| Cmd::new(), stored);
+      self.replies.hold(env);
+      let route = Arc::clone(&self.route);
+      let replies = Arc::clone(&self.replies);
       napi::bindgen_prelude::spawn(async move {
-        match guard_async(CACHE_STORE, async { Ok(set(&body)) }).await {
+        match guard_async(CACHE_STORE, async { Ok(set(key, &body)) }).await {
           Ok(command) => {
             drop(body);
-            let decode = Box::new(stored);
-            wire.submit(Job {
-              id,
-              store: CACHE_STORE,
-              command,
-              script: None,
-              decode,
-              deadline,
-            });
-            wire.flush_elsewhere();
+            job.command = command;
+            route.submit(job);
+            route.flush_elsewhere();
           }
-          Err(panicked) => wire
-            .replies()
-            .send(id, Reply::Failed(panicked.reason.clone())),
+          Err(panicked) => replies.send(id, Reply::Failed(panicked.reason.clone())),
         }
       });
       Ok(())
@@ -462,24 +482,26 @@ impl NativeRedisConnection {
   #[napi]
   pub fn cache_delete(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CACHE_STORE, || {
-      let command = command("DEL", self.key("cache", &key));
-      self.submit(env, id, CACHE_STORE, command, None, |answer| {
+      let delete = |key| command("DEL", key);
+      let decode: Decoder = |answer| {
         let removed: i64 = FromRedisValue::from_redis_value(answer?)?;
         Ok(Reply::Removed(removed > 0))
-      });
+      };
+      let job = self.job(id, CACHE_STORE, self.key("cache", &key), delete, decode);
+      self.send(env, job);
       Ok(())
     })
   }
 
-  /// Closes the connection; later calls fail. Calls in flight finish.
+  /// Closes the connection(s); later calls fail. Calls in flight finish.
   #[napi]
   pub fn close(&self) {
-    self.wire.close();
+    self.route.close();
   }
 
   #[napi(getter)]
   pub fn closed(&self) -> bool {
-    self.wire.is_closed()
+    self.route.is_closed()
   }
 }
 
@@ -487,7 +509,7 @@ impl Drop for NativeRedisConnection {
   /// A connection dropped without `close()` (its adapter was collected)
   /// closes once its calls are answered.
   fn drop(&mut self) {
-    self.wire.close();
+    self.route.close();
   }
 }
 

@@ -8,6 +8,8 @@ use std::sync::LazyLock;
 
 use ::redis::{Arg, Cmd, Script};
 
+use super::job::Reload;
+
 /// A script's source and its SHA-1, as `EVALSHA` names it.
 pub struct Lua {
   pub source: &'static str,
@@ -29,8 +31,17 @@ impl Lua {
     command
   }
 
+  /// `SCRIPT LOAD <source>`, run by every new connection.
+  pub fn load(&self) -> Cmd {
+    let mut command = ::redis::cmd("SCRIPT");
+    command.arg("LOAD").arg(self.source);
+    command
+  }
+}
+
+impl Reload for Lua {
   /// The same call as `EVAL <source> …`, for a server that lost the script.
-  pub fn call_with_source(&self, evalsha: &Cmd) -> Cmd {
+  fn with_source(&self, evalsha: &Cmd) -> Cmd {
     let mut command = ::redis::cmd("EVAL");
     command.arg(self.source);
     for arg in evalsha.args_iter().skip(2) {
@@ -38,13 +49,6 @@ impl Lua {
         command.arg(bytes);
       }
     }
-    command
-  }
-
-  /// `SCRIPT LOAD <source>`.
-  pub fn load(&self) -> Cmd {
-    let mut command = ::redis::cmd("SCRIPT");
-    command.arg("LOAD").arg(self.source);
     command
   }
 }
@@ -181,7 +185,7 @@ mod tests {
   fn a_refused_evalsha_is_resent_with_its_source() {
     let mut call = RATE_LIMIT.call("stoma:rl:k".into());
     call.arg(60_000);
-    let eval = RATE_LIMIT.call_with_source(&call);
+    let eval = RATE_LIMIT.with_source(&call);
     let args: Vec<Vec<u8>> = eval
       .args_iter()
       .map(|arg| {

@@ -1,0 +1,202 @@
+//! The calls written on one connection and the bytes on their way: commands
+//! encoded and not yet written, replies read and not yet complete, and the
+//! calls awaiting them in order (Redis answers in the order it was asked).
+//!
+//! Commands are encoded by the `redis` crate; [`resp`] finds where each
+//! reply ends and decodes it (the common shapes itself, the rest with the
+//! crate's parser).
+
+use std::collections::VecDeque;
+use std::io;
+
+use ::redis::{ServerErrorKind, Value};
+
+use super::job::Job;
+use super::resp::{self, Scan};
+use super::socket::Socket;
+
+/// Bytes asked of the socket per read, at least.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Default)]
+pub struct Pipeline {
+  /// Calls written, in the order their answers will come.
+  in_flight: VecDeque<Job>,
+  /// Encoded commands; `unsent[written..]` is still to go.
+  unsent: Vec<u8>,
+  written: usize,
+  /// Bytes read; `inbox[..filled]` holds data (the rest is spare room,
+  /// kept initialized so reads need no unsafe code).
+  inbox: Vec<u8>,
+  filled: usize,
+}
+
+impl Pipeline {
+  /// Encodes `job` for sending and counts it in flight.
+  pub fn enqueue(&mut self, job: Job) {
+    if job.asking {
+      // Its answer (+OK) is skipped in `take_replies`.
+      ::redis::cmd("ASKING").write_packed_command(&mut self.unsent);
+    }
+    job.command.write_packed_command(&mut self.unsent);
+    self.in_flight.push_back(job);
+  }
+
+  pub fn is_idle(&self) -> bool {
+    self.in_flight.is_empty()
+  }
+
+  pub fn in_flight(&self) -> usize {
+    self.in_flight.len()
+  }
+
+  /// The oldest call written and not answered.
+  pub fn oldest(&self) -> Option<&Job> {
+    self.in_flight.front()
+  }
+
+  /// Bytes encoded and not yet written.
+  pub fn unsent_bytes(&self) -> usize {
+    self.unsent.len() - self.written
+  }
+
+  /// Bytes are still to go out: commands not written, or records a TLS
+  /// session holds.
+  pub fn has_unsent(&self, socket: &Socket) -> bool {
+    self.written < self.unsent.len() || socket.wants_write()
+  }
+
+  /// Writes what is unsent and reads what has arrived until the socket would
+  /// block (so a watcher may then wait for it again), adding every call
+  /// whose reply is complete to `answered` — where they stay if the
+  /// connection then fails, so they are answered all the same. A call the
+  /// server refused with NOSCRIPT is sent again with its script's source.
+  pub fn pump(&mut self, socket: &Socket, answered: &mut Vec<(Job, Value)>) -> Result<(), String> {
+    loop {
+      let mut progress = false;
+      while self.written < self.unsent.len() {
+        match socket.write(&self.unsent[self.written..]) {
+          Ok(0) => return Err("the connection was closed".into()),
+          Ok(n) => {
+            self.written += n;
+            progress = true;
+          }
+          Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+          Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+          Err(error) => return Err(error.to_string()),
+        }
+      }
+      if self.written == self.unsent.len() {
+        self.unsent.clear();
+        self.written = 0;
+        // A TLS session may still hold records of what was written.
+        match socket.flush() {
+          Err(error)
+            if !matches!(
+              error.kind(),
+              io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+          {
+            return Err(error.to_string())
+          }
+          _ => {}
+        }
+      }
+      if !self.in_flight.is_empty() {
+        loop {
+          if self.inbox.len() - self.filled < READ_CHUNK / 4 {
+            self.inbox.resize(self.filled + READ_CHUNK, 0);
+          }
+          match socket.read(&mut self.inbox[self.filled..]) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(n) => {
+              self.filled += n;
+              progress = true;
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.to_string()),
+          }
+        }
+        self.take_replies(answered)?;
+      }
+      if !progress {
+        return Ok(());
+      }
+    }
+  }
+
+  /// Decodes the complete replies in the inbox, pairing each with the call
+  /// it answers.
+  fn take_replies(&mut self, answered: &mut Vec<(Job, Value)>) -> Result<(), String> {
+    let mut at = 0;
+    while at < self.filled {
+      let need = match resp::scan(&self.inbox[at..self.filled])
+        .map_err(|error| format!("protocol error: {}", error.0))?
+      {
+        Scan::Complete(length) => {
+          let Some(mut job) = self.in_flight.pop_front() else {
+            return Err("protocol error: an answer to no command".into());
+          };
+          let value = resp::decode(&self.inbox[at..at + length])
+            .map_err(|error| format!("protocol error: {error}"))?;
+          at += length;
+          if job.asking {
+            // The answer to the ASKING before it; its own comes next.
+            job.asking = false;
+            self.in_flight.push_front(job);
+            continue;
+          }
+          match job.reload.take() {
+            Some(reload) if is_noscript(&value) => {
+              job.command = reload.with_source(&job.command);
+              self.enqueue(job);
+            }
+            _ => answered.push((job, value)),
+          }
+          continue;
+        }
+        Scan::Partial(need) => need,
+      };
+      // Make room for the whole of a large reply at once (it will start at
+      // 0 once the answered replies before it are dropped below).
+      if self.inbox.len() < need {
+        self.inbox.resize(need + READ_CHUNK, 0);
+      }
+      break;
+    }
+    self.inbox.copy_within(at..self.filled, 0);
+    self.filled -= at;
+    if self.inbox.len() > 4 * READ_CHUNK && self.filled < READ_CHUNK {
+      // Give back the room a large reply took.
+      self.inbox.truncate(READ_CHUNK);
+      self.inbox.shrink_to_fit();
+    }
+    Ok(())
+  }
+
+  /// Forgets everything sent and read; answers the calls in flight.
+  pub fn clear(&mut self) -> impl Iterator<Item = Job> + '_ {
+    self.unsent.clear();
+    self.written = 0;
+    self.filled = 0;
+    self.in_flight.drain(..)
+  }
+}
+
+fn is_noscript(value: &Value) -> bool {
+  matches!(value, Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoScript))
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn noscript_replies_are_recognised() {
+    assert!(is_noscript(
+      &resp::decode(b"-NOSCRIPT No matching script.\r\n").unwrap()
+    ));
+    assert!(!is_noscript(&resp::decode(b"-ERR other\r\n").unwrap()));
+  }
+}

@@ -1,0 +1,270 @@
+//! Where a Redis server is and how a connection to it starts: endpoints
+//! parsed from urls, connecting (TCP, TLS over TCP, unix sockets), the
+//! handshake, and one-off exchanges on a fresh connection (topology
+//! queries, sentinels).
+//!
+//! Nothing here knows what the stores send: the commands a new connection
+//! must run before it carries calls (loading scripts) come from the caller
+//! as a [`Greeting`].
+
+use std::io;
+use std::sync::Arc;
+
+use ::redis::{Client, Cmd, ConnectionAddr, ConnectionInfo, Value};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::resp::{self, Scan};
+use super::socket::Socket;
+use crate::tls::{self, TlsSocket};
+
+/// The `tls` option: whether it asks for TLS (a `rediss://` url does too),
+/// and the PEM certificates to trust instead of Mozilla's roots.
+pub struct Tls<'a> {
+  pub wanted: bool,
+  pub ca: Option<&'a [u8]>,
+}
+
+/// What follows the scheme of a url that asks for TLS (`rediss://` or
+/// `valkeys://`, in any case), or `None` for any other url.
+fn after_tls_scheme(url: &str) -> Option<&str> {
+  let (scheme, rest) = url.split_once("://")?;
+  (scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")).then_some(rest)
+}
+
+/// One server to connect to, with the credentials, database and TLS
+/// settings to connect with.
+#[derive(Clone)]
+pub struct Endpoint {
+  pub info: ConnectionInfo,
+  /// Set when the connection is made over TLS.
+  pub tls: Option<Arc<ClientConfig>>,
+}
+
+impl Endpoint {
+  /// Parses `url`; fails if it is malformed (or `tls.ca` is). The
+  /// connection uses TLS when `tls` asks or the url's scheme does.
+  pub fn parse(url: &str, tls: &Tls) -> Result<Endpoint, String> {
+    // The redis crate parses TLS schemes only when built with its own TLS.
+    let (plain_url, wants_tls) = match after_tls_scheme(url) {
+      Some(rest) => (format!("redis://{rest}"), true),
+      None => (url.to_owned(), false),
+    };
+    if wants_tls && plain_url.ends_with("#insecure") {
+      return Err("#insecure (no certificate check) is not supported; pass tls: { ca } with the server's CA certificate".into());
+    }
+    let info = Client::open(plain_url.as_str())
+      .map_err(|error| error.to_string())?
+      .get_connection_info()
+      .clone();
+    let tls = match (wants_tls || tls.wanted, info.addr()) {
+      (false, _) => None,
+      (true, ConnectionAddr::Tcp(..)) => Some(tls::client_config(tls.ca)?),
+      (true, _) => return Err("TLS works over TCP only, not a unix socket".into()),
+    };
+    Ok(Endpoint { info, tls })
+  }
+
+  /// Where the server is, for error messages (no credentials).
+  pub fn address(&self) -> String {
+    self.info.addr().to_string()
+  }
+}
+
+/// What a new connection runs before it carries calls, after AUTH and
+/// SELECT as its endpoint asks.
+#[derive(Default)]
+pub struct Greeting {
+  /// Commands whose failure is not fatal, such as loading the scripts the
+  /// calls will run (a call that finds its script missing resends it).
+  pub setup: Vec<Cmd>,
+}
+
+/// A connected stream, before it is handed to the pipeline.
+enum Stream {
+  Tcp(tokio::net::TcpStream),
+  Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+  #[cfg(unix)]
+  Unix(tokio::net::UnixStream),
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Stream {
+  fn io(&mut self) -> &mut dyn Io {
+    match self {
+      Stream::Tcp(stream) => stream,
+      Stream::Tls(stream) => stream,
+      #[cfg(unix)]
+      Stream::Unix(stream) => stream,
+    }
+  }
+
+  /// The stream as a non-blocking socket for the pipeline.
+  fn into_socket(self) -> io::Result<Socket> {
+    Ok(match self {
+      Stream::Tcp(stream) => Socket::Tcp(stream.into_std()?),
+      Stream::Tls(stream) => {
+        let (tcp, session) = stream.into_inner();
+        Socket::Tls(Box::new(TlsSocket::new(tcp.into_std()?, session)))
+      }
+      #[cfg(unix)]
+      Stream::Unix(stream) => Socket::Unix(stream.into_std()?),
+    })
+  }
+}
+
+/// Connects to `endpoint` (TCP, then TLS if it asks).
+async fn connect(endpoint: &Endpoint) -> Result<Stream, String> {
+  let io_cause = |error: io::Error| error.to_string();
+  match endpoint.info.addr() {
+    ConnectionAddr::Tcp(host, port) => {
+      let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+        .await
+        .map_err(io_cause)?;
+      stream.set_nodelay(true).map_err(io_cause)?;
+      let Some(config) = &endpoint.tls else {
+        return Ok(Stream::Tcp(stream));
+      };
+      let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+      let stream = connector
+        .connect(tls::server_name(host)?, stream)
+        .await
+        .map_err(|error| format!("TLS handshake failed: {error}"))?;
+      Ok(Stream::Tls(Box::new(stream)))
+    }
+    #[cfg(unix)]
+    ConnectionAddr::Unix(path) => Ok(Stream::Unix(
+      tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(io_cause)?,
+    )),
+    other => Err(format!("unsupported address {other}")),
+  }
+}
+
+/// Opens a connection to `endpoint` and runs the handshake: AUTH and SELECT
+/// as the endpoint asks (either failing fails the connection), then the
+/// greeting's setup commands.
+pub async fn open(endpoint: &Endpoint, greeting: &Greeting) -> Result<Socket, String> {
+  let mut stream = connect(endpoint).await?;
+  let mut commands = credentials(&endpoint.info);
+  let checked = commands.len();
+  commands.extend(greeting.setup.iter().cloned());
+  let answers = exchange(stream.io(), &commands).await?;
+  for answer in answers.into_iter().take(checked) {
+    answer.extract_error().map_err(|error| error.to_string())?;
+  }
+  stream.into_socket().map_err(|error| error.to_string())
+}
+
+/// AUTH and SELECT as `info` asks.
+fn credentials(info: &ConnectionInfo) -> Vec<Cmd> {
+  let settings = info.redis_settings();
+  let mut commands = Vec::new();
+  if let Some(password) = settings.password() {
+    let mut auth = ::redis::cmd("AUTH");
+    if let Some(username) = settings.username() {
+      auth.arg(username);
+    }
+    auth.arg(password);
+    commands.push(auth);
+  }
+  if settings.db() != 0 {
+    let mut select = ::redis::cmd("SELECT");
+    select.arg(settings.db());
+    commands.push(select);
+  }
+  commands
+}
+
+/// Sends `commands` in one write and reads their answers (server errors
+/// included, as values).
+async fn exchange(io: &mut dyn Io, commands: &[Cmd]) -> Result<Vec<Value>, String> {
+  let mut bytes = Vec::new();
+  for command in commands {
+    command.write_packed_command(&mut bytes);
+  }
+  io.write_all(&bytes)
+    .await
+    .map_err(|error| error.to_string())?;
+  let mut inbox = Inbox::default();
+  let mut answers = Vec::with_capacity(commands.len());
+  for _ in commands {
+    answers.push(inbox.next(io).await?);
+  }
+  Ok(answers)
+}
+
+/// Replies read from a stream one at a time.
+#[derive(Default)]
+struct Inbox {
+  bytes: Vec<u8>,
+  at: usize,
+}
+
+impl Inbox {
+  async fn next(&mut self, io: &mut dyn Io) -> Result<Value, String> {
+    loop {
+      match resp::scan(&self.bytes[self.at..])
+        .map_err(|error| format!("protocol error: {}", error.0))?
+      {
+        Scan::Complete(length) => {
+          let value = resp::decode(&self.bytes[self.at..self.at + length])
+            .map_err(|error| error.to_string())?;
+          self.at += length;
+          return Ok(value);
+        }
+        Scan::Partial(_) => {
+          let mut chunk = [0; 4096];
+          let n = io
+            .read(&mut chunk)
+            .await
+            .map_err(|error| error.to_string())?;
+          if n == 0 {
+            return Err("the server closed the connection".into());
+          }
+          self.bytes.drain(..self.at);
+          self.at = 0;
+          self.bytes.extend_from_slice(&chunk[..n]);
+        }
+      }
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn tls_schemes_are_recognised_in_any_case() {
+    assert_eq!(after_tls_scheme("rediss://h:6380/0"), Some("h:6380/0"));
+    assert_eq!(after_tls_scheme("REDISS://h"), Some("h"));
+    assert_eq!(after_tls_scheme("valkeys://h"), Some("h"));
+    assert_eq!(after_tls_scheme("redis://h"), None);
+    assert_eq!(after_tls_scheme("unix:///tmp/redis.sock"), None);
+  }
+
+  #[test]
+  fn credentials_follow_the_url() {
+    let plain = Tls {
+      wanted: false,
+      ca: None,
+    };
+    let commands = |url: &str| {
+      let endpoint = Endpoint::parse(url, &plain).unwrap();
+      credentials(&endpoint.info)
+        .iter()
+        .map(|command| String::from_utf8_lossy(&command.get_packed_command()).replace("\r\n", " "))
+        .collect::<Vec<_>>()
+    };
+    assert!(commands("redis://127.0.0.1:6379").is_empty());
+    assert_eq!(
+      commands("redis://:pw@h/2"),
+      ["*2 $4 AUTH $2 pw ", "*2 $6 SELECT $1 2 "]
+    );
+    assert_eq!(commands("redis://u:pw@h"), ["*3 $4 AUTH $1 u $2 pw "]);
+  }
+}
