@@ -263,9 +263,8 @@ export declare const POSTGRES_SCHEMA_SQL: string
 /** `POSTGRES_SCHEMA_SQL` for tables named with `tablePrefix`; throws on an unsafe prefix. */
 export declare function postgresSchemaSql(tablePrefix?: string): string
 
-export interface RedisConnectionOptions {
-  /** Default: `process.env.REDIS_URL`, then `"redis://127.0.0.1:6379"`. A malformed url throws a TypeError at once. */
-  url?: string
+/** What every Redis deployment takes: key prefix, time bounds, TLS. */
+export interface RedisCommonOptions {
   /** Prefix of every key (default `"stoma:"`), as in Stoma's redisAdapter. */
   prefix?: string
   /** Bound on one connection attempt, in ms (default 2000). */
@@ -285,6 +284,26 @@ export interface RedisConnectionOptions {
    */
   tls?: boolean | { ca?: string | Uint8Array }
 }
+
+/** A Redis Cluster: seed nodes, from which every primary is discovered. */
+export interface RedisClusterOptions {
+  /**
+   * `redis://` or `rediss://` urls of some of the cluster's nodes (one is enough). Credentials in
+   * the first url that has any are used for every node; a cluster has only database 0.
+   */
+  nodes: string[]
+}
+
+/** One server (`url`), or a Redis Cluster (`cluster`). */
+export type RedisConnectionOptions = RedisCommonOptions &
+  (
+    | {
+        /** Default: `process.env.REDIS_URL`, then `"redis://127.0.0.1:6379"`. A malformed url throws a TypeError at once. */
+        url?: string
+        cluster?: never
+      }
+    | { cluster: RedisClusterOptions; url?: never }
+  )
 
 /** Fixed-window counters under `<prefix>rl:<key>`, shared with Stoma's RedisRateLimitStore. */
 export declare class RedisRateLimitStore implements RateLimitStore {
@@ -322,7 +341,7 @@ export interface RedisStoreFlags {
   cache?: boolean
 }
 
-export interface RedisAdapterOptions<Stores extends RedisStoreFlags = RedisStoreFlags> extends RedisConnectionOptions {
+export type RedisAdapterOptions<Stores extends RedisStoreFlags = RedisStoreFlags> = RedisConnectionOptions & {
   stores?: Stores
   waitUntil?: (promise: Promise<unknown>) => void
 }

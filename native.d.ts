@@ -124,8 +124,8 @@ export declare class NativePostgres {
  */
 export declare class NativeRedisConnection {
   /**
-   * Parses the url (throwing an `InvalidArg` error at once if it is
-   * malformed) and starts connecting in the background.
+   * Parses the url(s) (throwing an `InvalidArg` error at once, naming the
+   * option, if one is malformed) and starts connecting in the background.
    */
   constructor(options: NativeRedisOptions, settle: (batch: [Float64Array, ...unknown[]]) => void)
   /**
@@ -228,7 +228,10 @@ export interface NativePostgresOptions {
 
 /** Options from `lib/redis.js`, already validated there. */
 export interface NativeRedisOptions {
-  url: string
+  /** One server (standalone). */
+  url?: string
+  /** Seed nodes of a Redis Cluster (instead of `url`). */
+  clusterNodes?: Array<string>
   prefix: string
   connectTimeoutMs: number
   commandTimeoutMs: number

@@ -561,14 +561,20 @@ describe('redis: server down', () => {
   })
 
   it('a server that breaks the protocol after answering one call: that call resolves, the next rejects', async () => {
-    // Answers the handshake, then one valid reply followed by garbage, in one write.
+    // Answers the handshake (CLUSTER MYID as a server without cluster
+    // support does, then both SCRIPT LOADs), then one valid reply followed
+    // by garbage, in one write.
     const sockets = new Set()
     const broken = net.createServer((socket) => {
       sockets.add(socket)
       socket.on('error', () => {})
       let handshaken = false
       socket.on('data', () => {
-        socket.write(handshaken ? '*2\r\n:1\r\n:1000\r\n\x00garbage\r\n' : '+OK\r\n+OK\r\n')
+        socket.write(
+          handshaken
+            ? '*2\r\n:1\r\n:1000\r\n\x00garbage\r\n'
+            : '-ERR This instance has cluster support disabled\r\n+OK\r\n+OK\r\n',
+        )
         handshaken = true
       })
     })

@@ -77,8 +77,15 @@ const noCache: RedisCacheStore = withoutCache.cacheStore
 declare const maybe: boolean
 // @ts-expect-error a flag only known as boolean leaves the store optional
 const maybeCache: RedisCacheStore = redisAdapter({ stores: { cache: maybe } }).cacheStore
+const clustered: RedisCacheStore = redisAdapter({
+  cluster: { nodes: ['redis://10.0.0.1:6379'] },
+  prefix: 'app:',
+}).cacheStore
+// @ts-expect-error one deployment at a time: url or cluster
+redisAdapter({ url: 'redis://10.0.0.1:6379', cluster: { nodes: ['redis://10.0.0.1:6379'] } })
 
 export {
+  clustered,
   adapters,
   rateLimit,
   circuits,

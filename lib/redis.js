@@ -13,6 +13,7 @@ const {
   positiveInteger,
   nonNegativeInteger,
   optionsObject,
+  checkKnownKeys,
   describe,
   tlsOption,
 } = require('./validate.js')
@@ -47,6 +48,54 @@ const SHARED_CONNECTION = Symbol('stoma-native shared Redis connection')
 /** The url with any password hidden, for error messages. */
 function redactUrl(url) {
   return url.replace(/^([^:/]+:\/\/[^/@:]*:)[^/@]*@/, '$1***@')
+}
+
+/**
+ * Where an adapter's data lives, from its options: one server (`url`, by
+ * default `REDIS_URL` or the local server) or a Redis Cluster
+ * (`cluster: { nodes }`, seed urls from which the rest is discovered).
+ */
+function deployment(who, opts) {
+  if (opts.url !== undefined && opts.cluster !== undefined) {
+    throw new TypeError(`${who}: pass either url (one server) or cluster (a Redis Cluster), not both`)
+  }
+  if (opts.cluster !== undefined) {
+    if (opts.cluster === null || typeof opts.cluster !== 'object') {
+      throw new TypeError(`${who}: cluster must be { nodes: ['redis://host:port', …] }, got ${describe(opts.cluster)}`)
+    }
+    checkKnownKeys(who, opts.cluster, ['nodes'], 'cluster')
+    const { nodes } = opts.cluster
+    if (!Array.isArray(nodes) || nodes.length === 0) {
+      throw new TypeError(`${who}: cluster.nodes must be a non-empty array of Redis urls, got ${describe(nodes)}`)
+    }
+    for (const [index, node] of nodes.entries()) {
+      if (typeof node !== 'string') {
+        throw new TypeError(`${who}: cluster.nodes[${index}] must be a string, got ${describe(node)}`)
+      }
+    }
+    return { clusterNodes: [...nodes] }
+  }
+  const url = opts.url ?? (process.env.REDIS_URL || DEFAULT_URL)
+  if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
+  return { url }
+}
+
+/**
+ * The TypeError for a native complaint about an option: `url: …`,
+ * `cluster.nodes[i]: …` (with that url, its password hidden) or `tls.ca …`.
+ */
+function optionError(who, message, where) {
+  if (message.startsWith('url: ')) {
+    return new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(where.url))}: ${message.slice(5)}`)
+  }
+  const node = /^cluster\.nodes\[(\d+)\]: /.exec(message)
+  if (node) {
+    const url = where.clusterNodes[Number(node[1])]
+    return new TypeError(
+      `${who}: cluster.nodes[${node[1]}] ${JSON.stringify(redactUrl(url))}: ${message.slice(node[0].length)}`,
+    )
+  }
+  return new TypeError(`${who}: ${message}`)
 }
 
 // What a call answers, which tells `settle` how to read its values.
@@ -170,13 +219,13 @@ class Connection {
   }
 
   /**
-   * Opens a connection from `{ url, prefix, connectTimeoutMs,
-   * commandTimeoutMs, spinMicros }`. A malformed url throws a TypeError at once; the
-   * connection itself is made in the background.
+   * Opens the connection(s) `opts` describe (see `deployment`) with
+   * `{ prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, tls }`. A
+   * malformed url throws a TypeError at once; connecting happens in the
+   * background.
    */
   constructor(who, opts) {
-    const url = opts.url ?? (process.env.REDIS_URL || DEFAULT_URL)
-    if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
+    const where = deployment(who, opts)
     const prefix = opts.prefix ?? DEFAULT_PREFIX
     if (typeof prefix !== 'string') throw new TypeError(`${who}: prefix must be a string, got ${describe(prefix)}`)
     const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
@@ -191,13 +240,21 @@ class Connection {
     const onAnswers = (batch) => settle(calls, batch, whenDrained)
     try {
       this.#native = new native.NativeRedisConnection(
-        { url, prefix, connectTimeoutMs, commandTimeoutMs, spinMicros, watchEventLoop: IS_NODE, useTls, tlsCa },
+        {
+          ...where,
+          prefix,
+          connectTimeoutMs,
+          commandTimeoutMs,
+          spinMicros,
+          watchEventLoop: IS_NODE,
+          useTls,
+          tlsCa,
+        },
         onAnswers,
       )
     } catch (error) {
       if (error?.code !== 'InvalidArg') throw error
-      if (error.message.startsWith('tls.ca ')) throw new TypeError(`${who}: ${error.message}`)
-      throw new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(url))}: ${error.message}`)
+      throw optionError(who, error.message, where)
     }
   }
 

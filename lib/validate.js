@@ -51,6 +51,19 @@ function optionsObject(store, value, name = 'options') {
   return value
 }
 
+/**
+ * Refuses keys of `options` not in `known`: a misspelt option would
+ * otherwise silently take its default. `path` names a nested object.
+ */
+function checkKnownKeys(store, options, known, path) {
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) {
+      const name = path === undefined ? key : `${path}.${key}`
+      throw new TypeError(`${store}: unknown option ${name}; the options are ${known.join(', ')}`)
+    }
+  }
+}
+
 function optionalName(store, value) {
   if (value === undefined) return undefined
   if (typeof value !== 'string' || value.length === 0) {
@@ -91,6 +104,7 @@ function tlsOption(who, tls) {
 
 module.exports = {
   describe,
+  checkKnownKeys,
   tlsOption,
   checkKey,
   checkSeconds,

@@ -30,9 +30,12 @@ pub struct Job {
   pub deadline: Instant,
   /// The cluster hash slot of its key (0 outside a cluster).
   pub slot: u16,
+  /// Redirections (MOVED, ASK) followed so far.
+  pub redirects: u8,
   /// Times a server refused it for now (TRYAGAIN, LOADING, …) so far.
   pub retries: u8,
-  /// Send `ASKING` right before it: the slot is migrating to that node.
+  /// Send `ASKING` right before it (and again if it is resent there): the
+  /// slot is migrating to the node it goes to.
   pub asking: bool,
 }
 
@@ -52,6 +55,7 @@ impl Job {
       decode,
       deadline,
       slot: 0,
+      redirects: 0,
       retries: 0,
       asking: false,
     }

@@ -37,6 +37,7 @@
 //! built and reopened on demand after it is lost, so calls succeed again
 //! shortly after the server comes back, with no user action.
 
+mod cluster;
 mod event_loop;
 mod job;
 mod pipeline;
@@ -46,6 +47,7 @@ mod resp;
 mod route;
 mod scripts;
 mod setup;
+mod slots;
 mod socket;
 mod spin;
 mod wire;
@@ -64,10 +66,10 @@ use crate::errors::{guard, guard_async};
 use event_loop::EventLoop;
 use job::{Job, Reload};
 use replies::{state_code, Batch, Replies, Reply};
-use route::Route;
+use route::{Deployment, Route};
 use scripts::{CIRCUIT, RATE_LIMIT};
-use setup::{Endpoint, Greeting, Tls};
-use wire::{Settings, Target, Wire};
+use setup::{Greeting, Role, Tls};
+use wire::Settings;
 
 const ADAPTER: &str = "redisAdapter";
 const RATE_LIMIT_STORE: &str = "RedisRateLimitStore";
@@ -106,7 +108,10 @@ type Decoder = fn(RedisResult<Value>) -> RedisResult<Reply>;
 /// Options from `lib/redis.js`, already validated there.
 #[napi(object)]
 pub struct NativeRedisOptions {
-  pub url: String,
+  /// One server (standalone).
+  pub url: Option<String>,
+  /// Seed nodes of a Redis Cluster (instead of `url`).
+  pub cluster_nodes: Option<Vec<String>>,
   pub prefix: String,
   pub connect_timeout_ms: f64,
   pub command_timeout_ms: f64,
@@ -143,8 +148,8 @@ pub struct NativeRedisConnection {
 
 #[napi]
 impl NativeRedisConnection {
-  /// Parses the url (throwing an `InvalidArg` error at once if it is
-  /// malformed) and starts connecting in the background.
+  /// Parses the url(s) (throwing an `InvalidArg` error at once, naming the
+  /// option, if one is malformed) and starts connecting in the background.
   #[napi(constructor)]
   pub fn new(
     env: Env,
@@ -158,7 +163,12 @@ impl NativeRedisConnection {
     guard(ADAPTER, || {
       let replies = Arc::new(Replies::new(settle)?);
       let spin_micros = options.spin_micros;
-      let settings = Arc::new(Settings {
+      let deployment = match (&options.url, &options.cluster_nodes) {
+        (_, Some(nodes)) => Deployment::Cluster { nodes },
+        (Some(url), None) => Deployment::Server { url },
+        (None, None) => return Err(Error::new(Status::InvalidArg, "url: missing")),
+      };
+      let settings = Settings {
         connect_timeout: millis(options.connect_timeout_ms),
         command_timeout: millis(options.command_timeout_ms),
         spin: Duration::from_micros(if spin_micros.is_finite() && spin_micros > 0.0 {
@@ -169,27 +179,23 @@ impl NativeRedisConnection {
         // Scripts are loaded on every new connection, so the first calls
         // need no retry (a failure to load is not fatal: see `Reload`).
         greeting: Greeting {
+          role: Role::Any,
           setup: vec![RATE_LIMIT.load(), CIRCUIT.load()],
         },
-      });
+      };
+      let command_timeout = settings.command_timeout;
       let tls = Tls {
         wanted: options.use_tls,
-        ca: options.tls_ca.as_deref(),
+        config: crate::tls::client_config(options.tls_ca.as_deref())
+          .map_err(|error| Error::new(Status::InvalidArg, error))?,
       };
-      let endpoint = Endpoint::parse(&options.url, &tls)
+      let route = Route::open(&deployment, &tls, settings, Arc::clone(&replies))
         .map_err(|error| Error::new(Status::InvalidArg, error))?;
-      let wire = Wire::new(
-        Target::Fixed(endpoint),
-        Arc::clone(&settings),
-        Arc::clone(&replies),
-        None,
-      );
-      wire.connect_in_background();
       Ok(NativeRedisConnection {
-        route: Arc::new(Route::One(wire)),
+        route: Arc::new(route),
         replies,
         prefix: options.prefix,
-        command_timeout: settings.command_timeout,
+        command_timeout,
         event_loop: if options.watch_event_loop {
           EventLoop::of(&env)
         } else {
@@ -468,8 +474,7 @@ impl NativeRedisConnection {
           Ok(command) => {
             drop(body);
             job.command = command;
-            route.submit(job);
-            route.flush_elsewhere();
+            route.send_elsewhere(job);
           }
           Err(panicked) => replies.send(id, Reply::Failed(panicked.reason.clone())),
         }

@@ -18,10 +18,17 @@ use super::socket::Socket;
 /// Bytes asked of the socket per read, at least.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A call written, and whether the answer to an `ASKING` sent before it
+/// comes first.
+struct Sent {
+  job: Job,
+  asking: bool,
+}
+
 #[derive(Default)]
 pub struct Pipeline {
   /// Calls written, in the order their answers will come.
-  in_flight: VecDeque<Job>,
+  in_flight: VecDeque<Sent>,
   /// Encoded commands; `unsent[written..]` is still to go.
   unsent: Vec<u8>,
   written: usize,
@@ -39,7 +46,8 @@ impl Pipeline {
       ::redis::cmd("ASKING").write_packed_command(&mut self.unsent);
     }
     job.command.write_packed_command(&mut self.unsent);
-    self.in_flight.push_back(job);
+    let asking = job.asking;
+    self.in_flight.push_back(Sent { job, asking });
   }
 
   pub fn is_idle(&self) -> bool {
@@ -52,7 +60,7 @@ impl Pipeline {
 
   /// The oldest call written and not answered.
   pub fn oldest(&self) -> Option<&Job> {
-    self.in_flight.front()
+    self.in_flight.front().map(|sent| &sent.job)
   }
 
   /// Bytes encoded and not yet written.
@@ -135,18 +143,23 @@ impl Pipeline {
         .map_err(|error| format!("protocol error: {}", error.0))?
       {
         Scan::Complete(length) => {
-          let Some(mut job) = self.in_flight.pop_front() else {
+          let Some(sent) = self.in_flight.front_mut() else {
             return Err("protocol error: an answer to no command".into());
           };
+          if sent.asking {
+            // The answer to the ASKING before it; its own comes next.
+            sent.asking = false;
+            at += length;
+            continue;
+          }
+          let mut job = self
+            .in_flight
+            .pop_front()
+            .expect("the front was just seen")
+            .job;
           let value = resp::decode(&self.inbox[at..at + length])
             .map_err(|error| format!("protocol error: {error}"))?;
           at += length;
-          if job.asking {
-            // The answer to the ASKING before it; its own comes next.
-            job.asking = false;
-            self.in_flight.push_front(job);
-            continue;
-          }
           match job.reload.take() {
             Some(reload) if is_noscript(&value) => {
               job.command = reload.with_source(&job.command);
@@ -180,7 +193,7 @@ impl Pipeline {
     self.unsent.clear();
     self.written = 0;
     self.filled = 0;
-    self.in_flight.drain(..)
+    self.in_flight.drain(..).map(|sent| sent.job)
   }
 }
 

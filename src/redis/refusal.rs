@@ -46,6 +46,10 @@ impl Refusal {
   }
 }
 
+/// The most redirections one call follows: more means the nodes disagree
+/// about who serves its slot.
+pub const MAX_REDIRECTS: u8 = 16;
+
 /// How long to wait before sending a refused call again, after `retries`
 /// earlier refusals: 10 ms, doubling, at most 200 ms (the call's deadline
 /// bounds the whole).

@@ -1,29 +1,86 @@
 //! Which server each call goes to: the one server of a url (or the primary
-//! its sentinels name), or, in a cluster, the node serving its key's slot.
+//! its sentinels name), or, in a cluster, the primary serving its key's slot.
 
 use std::sync::Arc;
 
+use super::cluster::Cluster;
 use super::event_loop::EventLoop;
 use super::job::Job;
-use super::replies::Reply;
-use super::wire::{self, Wire};
+use super::replies::{Replies, Reply};
+use super::setup::{Endpoint, Role, Tls};
+use super::wire::{self, Settings, Target, Wire};
+
+/// Where an adapter's data lives, as its options say.
+pub enum Deployment<'a> {
+  /// One server, at this url.
+  Server { url: &'a str },
+  /// A Redis Cluster, reached through these seed urls.
+  Cluster { nodes: &'a [String] },
+}
 
 pub enum Route {
   One(Arc<Wire>),
+  Cluster(Arc<Cluster>),
 }
 
 impl Route {
-  /// The cluster hash slot of `key` (0 when there is no cluster).
-  pub fn slot(&self, _key: &str) -> u16 {
-    match self {
-      Route::One(_) => 0,
+  /// Parses the deployment's urls and starts connecting in the background.
+  /// An error names the option at fault (`url: …`, `cluster.nodes[1]: …`).
+  pub fn open(
+    deployment: &Deployment,
+    tls: &Tls,
+    mut settings: Settings,
+    replies: Arc<Replies>,
+  ) -> Result<Route, String> {
+    match deployment {
+      Deployment::Server { url } => {
+        let endpoint = Endpoint::parse(url, tls).map_err(|error| format!("url: {error}"))?;
+        settings.greeting.role = Role::Standalone;
+        let wire = Wire::new(Target::Fixed(endpoint), Arc::new(settings), replies, None);
+        wire.connect_in_background();
+        Ok(Route::One(wire))
+      }
+      Deployment::Cluster { nodes } => {
+        let seeds = cluster_seeds(nodes, tls)?;
+        Ok(Route::Cluster(Cluster::start(
+          seeds,
+          Arc::new(settings),
+          replies,
+        )))
+      }
     }
   }
 
-  /// Queues `job` on its server's wire until the next flush.
+  /// The cluster hash slot of `key` (0 when there is no cluster).
+  pub fn slot(&self, key: &str) -> u16 {
+    match self {
+      Route::One(_) => 0,
+      Route::Cluster(_) => Cluster::slot(key),
+    }
+  }
+
+  /// Queues `job` (on the JS thread) until the next flush.
   pub fn submit(&self, job: Job) {
     match self {
       Route::One(wire) => wire.submit(job),
+      Route::Cluster(cluster) => {
+        cluster.submit(job);
+      }
+    }
+  }
+
+  /// Sends `job` from a thread other than the JS thread: at once, its
+  /// answer delivered through the replies.
+  pub fn send_elsewhere(&self, job: Job) {
+    let wire = match self {
+      Route::One(wire) => {
+        wire.submit(job);
+        Some(Arc::clone(wire))
+      }
+      Route::Cluster(cluster) => cluster.submit(job),
+    };
+    if let Some(wire) = wire {
+      wire.flush_elsewhere();
     }
   }
 
@@ -31,13 +88,7 @@ impl Route {
   pub fn flush(&self, spin: bool, defer: bool, events: Option<&EventLoop>) -> Vec<(f64, Reply)> {
     match self {
       Route::One(wire) => wire::flush(std::slice::from_ref(wire), spin, defer, events),
-    }
-  }
-
-  /// A flush from a thread other than the JS thread.
-  pub fn flush_elsewhere(&self) {
-    match self {
-      Route::One(wire) => wire.flush_elsewhere(),
+      Route::Cluster(cluster) => cluster.flush(spin, defer, events),
     }
   }
 
@@ -45,6 +96,7 @@ impl Route {
   pub fn write_early(&self) -> Vec<(f64, Reply)> {
     match self {
       Route::One(wire) => wire::write_early(std::slice::from_ref(wire)),
+      Route::Cluster(cluster) => cluster.write_early(),
     }
   }
 
@@ -52,6 +104,7 @@ impl Route {
   pub fn awaiting(&self) -> bool {
     match self {
       Route::One(wire) => wire.awaiting(),
+      Route::Cluster(cluster) => cluster.awaiting(),
     }
   }
 
@@ -59,12 +112,57 @@ impl Route {
   pub fn close(&self) {
     match self {
       Route::One(wire) => wire.close(),
+      Route::Cluster(cluster) => cluster.close(),
     }
   }
 
   pub fn is_closed(&self) -> bool {
     match self {
       Route::One(wire) => wire.is_closed(),
+      Route::Cluster(cluster) => cluster.is_closed(),
     }
   }
+}
+
+/// The seed endpoints of a cluster: each url parsed, all over TLS if one
+/// asks, all with the credentials the first that has any gives (every node
+/// of a cluster takes the same), and database 0, the only one a cluster has.
+fn cluster_seeds(urls: &[String], tls: &Tls) -> Result<Vec<Endpoint>, String> {
+  if urls.is_empty() {
+    return Err("cluster.nodes: at least one node is needed".into());
+  }
+  let name = |index: usize| format!("cluster.nodes[{index}]");
+  let tls = Tls {
+    wanted: tls.wanted || urls.iter().any(|url| Endpoint::asks_tls(url)),
+    config: Arc::clone(&tls.config),
+  };
+  let mut seeds = Vec::with_capacity(urls.len());
+  for (index, url) in urls.iter().enumerate() {
+    let endpoint =
+      Endpoint::parse(url, &tls).map_err(|error| format!("{}: {error}", name(index)))?;
+    if endpoint.host().is_none() {
+      return Err(format!(
+        "{}: cluster nodes are reached over TCP, not a unix socket",
+        name(index)
+      ));
+    }
+    if endpoint.db() != 0 {
+      return Err(format!(
+        "{}: a Redis Cluster has only database 0; remove the database from the url",
+        name(index)
+      ));
+    }
+    seeds.push(endpoint);
+  }
+  let template = seeds
+    .iter()
+    .find(|seed| seed.has_credentials())
+    .unwrap_or(&seeds[0])
+    .clone();
+  Ok(
+    seeds
+      .iter()
+      .map(|seed| template.at(&seed.node().expect("checked above")))
+      .collect(),
+  )
 }

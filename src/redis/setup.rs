@@ -15,14 +15,15 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::resp::{self, Scan};
+use super::slots::Node;
 use super::socket::Socket;
 use crate::tls::{self, TlsSocket};
 
 /// The `tls` option: whether it asks for TLS (a `rediss://` url does too),
-/// and the PEM certificates to trust instead of Mozilla's roots.
-pub struct Tls<'a> {
+/// and the settings TLS connections use (see [`tls::client_config`]).
+pub struct Tls {
   pub wanted: bool,
-  pub ca: Option<&'a [u8]>,
+  pub config: Arc<ClientConfig>,
 }
 
 /// What follows the scheme of a url that asks for TLS (`rediss://` or
@@ -42,8 +43,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-  /// Parses `url`; fails if it is malformed (or `tls.ca` is). The
-  /// connection uses TLS when `tls` asks or the url's scheme does.
+  /// Parses `url`; fails if it is malformed. The connection uses TLS when
+  /// `tls` asks or the url's scheme does.
   pub fn parse(url: &str, tls: &Tls) -> Result<Endpoint, String> {
     // The redis crate parses TLS schemes only when built with its own TLS.
     let (plain_url, wants_tls) = match after_tls_scheme(url) {
@@ -59,7 +60,7 @@ impl Endpoint {
       .clone();
     let tls = match (wants_tls || tls.wanted, info.addr()) {
       (false, _) => None,
-      (true, ConnectionAddr::Tcp(..)) => Some(tls::client_config(tls.ca)?),
+      (true, ConnectionAddr::Tcp(..)) => Some(Arc::clone(&tls.config)),
       (true, _) => return Err("TLS works over TCP only, not a unix socket".into()),
     };
     Ok(Endpoint { info, tls })
@@ -69,15 +70,93 @@ impl Endpoint {
   pub fn address(&self) -> String {
     self.info.addr().to_string()
   }
+
+  /// Another server of the same deployment (a cluster node, a primary a
+  /// sentinel names), reached with these credentials and TLS settings.
+  pub fn at(&self, node: &Node) -> Endpoint {
+    Endpoint {
+      info: self
+        .info
+        .clone()
+        .set_addr(ConnectionAddr::Tcp(node.host.clone(), node.port)),
+      tls: self.tls.clone(),
+    }
+  }
+
+  /// `url` asks for TLS by its scheme.
+  pub fn asks_tls(url: &str) -> bool {
+    after_tls_scheme(url).is_some()
+  }
+
+  /// The url gave a password (and perhaps a user name).
+  pub fn has_credentials(&self) -> bool {
+    self.info.redis_settings().password().is_some()
+  }
+
+  /// The node of a TCP endpoint.
+  pub fn node(&self) -> Option<Node> {
+    match self.info.addr() {
+      ConnectionAddr::Tcp(host, port) => Some(Node {
+        host: host.clone(),
+        port: *port,
+      }),
+      _ => None,
+    }
+  }
+
+  /// The host of a TCP endpoint.
+  pub fn host(&self) -> Option<&str> {
+    match self.info.addr() {
+      ConnectionAddr::Tcp(host, _) => Some(host),
+      _ => None,
+    }
+  }
+
+  pub fn db(&self) -> i64 {
+    self.info.redis_settings().db()
+  }
 }
 
 /// What a new connection runs before it carries calls, after AUTH and
 /// SELECT as its endpoint asks.
 #[derive(Default)]
 pub struct Greeting {
+  /// What the server must be.
+  pub role: Role,
   /// Commands whose failure is not fatal, such as loading the scripts the
   /// calls will run (a call that finds its script missing resends it).
   pub setup: Vec<Cmd>,
+}
+
+/// What a server must be for a connection to carry calls.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+  /// Anything (a cluster's nodes, whose slots are checked by the cluster).
+  #[default]
+  Any,
+  /// Not a cluster node: a url naming one would reach a third of the keys.
+  Standalone,
+}
+
+impl Role {
+  /// The command that tells, if any.
+  fn question(self) -> Option<Cmd> {
+    match self {
+      Role::Any => None,
+      Role::Standalone => Some(::redis::cmd("CLUSTER").arg("MYID").clone()),
+    }
+  }
+
+  /// Why the server at `address`, which answered `answer`, will not do.
+  fn refusal(self, answer: &Value, address: &str) -> Option<String> {
+    match (self, answer) {
+      // Only a cluster node has an id; anything else answers an error.
+      (Role::Standalone, Value::BulkString(_)) => Some(format!(
+        "this is a Redis Cluster node: pass cluster: {{ nodes: ['redis://{address}'] }} instead of url"
+      )),
+      _ => None,
+    }
+  }
 }
 
 /// A connected stream, before it is handed to the pipeline.
@@ -151,12 +230,39 @@ pub async fn open(endpoint: &Endpoint, greeting: &Greeting) -> Result<Socket, St
   let mut stream = connect(endpoint).await?;
   let mut commands = credentials(&endpoint.info);
   let checked = commands.len();
+  let question = greeting.role.question();
+  commands.extend(question.iter().cloned());
   commands.extend(greeting.setup.iter().cloned());
   let answers = exchange(stream.io(), &commands).await?;
-  for answer in answers.into_iter().take(checked) {
-    answer.extract_error().map_err(|error| error.to_string())?;
+  for answer in &answers[..checked] {
+    answer
+      .clone()
+      .extract_error()
+      .map_err(|error| error.to_string())?;
+  }
+  if question.is_some() {
+    if let Some(refusal) = greeting
+      .role
+      .refusal(&answers[checked], &endpoint.address())
+    {
+      return Err(refusal);
+    }
   }
   stream.into_socket().map_err(|error| error.to_string())
+}
+
+/// Connects to `endpoint`, authenticates, sends `commands` and answers
+/// what the server said to each; the connection is closed after.
+pub async fn ask(endpoint: &Endpoint, commands: &[Cmd]) -> Result<Vec<Value>, String> {
+  let mut stream = connect(endpoint).await?;
+  let mut all = credentials(&endpoint.info);
+  let checked = all.len();
+  all.extend(commands.iter().cloned());
+  let mut answers = exchange(stream.io(), &all).await?;
+  for answer in answers.drain(..checked) {
+    answer.extract_error().map_err(|error| error.to_string())?;
+  }
+  Ok(answers)
 }
 
 /// AUTH and SELECT as `info` asks.
@@ -251,7 +357,7 @@ mod tests {
   fn credentials_follow_the_url() {
     let plain = Tls {
       wanted: false,
-      ca: None,
+      config: tls::client_config(None).unwrap(),
     };
     let commands = |url: &str| {
       let endpoint = Endpoint::parse(url, &plain).unwrap();

@@ -244,6 +244,21 @@ impl Wire {
     lock(&self.state).queued.push(job);
   }
 
+  /// Takes back the calls not yet written (queued, or waiting for a
+  /// connection), to send them elsewhere.
+  pub fn take_unsent(&self) -> Vec<Job> {
+    let mut state = lock(&self.state);
+    let mut jobs = std::mem::take(&mut state.queued);
+    jobs.append(&mut state.waiting);
+    jobs
+  }
+
+  /// Calls are queued, waiting for a connection, or in flight.
+  pub fn is_busy(&self) -> bool {
+    let state = lock(&self.state);
+    !state.queued.is_empty() || !state.waiting.is_empty() || !state.pipe.is_idle()
+  }
+
   /// Calls are in flight that no watcher waits for: the JS layer must
   /// flush again (it does so once per turn of its event loop).
   pub fn awaiting(&self) -> bool {

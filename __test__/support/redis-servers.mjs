@@ -1,0 +1,267 @@
+// Private Redis deployments for the tests: lone servers, a Redis Cluster
+// (`redis-server --cluster-enabled yes` + `redis-cli --cluster create`) and
+// a primary with replicas watched by sentinels (`redis-server --sentinel`),
+// each on spare loopback ports in a fresh temporary directory. Every process
+// is stopped by its pid — by `stop()`, and when the test process exits even
+// if a test failed — never by name.
+import { execFile, execFileSync, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+
+const run = promisify(execFile)
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+// Every server started here, so none outlives the test process.
+const started = new Set()
+process.on('exit', () => {
+  for (const child of started) child.kill('SIGKILL')
+})
+
+/** A TCP port nothing listens on right now. */
+export async function sparePort() {
+  const probe = net.createServer().listen(0, '127.0.0.1')
+  await once(probe, 'listening')
+  const { port } = probe.address()
+  await new Promise((resolve) => probe.close(resolve))
+  return port
+}
+
+/**
+ * A private CA and a server certificate it signed for `names` (subject
+ * alternative names, e.g. `DNS:localhost`, `IP:127.0.0.1`), made with
+ * openssl in a temporary directory.
+ */
+export function makeCertificates(names = ['DNS:localhost']) {
+  const dir = mkdtempSync(join(tmpdir(), 'stoma-native-tls-'))
+  const file = (name) => join(dir, name)
+  const openssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore' })
+  const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  openssl(
+    'req',
+    '-x509',
+    ...ecKey,
+    '-keyout',
+    file('ca.key'),
+    '-out',
+    file('ca.pem'),
+    '-days',
+    '2',
+    '-subj',
+    '/CN=stoma-native test CA',
+  )
+  openssl('req', ...ecKey, '-keyout', file('server.key'), '-out', file('server.csr'), '-subj', '/CN=localhost')
+  writeFileSync(file('ext.cnf'), `subjectAltName=${names.join(',')}\n`)
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    file('server.csr'),
+    '-CA',
+    file('ca.pem'),
+    '-CAkey',
+    file('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    file('server.pem'),
+    '-days',
+    '2',
+    '-extfile',
+    file('ext.cnf'),
+  )
+  return {
+    dir,
+    ca: readFileSync(file('ca.pem'), 'utf8'),
+    caFile: file('ca.pem'),
+    certFile: file('server.pem'),
+    keyFile: file('server.key'),
+  }
+}
+
+/** The redis-server arguments to listen on `port`, over TLS with `tls`. */
+function listenArgs(port, tls) {
+  if (!tls) return ['--port', String(port)]
+  return [
+    '--port',
+    '0',
+    '--tls-port',
+    String(port),
+    '--tls-cert-file',
+    tls.certFile,
+    '--tls-key-file',
+    tls.keyFile,
+    '--tls-ca-cert-file',
+    tls.caFile,
+    '--tls-auth-clients',
+    'no',
+  ]
+}
+
+/** redis-cli's arguments to reach a server started with `tls` and `password`. */
+function cliArgs({ tls, password }) {
+  return [...(tls ? ['--tls', '--cacert', tls.caFile] : []), ...(password ? ['-a', password, '--no-auth-warning'] : [])]
+}
+
+/** Runs redis-cli against `port`; resolves with its output. */
+export async function cli(port, args, options = {}) {
+  const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...cliArgs(options), ...args], {
+    timeout: 10_000,
+  })
+  return stdout
+}
+
+/** Starts one redis-server with `args` and resolves once it answers PING. */
+async function startServer(port, args, options = {}) {
+  const child = spawn('redis-server', args, { stdio: 'ignore' })
+  started.add(child)
+  child.once('exit', () => started.delete(child))
+  for (let i = 0; i < 400; i++) {
+    if (child.exitCode !== null) throw new Error(`redis-server on port ${port} exited (${child.exitCode})`)
+    try {
+      if ((await cli(port, ['PING'], options)).includes('PONG')) return child
+    } catch {}
+    await sleep(25)
+  }
+  child.kill('SIGKILL')
+  throw new Error(`redis-server on port ${port} did not answer`)
+}
+
+/** Kills `child` by its pid and waits for it to exit. */
+export async function kill(child, signal = 'SIGKILL') {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = once(child, 'exit')
+  child.kill(signal)
+  await exited
+}
+
+/**
+ * A Redis Cluster of `primaries` primaries with `replicas` replicas each,
+ * on spare ports, optionally with a `password` (requirepass + masterauth)
+ * and `tls` (see makeCertificates; the certificate must name 127.0.0.1).
+ * Resolves once every node sees the cluster as ok.
+ */
+export async function startCluster({ primaries = 3, replicas = 1, password, tls, nodeTimeoutMs = 1000 } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'stoma-native-cluster-'))
+  const options = { tls, password }
+  const count = primaries * (1 + replicas)
+  const nodes = []
+  for (let i = 0; i < count; i++) {
+    const port = await sparePort()
+    // The bus port is chosen too: port + 10000 may not exist.
+    const busPort = await sparePort()
+    nodes.push({ port, busPort })
+  }
+  const nodeArgs = (node) => [
+    ...listenArgs(node.port, tls),
+    ...(tls ? ['--tls-cluster', 'yes', '--tls-replication', 'yes'] : []),
+    '--bind',
+    '127.0.0.1',
+    '--cluster-enabled',
+    'yes',
+    '--cluster-port',
+    String(node.busPort),
+    '--cluster-config-file',
+    join(dir, `nodes-${node.port}.conf`),
+    '--cluster-node-timeout',
+    String(nodeTimeoutMs),
+    '--dir',
+    dir,
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    ...(password ? ['--requirepass', password, '--masterauth', password] : []),
+  ]
+  const cluster = {
+    dir,
+    nodes,
+    options,
+    scheme: tls ? 'rediss' : 'redis',
+    /** The url of the node on `port` (with the password, if any). */
+    url(port) {
+      return `${this.scheme}://${password ? `:${password}@` : ''}127.0.0.1:${port}`
+    },
+    /** Runs redis-cli against the node on `port`. */
+    cli: (port, args) => cli(port, args, options),
+    /** The node ids, roles and slot ranges, as CLUSTER NODES tells them. */
+    async layout(port = nodes.find((n) => n.child.exitCode === null).port) {
+      const lines = (await cli(port, ['CLUSTER', 'NODES'], options)).trim().split('\n')
+      return lines.map((line) => {
+        const [id, address, flags, primaryId, , , , link, ...slots] = line.split(' ')
+        return {
+          id,
+          port: Number(address.split('@')[0].split(':')[1]),
+          primary: flags.includes('master'),
+          failed: flags.includes('fail'),
+          primaryId: primaryId === '-' ? null : primaryId,
+          link,
+          slots,
+        }
+      })
+    },
+    /** The ports of the primaries serving slots. */
+    async primaryPorts() {
+      return (await this.layout()).filter((n) => n.primary && !n.failed && n.slots.length > 0).map((n) => n.port)
+    },
+    /** The port of the primary serving `key`. */
+    async portOf(key) {
+      const slot = Number((await cli(nodes[0].port, ['CLUSTER', 'KEYSLOT', key], options)).trim())
+      for (const node of await this.layout()) {
+        if (!node.primary || node.failed) continue
+        for (const range of node.slots) {
+          if (range.startsWith('[')) continue // a migration in progress
+          const [first, last = first] = range.split('-').map(Number)
+          if (slot >= first && slot <= last) return node.port
+        }
+      }
+      throw new Error(`no primary serves slot ${slot}`)
+    },
+    /** Waits until every live node reports cluster_state:ok. */
+    async settled(limitMs = 20_000) {
+      const deadline = Date.now() + limitMs
+      for (;;) {
+        const live = nodes.filter((n) => n.child.exitCode === null && n.child.signalCode === null)
+        const states = await Promise.all(live.map((n) => cli(n.port, ['CLUSTER', 'INFO'], options).catch(() => '')))
+        if (states.every((s) => s.includes('cluster_state:ok'))) return
+        if (Date.now() > deadline) throw new Error(`the cluster did not settle: ${states.join(' | ')}`)
+        await sleep(100)
+      }
+    },
+    /** SIGKILLs the node on `port`. */
+    async kill(port) {
+      await kill(nodes.find((n) => n.port === port).child)
+    },
+    /** Stops every node by pid and removes the directory. */
+    async stop() {
+      await Promise.all(nodes.map((n) => n.child && kill(n.child)))
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+  try {
+    for (const node of nodes) node.child = await startServer(node.port, nodeArgs(node), options)
+    await run(
+      'redis-cli',
+      [
+        ...cliArgs(options),
+        '--cluster',
+        'create',
+        ...nodes.map((n) => `127.0.0.1:${n.port}`),
+        '--cluster-replicas',
+        String(replicas),
+        '--cluster-yes',
+      ],
+      { timeout: 30_000 },
+    )
+    await cluster.settled()
+    // Replicas attach asynchronously; a failover test needs them in sync.
+    const deadline = Date.now() + 20_000
+    while ((await cluster.layout()).some((n) => n.link !== 'connected') && Date.now() < deadline) await sleep(100)
+    return cluster
+  } catch (error) {
+    await cluster.stop()
+    throw error
+  }
+}
