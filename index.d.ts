@@ -294,15 +294,35 @@ export interface RedisClusterOptions {
   nodes: string[]
 }
 
-/** One server (`url`), or a Redis Cluster (`cluster`). */
-export type RedisConnectionOptions = RedisCommonOptions &
-  (
+/** A primary watched by Redis Sentinel: found through the sentinels, followed through failovers. */
+export interface RedisSentinelOptions {
+  /** The name the sentinels monitor the primary under (`sentinel monitor <name> …`). */
+  name: string
+  /** `redis://` (or `rediss://`) urls of the sentinels, with their own credentials if they need any. */
+  nodes: string[]
+  /** The sentinels' user name, over the urls'. */
+  username?: string
+  /** The sentinels' password (`requirepass` on the sentinels), over the urls'. */
+  password?: string
+}
+
+/** One server (`url`), a Redis Cluster (`cluster`), or a primary behind sentinels (`sentinel`). */
+export type RedisConnectionOptions = RedisCommonOptions & {
+  /** The data servers' user name (ACL), over what the urls say. */
+  username?: string
+  /** The data servers' password, over what the urls say (with `sentinel`, the primary's). */
+  password?: string
+  /** The database, over what the url says (a cluster has only 0). */
+  db?: number
+} & (
     | {
         /** Default: `process.env.REDIS_URL`, then `"redis://127.0.0.1:6379"`. A malformed url throws a TypeError at once. */
         url?: string
         cluster?: never
+        sentinel?: never
       }
-    | { cluster: RedisClusterOptions; url?: never }
+    | { cluster: RedisClusterOptions; url?: never; sentinel?: never }
+    | { sentinel: RedisSentinelOptions; url?: never; cluster?: never }
   )
 
 /** Fixed-window counters under `<prefix>rl:<key>`, shared with Stoma's RedisRateLimitStore. */

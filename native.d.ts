@@ -232,6 +232,19 @@ export interface NativeRedisOptions {
   url?: string
   /** Seed nodes of a Redis Cluster (instead of `url`). */
   clusterNodes?: Array<string>
+  /** Sentinels watching a primary named `sentinel_name` (instead of `url`). */
+  sentinelNodes?: Array<string>
+  sentinelName?: string
+  /** The sentinels' own credentials, over their urls'. */
+  sentinelUsername?: string
+  sentinelPassword?: string
+  /**
+   * Credentials and database of the servers holding the data, over their
+   * urls'.
+   */
+  username?: string
+  password?: string
+  db?: number
   prefix: string
   connectTimeoutMs: number
   commandTimeoutMs: number

@@ -193,11 +193,14 @@ describe('redis cluster', () => {
   })
 
   it('refuses bad cluster options with a TypeError naming the option', () => {
-    expect(() => redisAdapter({ url: seed, cluster: { nodes: [seed] } })).toThrow(/pass either url .* or cluster/)
+    expect(() => redisAdapter({ url: seed, cluster: { nodes: [seed] } })).toThrow(
+      /pass one of url .*, cluster .* or sentinel .*, not url and cluster/,
+    )
     expect(() => redisAdapter({ cluster: { nodes: [] } })).toThrow(/cluster.nodes must be a non-empty array/)
     expect(() => redisAdapter({ cluster: seed })).toThrow(TypeError)
     expect(() => redisAdapter({ cluster: { nodes: [seed, 7] } })).toThrow(/cluster.nodes\[1\] must be a string/)
     expect(() => redisAdapter({ cluster: { nodes: [seed], node: [] } })).toThrow(/unknown option cluster.node/)
+    expect(() => redisAdapter({ cluster: { nodes: [seed] }, db: 2 })).toThrow(/db: a Redis Cluster has only database 0/)
     expect(() => redisAdapter({ cluster: { nodes: ['redis://:secret@127.0.0.1:1/3'] } })).toThrow(
       /cluster.nodes\[0\] "redis:\/\/:\*\*\*@127.0.0.1:1\/3": a Redis Cluster has only database 0/,
     )

@@ -81,11 +81,17 @@ const clustered: RedisCacheStore = redisAdapter({
   cluster: { nodes: ['redis://10.0.0.1:6379'] },
   prefix: 'app:',
 }).cacheStore
+const failingOver: RedisCacheStore = redisAdapter({
+  sentinel: { name: 'mymaster', nodes: ['redis://10.0.0.2:26379'], password: 'sentinel' },
+  password: 'data',
+  db: 2,
+}).cacheStore
 // @ts-expect-error one deployment at a time: url or cluster
 redisAdapter({ url: 'redis://10.0.0.1:6379', cluster: { nodes: ['redis://10.0.0.1:6379'] } })
 
 export {
   clustered,
+  failingOver,
   adapters,
   rateLimit,
   circuits,

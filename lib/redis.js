@@ -50,49 +50,92 @@ function redactUrl(url) {
   return url.replace(/^([^:/]+:\/\/[^/@:]*:)[^/@]*@/, '$1***@')
 }
 
+/** A non-empty array of Redis urls, as `name` of `who`'s options. */
+function urlList(who, value, name, example) {
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new TypeError(`${who}: ${name} must be a non-empty array of urls like '${example}', got ${describe(value)}`)
+  }
+  for (const [index, url] of value.entries()) {
+    if (typeof url !== 'string') throw new TypeError(`${who}: ${name}[${index}] must be a string, got ${describe(url)}`)
+  }
+  return [...value]
+}
+
+/** An optional string option. */
+function optionalString(who, value, name) {
+  if (value !== undefined && typeof value !== 'string') {
+    throw new TypeError(`${who}: ${name} must be a string, got ${describe(value)}`)
+  }
+  return value
+}
+
+/** A nested options object, refusing keys it does not know. */
+function nestedOptions(who, value, name, known, shape) {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new TypeError(`${who}: ${name} must be ${shape}, got ${describe(value)}`)
+  }
+  checkKnownKeys(who, value, known, name)
+  return value
+}
+
 /**
  * Where an adapter's data lives, from its options: one server (`url`, by
- * default `REDIS_URL` or the local server) or a Redis Cluster
- * (`cluster: { nodes }`, seed urls from which the rest is discovered).
+ * default `REDIS_URL` or the local server), a Redis Cluster
+ * (`cluster: { nodes }`, seed urls from which the rest is discovered), or a
+ * primary watched by sentinels (`sentinel: { name, nodes }`). `username`,
+ * `password` and `db` are the data servers' (over what urls say).
  */
 function deployment(who, opts) {
-  if (opts.url !== undefined && opts.cluster !== undefined) {
-    throw new TypeError(`${who}: pass either url (one server) or cluster (a Redis Cluster), not both`)
+  const given = ['url', 'cluster', 'sentinel'].filter((name) => opts[name] !== undefined)
+  if (given.length > 1) {
+    throw new TypeError(
+      `${who}: pass one of url (one server), cluster (a Redis Cluster) or sentinel (Redis Sentinel), not ${given.join(' and ')}`,
+    )
+  }
+  const login = {
+    username: optionalString(who, opts.username, 'username'),
+    password: optionalString(who, opts.password, 'password'),
+    db: opts.db === undefined ? undefined : nonNegativeInteger(who, opts.db, 'db'),
   }
   if (opts.cluster !== undefined) {
-    if (opts.cluster === null || typeof opts.cluster !== 'object') {
-      throw new TypeError(`${who}: cluster must be { nodes: ['redis://host:port', …] }, got ${describe(opts.cluster)}`)
+    const cluster = nestedOptions(who, opts.cluster, 'cluster', ['nodes'], "{ nodes: ['redis://host:port', …] }")
+    return { ...login, clusterNodes: urlList(who, cluster.nodes, 'cluster.nodes', 'redis://host:6379') }
+  }
+  if (opts.sentinel !== undefined) {
+    const shape = "{ name, nodes: ['redis://host:26379', …] }"
+    const sentinel = nestedOptions(who, opts.sentinel, 'sentinel', ['name', 'nodes', 'username', 'password'], shape)
+    if (typeof sentinel.name !== 'string' || sentinel.name === '') {
+      throw new TypeError(
+        `${who}: sentinel.name must be the primary's name (a non-empty string), got ${describe(sentinel.name)}`,
+      )
     }
-    checkKnownKeys(who, opts.cluster, ['nodes'], 'cluster')
-    const { nodes } = opts.cluster
-    if (!Array.isArray(nodes) || nodes.length === 0) {
-      throw new TypeError(`${who}: cluster.nodes must be a non-empty array of Redis urls, got ${describe(nodes)}`)
+    return {
+      ...login,
+      sentinelName: sentinel.name,
+      sentinelNodes: urlList(who, sentinel.nodes, 'sentinel.nodes', 'redis://host:26379'),
+      sentinelUsername: optionalString(who, sentinel.username, 'sentinel.username'),
+      sentinelPassword: optionalString(who, sentinel.password, 'sentinel.password'),
     }
-    for (const [index, node] of nodes.entries()) {
-      if (typeof node !== 'string') {
-        throw new TypeError(`${who}: cluster.nodes[${index}] must be a string, got ${describe(node)}`)
-      }
-    }
-    return { clusterNodes: [...nodes] }
   }
   const url = opts.url ?? (process.env.REDIS_URL || DEFAULT_URL)
   if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
-  return { url }
+  return { ...login, url }
 }
 
 /**
  * The TypeError for a native complaint about an option: `url: …`,
- * `cluster.nodes[i]: …` (with that url, its password hidden) or `tls.ca …`.
+ * `cluster.nodes[i]: …` or `sentinel.nodes[i]: …` (quoting that url, its
+ * password hidden), or another option's (`tls.ca …`, `db: …`).
  */
 function optionError(who, message, where) {
   if (message.startsWith('url: ')) {
     return new TypeError(`${who}: invalid Redis url ${JSON.stringify(redactUrl(where.url))}: ${message.slice(5)}`)
   }
-  const node = /^cluster\.nodes\[(\d+)\]: /.exec(message)
+  const node = /^(cluster|sentinel)\.nodes\[(\d+)\]: /.exec(message)
   if (node) {
-    const url = where.clusterNodes[Number(node[1])]
+    const url = where[`${node[1]}Nodes`][Number(node[2])]
     return new TypeError(
-      `${who}: cluster.nodes[${node[1]}] ${JSON.stringify(redactUrl(url))}: ${message.slice(node[0].length)}`,
+      `${who}: ${node[1]}.nodes[${node[2]}] ${JSON.stringify(redactUrl(url))}: ${message.slice(node[0].length)}`,
     )
   }
   return new TypeError(`${who}: ${message}`)

@@ -265,3 +265,139 @@ export async function startCluster({ primaries = 3, replicas = 1, password, tls,
     throw error
   }
 }
+
+/**
+ * A primary, `replicas` replicas and `sentinels` sentinels
+ * (`redis-server --sentinel`) monitoring it as `name`, with
+ * down-after-milliseconds `downAfterMs`; optionally a `password` on the data
+ * servers and `sentinelPassword` on the sentinels. Resolves once every
+ * sentinel knows the primary and its replicas.
+ */
+export async function startSentinels({
+  name = 'mymaster',
+  replicas = 1,
+  sentinels = 3,
+  password,
+  sentinelPassword,
+  downAfterMs = 1000,
+} = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'stoma-native-sentinel-'))
+  const dataOptions = { password }
+  const sentinelOptions = { password: sentinelPassword }
+  const data = []
+  for (let i = 0; i <= replicas; i++) data.push({ port: await sparePort() })
+  const watchers = []
+  for (let i = 0; i < sentinels; i++) watchers.push({ port: await sparePort() })
+  const primary = data[0]
+  const dataArgs = (node) => [
+    ...listenArgs(node.port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--dir',
+    dir,
+    ...(password ? ['--requirepass', password, '--masterauth', password] : []),
+    ...(node === primary ? [] : ['--replicaof', '127.0.0.1', String(primary.port)]),
+  ]
+  const deployment = {
+    dir,
+    name,
+    data,
+    watchers,
+    /** The sentinels' urls. */
+    sentinelUrls: () => watchers.map((s) => `redis://127.0.0.1:${s.port}`),
+    /** Runs redis-cli against the data server on `port`. */
+    cli: (port, args) => cli(port, args, dataOptions),
+    /** The port of the primary, as the sentinels tell it. */
+    async primaryPort() {
+      const live = watchers.find((s) => s.child.exitCode === null)
+      const answer = await cli(live.port, ['SENTINEL', 'get-master-addr-by-name', name], sentinelOptions)
+      return Number(answer.trim().split('\n')[1])
+    },
+    /** The role (`master` / `slave`) of the data server on `port`. */
+    async role(port) {
+      return (await cli(port, ['ROLE'], dataOptions)).trim().split('\n')[0]
+    },
+    /** Waits until the data server on `port` has `role`. */
+    async until(port, role, limitMs = 15_000) {
+      const deadline = Date.now() + limitMs
+      while ((await this.role(port).catch(() => '')) !== role) {
+        if (Date.now() > deadline) throw new Error(`the server on port ${port} is not a ${role}`)
+        await sleep(50)
+      }
+    },
+    /** Waits until every replica of the primary on `port` is online and less than a second behind. */
+    async replicated(port, limitMs = 15_000) {
+      const deadline = Date.now() + limitMs
+      for (;;) {
+        const info = await cli(port, ['INFO', 'replication'], dataOptions)
+        const lags = [...info.matchAll(/state=online,offset=\d+,lag=(\d+)/g)].map((m) => Number(m[1]))
+        if (lags.length === replicas && lags.every((lag) => lag <= 1)) return
+        if (Date.now() > deadline) throw new Error(`the replicas of port ${port} did not catch up: ${info}`)
+        await sleep(50)
+      }
+    },
+    /** SIGKILLs the data server on `port`. */
+    async kill(port) {
+      await kill(data.find((n) => n.port === port).child)
+    },
+    /** Starts the data server on `port` again (as it was started first). */
+    async restart(port) {
+      const node = data.find((n) => n.port === port)
+      node.child = await startServer(port, dataArgs(node), dataOptions)
+    },
+    /** Stops every server and sentinel by pid and removes the directory. */
+    async stop() {
+      await Promise.all([...data, ...watchers].map((n) => n.child && kill(n.child)))
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+  try {
+    for (const node of data) node.child = await startServer(node.port, dataArgs(node), dataOptions)
+    for (const [index, sentinel] of watchers.entries()) {
+      // A sentinel rewrites its configuration file, so each has its own.
+      const file = join(dir, `sentinel-${index}.conf`)
+      writeFileSync(
+        file,
+        [
+          `port ${sentinel.port}`,
+          'bind 127.0.0.1',
+          `dir ${dir}`,
+          `sentinel monitor ${name} 127.0.0.1 ${primary.port} ${Math.floor(sentinels / 2) + 1}`,
+          `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
+          `sentinel failover-timeout ${name} 10000`,
+          `sentinel parallel-syncs ${name} 1`,
+          ...(password ? [`sentinel auth-pass ${name} ${password}`] : []),
+          ...(sentinelPassword ? [`requirepass ${sentinelPassword}`] : []),
+          '',
+        ].join('\n'),
+      )
+      sentinel.child = await startServer(sentinel.port, [file, '--sentinel'], sentinelOptions)
+    }
+    // Every sentinel must know the replicas (and each other) before a
+    // failover can be voted.
+    const deadline = Date.now() + 20_000
+    for (;;) {
+      const views = await Promise.all(
+        watchers.map((s) => cli(s.port, ['SENTINEL', 'master', name], sentinelOptions).catch(() => '')),
+      )
+      const field = (view, key) => {
+        const lines = view.trim().split('\n')
+        return Number(lines[lines.indexOf(key) + 1])
+      }
+      const ready = views.every(
+        (view) => field(view, 'num-slaves') === replicas && field(view, 'num-other-sentinels') === sentinels - 1,
+      )
+      if (ready) break
+      if (Date.now() > deadline) throw new Error(`the sentinels did not settle: ${views.join(' | ')}`)
+      await sleep(100)
+    }
+    return deployment
+  } catch (error) {
+    await deployment.stop()
+    throw error
+  }
+}

@@ -46,6 +46,7 @@ mod replies;
 mod resp;
 mod route;
 mod scripts;
+mod sentinel;
 mod setup;
 mod slots;
 mod socket;
@@ -66,7 +67,7 @@ use crate::errors::{guard, guard_async};
 use event_loop::EventLoop;
 use job::{Job, Reload};
 use replies::{state_code, Batch, Replies, Reply};
-use route::{Deployment, Route};
+use route::{Deployment, Login, Route};
 use scripts::{CIRCUIT, RATE_LIMIT};
 use setup::{Greeting, Role, Tls};
 use wire::Settings;
@@ -112,6 +113,17 @@ pub struct NativeRedisOptions {
   pub url: Option<String>,
   /// Seed nodes of a Redis Cluster (instead of `url`).
   pub cluster_nodes: Option<Vec<String>>,
+  /// Sentinels watching a primary named `sentinel_name` (instead of `url`).
+  pub sentinel_nodes: Option<Vec<String>>,
+  pub sentinel_name: Option<String>,
+  /// The sentinels' own credentials, over their urls'.
+  pub sentinel_username: Option<String>,
+  pub sentinel_password: Option<String>,
+  /// Credentials and database of the servers holding the data, over their
+  /// urls'.
+  pub username: Option<String>,
+  pub password: Option<String>,
+  pub db: Option<u32>,
   pub prefix: String,
   pub connect_timeout_ms: f64,
   pub command_timeout_ms: f64,
@@ -163,10 +175,25 @@ impl NativeRedisConnection {
     guard(ADAPTER, || {
       let replies = Arc::new(Replies::new(settle)?);
       let spin_micros = options.spin_micros;
-      let deployment = match (&options.url, &options.cluster_nodes) {
-        (_, Some(nodes)) => Deployment::Cluster { nodes },
-        (Some(url), None) => Deployment::Server { url },
-        (None, None) => return Err(Error::new(Status::InvalidArg, "url: missing")),
+      let deployment = match (
+        &options.url,
+        &options.cluster_nodes,
+        &options.sentinel_nodes,
+      ) {
+        (_, Some(nodes), _) => Deployment::Cluster { nodes },
+        (_, _, Some(nodes)) => Deployment::Sentinel {
+          name: options.sentinel_name.as_deref().unwrap_or_default(),
+          nodes,
+          username: options.sentinel_username.as_deref(),
+          password: options.sentinel_password.as_deref(),
+        },
+        (Some(url), None, None) => Deployment::Server { url },
+        (None, None, None) => return Err(Error::new(Status::InvalidArg, "url: missing")),
+      };
+      let login = Login {
+        username: options.username.as_deref(),
+        password: options.password.as_deref(),
+        db: options.db.map(i64::from),
       };
       let settings = Settings {
         connect_timeout: millis(options.connect_timeout_ms),
@@ -189,7 +216,7 @@ impl NativeRedisConnection {
         config: crate::tls::client_config(options.tls_ca.as_deref())
           .map_err(|error| Error::new(Status::InvalidArg, error))?,
       };
-      let route = Route::open(&deployment, &tls, settings, Arc::clone(&replies))
+      let route = Route::open(&deployment, &login, &tls, settings, Arc::clone(&replies))
         .map_err(|error| Error::new(Status::InvalidArg, error))?;
       Ok(NativeRedisConnection {
         route: Arc::new(route),

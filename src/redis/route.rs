@@ -7,8 +7,9 @@ use super::cluster::Cluster;
 use super::event_loop::EventLoop;
 use super::job::Job;
 use super::replies::{Replies, Reply};
+use super::sentinel::{self, Sentinels};
 use super::setup::{Endpoint, Role, Tls};
-use super::wire::{self, Settings, Target, Wire};
+use super::wire::{self, Settings, Target, Wire, IO};
 
 /// Where an adapter's data lives, as its options say.
 pub enum Deployment<'a> {
@@ -16,6 +17,22 @@ pub enum Deployment<'a> {
   Server { url: &'a str },
   /// A Redis Cluster, reached through these seed urls.
   Cluster { nodes: &'a [String] },
+  /// A primary the sentinels at these urls know by `name`; `username` and
+  /// `password` are the sentinels' own (over their urls').
+  Sentinel {
+    name: &'a str,
+    nodes: &'a [String],
+    username: Option<&'a str>,
+    password: Option<&'a str>,
+  },
+}
+
+/// Credentials and database for the servers holding the data, over what
+/// their urls say.
+pub struct Login<'a> {
+  pub username: Option<&'a str>,
+  pub password: Option<&'a str>,
+  pub db: Option<i64>,
 }
 
 pub enum Route {
@@ -28,25 +45,81 @@ impl Route {
   /// An error names the option at fault (`url: …`, `cluster.nodes[1]: …`).
   pub fn open(
     deployment: &Deployment,
+    login: &Login,
     tls: &Tls,
     mut settings: Settings,
     replies: Arc<Replies>,
   ) -> Result<Route, String> {
+    let with_login = |endpoint: Endpoint| endpoint.with(login.username, login.password, login.db);
     match deployment {
       Deployment::Server { url } => {
         let endpoint = Endpoint::parse(url, tls).map_err(|error| format!("url: {error}"))?;
         settings.greeting.role = Role::Standalone;
-        let wire = Wire::new(Target::Fixed(endpoint), Arc::new(settings), replies, None);
+        let wire = Wire::new(
+          Target::Fixed(with_login(endpoint)),
+          Arc::new(settings),
+          replies,
+          None,
+        );
         wire.connect_in_background();
         Ok(Route::One(wire))
       }
       Deployment::Cluster { nodes } => {
-        let seeds = cluster_seeds(nodes, tls)?;
+        if login.db.is_some_and(|db| db != 0) {
+          return Err("db: a Redis Cluster has only database 0".into());
+        }
+        let seeds = cluster_seeds(nodes, tls)?
+          .into_iter()
+          .map(with_login)
+          .collect();
         Ok(Route::Cluster(Cluster::start(
           seeds,
           Arc::new(settings),
           replies,
         )))
+      }
+      Deployment::Sentinel {
+        name,
+        nodes,
+        username,
+        password,
+      } => {
+        // Sentinels speak TLS when their urls say so; the primary when the
+        // `tls` option does.
+        let sentinel_tls = Tls {
+          wanted: false,
+          config: Arc::clone(&tls.config),
+        };
+        let mut sentinels = Vec::with_capacity(nodes.len());
+        for (index, url) in nodes.iter().enumerate() {
+          let endpoint = Endpoint::parse(url, &sentinel_tls)
+            .ok()
+            .filter(|endpoint| endpoint.host().is_some())
+            .ok_or_else(|| format!("sentinel.nodes[{index}]: not a redis://host:port url"))?;
+          sentinels.push(endpoint.with(*username, *password, None));
+        }
+        if sentinels.is_empty() {
+          return Err("sentinel.nodes: at least one sentinel is needed".into());
+        }
+        // Where the primary is comes from the sentinels; the placeholder
+        // address is replaced each time.
+        let primary = with_login(Endpoint::parse("redis://127.0.0.1", tls)?);
+        settings.greeting.role = Role::Primary;
+        let sentinels = Arc::new(Sentinels::new(
+          (*name).to_owned(),
+          sentinels,
+          primary,
+          settings.connect_timeout,
+        ));
+        let wire = Wire::new(
+          Target::Sentinel(Arc::clone(&sentinels)),
+          Arc::new(settings),
+          replies,
+          None,
+        );
+        wire.connect_in_background();
+        IO.spawn(sentinel::follow(sentinels, Arc::downgrade(&wire)));
+        Ok(Route::One(wire))
       }
     }
   }

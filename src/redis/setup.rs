@@ -115,6 +115,27 @@ impl Endpoint {
   pub fn db(&self) -> i64 {
     self.info.redis_settings().db()
   }
+
+  /// These credentials and database instead of the url's, where given.
+  pub fn with(
+    mut self,
+    username: Option<&str>,
+    password: Option<&str>,
+    db: Option<i64>,
+  ) -> Endpoint {
+    let mut settings = self.info.redis_settings().clone();
+    if let Some(username) = username {
+      settings = settings.set_username(username);
+    }
+    if let Some(password) = password {
+      settings = settings.set_password(password);
+    }
+    if let Some(db) = db {
+      settings = settings.set_db(db);
+    }
+    self.info = self.info.set_redis_settings(settings);
+    self
+  }
 }
 
 /// What a new connection runs before it carries calls, after AUTH and
@@ -136,6 +157,9 @@ pub enum Role {
   Any,
   /// Not a cluster node: a url naming one would reach a third of the keys.
   Standalone,
+  /// A primary, not a replica (a sentinel may name a demoted one during a
+  /// failover); a server that will not say is taken as one.
+  Primary,
 }
 
 impl Role {
@@ -144,6 +168,7 @@ impl Role {
     match self {
       Role::Any => None,
       Role::Standalone => Some(::redis::cmd("CLUSTER").arg("MYID").clone()),
+      Role::Primary => Some(::redis::cmd("ROLE")),
     }
   }
 
@@ -154,6 +179,13 @@ impl Role {
       (Role::Standalone, Value::BulkString(_)) => Some(format!(
         "this is a Redis Cluster node: pass cluster: {{ nodes: ['redis://{address}'] }} instead of url"
       )),
+      (Role::Primary, Value::Array(fields)) => match fields.first() {
+        Some(Value::BulkString(role)) if role.as_slice() != b"master" => Some(format!(
+          "this is a {}, not the primary",
+          String::from_utf8_lossy(role)
+        )),
+        _ => None,
+      },
       _ => None,
     }
   }
@@ -263,6 +295,51 @@ pub async fn ask(endpoint: &Endpoint, commands: &[Cmd]) -> Result<Vec<Value>, St
     answer.extract_error().map_err(|error| error.to_string())?;
   }
   Ok(answers)
+}
+
+/// A connection subscribed to pub/sub channels, for their messages.
+pub struct Subscription {
+  stream: Stream,
+  inbox: Inbox,
+}
+
+impl Subscription {
+  /// Connects to `endpoint`, authenticates and subscribes to `channels`.
+  pub async fn open(endpoint: &Endpoint, channels: &[&str]) -> Result<Subscription, String> {
+    let mut stream = connect(endpoint).await?;
+    let mut commands = credentials(&endpoint.info);
+    let checked = commands.len();
+    commands.push(::redis::cmd("SUBSCRIBE").arg(channels).clone());
+    let mut answers = exchange(stream.io(), &commands).await?;
+    for answer in answers.drain(..checked) {
+      answer.extract_error().map_err(|error| error.to_string())?;
+    }
+    answers
+      .remove(0)
+      .extract_error()
+      .map_err(|error| error.to_string())?;
+    Ok(Subscription {
+      stream,
+      inbox: Inbox::default(),
+    })
+  }
+
+  /// The next message: its channel and payload.
+  pub async fn next(&mut self) -> Result<(Vec<u8>, Vec<u8>), String> {
+    loop {
+      // A message is ["message", channel, payload]; anything else (the
+      // confirmations of the other channels) is skipped.
+      if let Value::Array(fields) = self.inbox.next(self.stream.io()).await? {
+        if let [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(payload)] =
+          fields.as_slice()
+        {
+          if kind.as_slice() == b"message" {
+            return Ok((channel.clone(), payload.clone()));
+          }
+        }
+      }
+    }
+  }
 }
 
 /// AUTH and SELECT as `info` asks.

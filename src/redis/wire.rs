@@ -35,6 +35,7 @@ use super::job::{fail_all, Job};
 use super::pipeline::Pipeline;
 use super::refusal::{self, Refusal};
 use super::replies::{finish_elsewhere, Replies, Reply};
+use super::sentinel::Sentinels;
 use super::setup::{self, Endpoint, Greeting};
 use super::socket::Socket;
 use super::spin::{Spin, ENOUGH_ANSWERS};
@@ -77,6 +78,8 @@ pub struct Settings {
 pub enum Target {
   /// One server.
   Fixed(Endpoint),
+  /// Wherever the sentinels say the primary is, asked anew each time.
+  Sentinel(Arc<Sentinels>),
 }
 
 impl Target {
@@ -84,12 +87,14 @@ impl Target {
   async fn open(&self, greeting: &Greeting) -> Result<(Socket, String), String> {
     match self {
       Target::Fixed(endpoint) => Ok((setup::open(endpoint, greeting).await?, endpoint.address())),
+      Target::Sentinel(sentinels) => sentinels.open(greeting).await,
     }
   }
 
   fn address(&self) -> String {
     match self {
       Target::Fixed(endpoint) => endpoint.address(),
+      Target::Sentinel(sentinels) => format!("the primary {:?} of the sentinels", sentinels.name),
     }
   }
 }
@@ -435,10 +440,38 @@ impl Wire {
          pass cluster: {{ nodes: ['redis://{}'] }} instead of url",
         self.address()
       ))),
+      Refusal::ReadOnly if matches!(self.target, Target::Sentinel(_)) => {
+        // Demoted by a failover: find the new primary, then send it there.
+        self.relocate(None);
+        let wire = Arc::clone(self);
+        retry_later(job, cause, move |job| {
+          wire.submit(job);
+          wire.flush_elsewhere();
+        })
+      }
       Refusal::ReadOnly => Some(job.failed(&format!(
         "{cause}: this is a read-only replica; point url at the primary, or pass sentinel: {{ name, nodes }}"
       ))),
     }
+  }
+
+  /// Drops the connection to a primary that moved (to `to`, when known: a
+  /// connection already there is kept), so the next call asks the
+  /// sentinels where it is. Calls in flight fail: they may have run.
+  pub fn relocate(self: &Arc<Self>, to: Option<&str>) {
+    let failed = {
+      let mut state = lock(&self.state);
+      let address = self.address();
+      if !matches!(state.link, Link::Up(_)) || to.is_some_and(|to| *address == *to) {
+        return;
+      }
+      let moved = to.map_or_else(
+        || "it is not the primary any more".to_owned(),
+        |to| format!("the primary moved to {to}"),
+      );
+      state.drop_link(&format!("Redis at {address}: {moved} (failover)"))
+    };
+    self.replies.send_all(failed);
   }
 
   /// Tells the owner the connection is gone (or could not be opened).
