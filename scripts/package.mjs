@@ -8,7 +8,8 @@
 //   copied into npm/<platform>/ first; an addon already in npm/<platform>/
 //   (e.g. a CI artifact) is packed as it is.
 // - The main package is packed from a staging copy of exactly the files
-//   `npm pack` would take, with the platform packages added to its
+//   `npm pack` would take, without the repository's scripts and
+//   devDependencies, and with the platform packages added to its
 //   package.json as optionalDependencies (as `napi prepublish` does): the
 //   repository's package.json lists none, since they are not on the registry
 //   and `npm ci` would fail on a lock file without them. By default it lists
@@ -121,8 +122,12 @@ for (const { path } of dryRun.files) {
   cpSync(join(root, path), join(stage, path))
 }
 const listed = allOptional ? platforms : packed.map((p) => p.name)
+// No scripts or devDependencies in the published manifest: the scripts (build,
+// test, demo, bench, …) run files the tarball does not contain, and an
+// installed package's devDependencies are never used.
+const { scripts, devDependencies, ...published } = manifest
 const staged = {
-  ...manifest,
+  ...published,
   optionalDependencies: {
     ...manifest.optionalDependencies,
     ...Object.fromEntries(listed.map((name) => [name, manifest.version])),
