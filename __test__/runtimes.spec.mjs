@@ -8,7 +8,9 @@
 // unreachable registry and a private npm cache, and copies in
 // __test__/runtimes/ (the smoke script, the contract runner, the Deno vitest
 // shim, the type check) and store-contract.mjs. Each runtime then runs there
-// under a bounded timeout. Everything is removed afterwards, Redis keys too.
+// under a bounded timeout. A second empty project gets the main tarball alone,
+// as a user whose install skipped the platform package has it. Everything is
+// removed afterwards, Redis keys too.
 import { execFile, spawnSync } from 'node:child_process'
 import { accessSync, constants, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -65,8 +67,26 @@ function pathWithoutRust() {
 }
 
 let project
+let bare
 let env
 let packed
+
+/** `npm install` the given tarballs into `cwd`, with no registry to reach. */
+function installTarballs(cwd, tarballs) {
+  return run(
+    'npm',
+    [
+      'install',
+      '--registry=http://127.0.0.1:9/', // nothing listens there: any registry request fails at once
+      '--fetch-retries=0',
+      '--no-audit',
+      '--no-fund',
+      '--no-update-notifier',
+      ...tarballs.map((tarball) => join(root, tarball)),
+    ],
+    { cwd, env, timeout: 120_000 },
+  )
+}
 
 beforeAll(async () => {
   const { stdout } = await run(process.execPath, [join(root, 'scripts', 'package.mjs')], {
@@ -96,20 +116,7 @@ beforeAll(async () => {
     join(project, 'package.json'),
     `${JSON.stringify({ name: 'stoma-native-smoke', private: true }, null, 2)}\n`,
   )
-  await run(
-    'npm',
-    [
-      'install',
-      '--registry=http://127.0.0.1:9/', // nothing listens there: any registry request fails at once
-      '--fetch-retries=0',
-      '--no-audit',
-      '--no-fund',
-      '--no-update-notifier',
-      join(root, packed.main.tarball),
-      ...packed.platforms.map((p) => join(root, p.tarball)),
-    ],
-    { cwd: project, env, timeout: 120_000 },
-  )
+  await installTarballs(project, [packed.main.tarball, ...packed.platforms.map((p) => p.tarball)])
   for (const file of readdirSync(join(root, '__test__', 'runtimes')))
     cpSync(join(root, '__test__', 'runtimes', file), join(project, file))
   cpSync(join(root, '__test__', 'store-contract.mjs'), join(project, 'store-contract.mjs'))
@@ -121,6 +128,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (project) rmSync(project, { recursive: true, force: true })
+  if (bare) rmSync(bare, { recursive: true, force: true })
   await deleteRedisKeys(keyPrefix)
 })
 
@@ -194,6 +202,75 @@ describe('packed tarballs', () => {
       }),
     )
     await run(bin('tsc'), ['-p', 'tsconfig.json'], { cwd: project, env })
+  })
+})
+
+describe('main package without its platform package', () => {
+  // What each runtime shows for the load failure: the message and the cause's message.
+  const probe = (load) =>
+    `try { ${load}; console.log('LOADED') } catch (e) { console.log('MISSING ' + JSON.stringify({ message: e.message, cause: e.cause?.message })) }`
+
+  /** The MISSING line a probe printed, parsed. */
+  function missing(stdout) {
+    const line = stdout.split('\n').find((l) => l.startsWith('MISSING '))
+    expect(line, stdout).toBeDefined()
+    return JSON.parse(line.slice('MISSING '.length))
+  }
+
+  /** The error leads with the platform package this machine needs and how to get it; the loader's error is its cause. */
+  function expectNamesPlatformPackage({ message, cause }) {
+    expect(message.match(/stoma-native-[\w-]+/)?.[0], message).toBe('stoma-native-linux-x64-gnu')
+    expect(message.split('\n')[0]).toContain('(linux x64 glibc), is not installed')
+    expect(message).toContain('npm install stoma-native-linux-x64-gnu@0.1.0')
+    expect(message).toContain('--omit=optional')
+    expect(cause).toMatch(/^Cannot find native binding/)
+  }
+
+  beforeAll(async () => {
+    bare = mkdtempSync(join(tmpdir(), 'stoma-native-missing-'))
+    writeFileSync(join(bare, 'package.json'), `${JSON.stringify({ name: 'stoma-native-missing', private: true })}\n`)
+    // The main tarball alone: its optional dependency on the platform package fails to fetch (no registry) and is skipped.
+    await installTarballs(bare, [packed.main.tarball])
+    writeFileSync(join(bare, 'missing.cjs'), probe("require('stoma-native')"))
+    writeFileSync(join(bare, 'missing.mjs'), probe("await import('stoma-native')"))
+    writeFileSync(join(bare, 'deno.json'), `${JSON.stringify({ nodeModulesDir: 'manual' })}\n`)
+  }, 150_000)
+
+  it('npm installed the main package and skipped the platform package', () => {
+    expect(readdirSync(join(bare, 'node_modules')).filter((d) => !d.startsWith('.'))).toEqual(['stoma-native'])
+  })
+
+  it('node: the error printed for require and for import names stoma-native-linux-x64-gnu first', async () => {
+    for (const args of [
+      ['-e', "require('stoma-native')"],
+      ['--input-type=module', '-e', "import 'stoma-native'"],
+    ]) {
+      const failure = await run(process.execPath, args, { cwd: bare, env }).then(
+        () => null,
+        (error) => error,
+      )
+      expect(failure?.code, args.join(' ')).toBe(1)
+      // Node prints the thrown error's stack, its message first, then the causes.
+      const shown = failure.message.match(/^Error: (.*)$/m)?.[1]
+      expect(shown, failure.message).toMatch(/^stoma-native-linux-x64-gnu, which holds stoma-native's addon/)
+      expect(failure.message.indexOf(shown)).toBeLessThan(failure.message.indexOf('Cannot find native binding'))
+    }
+  })
+
+  it('node, bun and deno: the caught error and its cause', async () => {
+    const runtimes = [
+      // Node 20 also reports a caught dynamic import of this ESM entry as uncaught (its ESM-importing-CommonJS
+      // path), so Node's import is checked above, by the error it prints.
+      [process.execPath, [], ['missing.cjs']],
+      [bin('bun'), [], ['missing.cjs', 'missing.mjs']],
+      [bin('deno'), ['run', ...denoPermissions], ['missing.cjs', 'missing.mjs']],
+    ]
+    for (const [command, prefix, files] of runtimes) {
+      for (const file of files) {
+        const { stdout } = await run(command, [...prefix, file], { cwd: bare, env })
+        expectNamesPlatformPackage(missing(stdout))
+      }
+    }
   })
 })
 

@@ -3,7 +3,7 @@
 // `src/memory/`. Every operation runs synchronously and returns an
 // already-settled Promise; bad arguments reject with TypeError/RangeError.
 
-const native = require('../native.js')
+const native = require('./native.js')
 const { checkKey, checkSeconds, positiveInteger, optionsObject, optionalName } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 
