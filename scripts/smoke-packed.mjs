@@ -2,14 +2,15 @@
 // this on every OS and Node version (.github/workflows/CI.yml), and it runs by
 // hand after `npm run package`:
 //
-//   node scripts/smoke-packed.mjs --platform linux-x64-gnu [--bun] [--deno]
+//   node scripts/smoke-packed.mjs --platform linux-x64-gnu [--runtimes node,bun,deno]
 //
 // 1. Into an empty project, `npm install` pkg/stoma-native-<v>.tgz and
 //    pkg/stoma-native-<platform>-<v>.tgz, then run __test__/runtimes/smoke.mjs
-//    (ESM) and smoke.cjs (CommonJS) there with this Node, and with Bun and Deno
-//    when asked (installed from npm at the versions package.json's
-//    devDependencies pin). Each run must print its SMOKE line naming the
-//    runtime, the addon from stoma-native-<platform>, and every check.
+//    (ESM) and smoke.cjs (CommonJS) there in each runtime listed (node, the
+//    default, is the Node running this script; bun and deno are installed
+//    from npm at the versions package.json's devDependencies pin). Each run
+//    must print its SMOKE line naming the runtime, the addon from
+//    stoma-native-<platform>, and every check.
 // 2. Into a second empty project, the main tarball alone (--omit=optional):
 //    requiring it must fail with an error that names stoma-native-<platform>
 //    before any other package, the loader's error as its cause.
@@ -29,11 +30,13 @@ const made = [] // temporary directories, removed on the way out
 const { values: args } = parseArgs({
   options: {
     platform: { type: 'string' },
-    bun: { type: 'boolean', default: false },
-    deno: { type: 'boolean', default: false },
+    runtimes: { type: 'string', default: 'node' },
   },
 })
 if (!args.platform) fail('--platform <napi platform, e.g. linux-x64-gnu> is required')
+const wanted = args.runtimes.split(',').filter(Boolean)
+if (wanted.length === 0 || wanted.some((name) => !['node', 'bun', 'deno'].includes(name)))
+  fail(`--runtimes takes a comma-separated list of node, bun and deno, got ${JSON.stringify(args.runtimes)}`)
 const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
 const platformPackage = `${manifest.name}-${args.platform}`
 const tarballs = {
@@ -97,21 +100,23 @@ npmInstall(project, [tarballs.main, tarballs.platform])
 for (const file of ['smoke.mjs', 'smoke.cjs']) cpSync(join(root, '__test__', 'runtimes', file), join(project, file))
 writeFileSync(join(project, 'deno.json'), `${JSON.stringify({ nodeModulesDir: 'manual' })}\n`)
 
-const runtimes = [{ name: 'node', command: process.execPath, prefix: [] }]
-if (args.bun || args.deno) {
+const runtimes = []
+if (wanted.includes('node')) runtimes.push({ name: 'node', command: process.execPath, prefix: [] })
+const fromNpm = wanted.filter((name) => name !== 'node')
+if (fromNpm.length > 0) {
   // The runtimes' own npm packages, outside the project so it holds only what a user installs.
-  const wanted = ['bun', 'deno'].filter((name) => args[name])
   const tools = emptyProject('stoma-native-smoke-tools', {
-    allowScripts: Object.fromEntries(wanted.map((name) => [name, true])),
+    allowScripts: Object.fromEntries(fromNpm.map((name) => [name, true])),
   })
   npmInstall(
     tools,
-    wanted.map((name) => `${name}@${manifest.devDependencies[name]}`),
+    fromNpm.map((name) => `${name}@${manifest.devDependencies[name]}`),
   )
   const exe = windows ? '.exe' : ''
-  if (args.bun)
+  // the binaries themselves, not npm's .bin shims (.cmd files on Windows)
+  if (fromNpm.includes('bun'))
     runtimes.push({ name: 'bun', command: join(tools, 'node_modules', 'bun', 'bin', 'bun.exe'), prefix: [] })
-  if (args.deno) {
+  if (fromNpm.includes('deno')) {
     runtimes.push({
       name: 'deno',
       command: join(tools, 'node_modules', 'deno', `deno${exe}`),
@@ -139,7 +144,7 @@ for (const { name, command, prefix } of runtimes) {
     const addonFile = `stoma-native.${args.platform}.node`
     if (result.runtime !== name || result.how !== how || result.checks.length + result.skipped.length !== 6)
       fail(`${name} ${how}: unexpected SMOKE line ${line}`)
-    if (!result.addon.endsWith(join(platformPackage, addonFile)))
+    if (result.addon.split(/[\\/]/).slice(-2).join('/') !== `${platformPackage}/${addonFile}`)
       fail(`${name} ${how}: addon ${result.addon} is not ${platformPackage}'s ${addonFile}`)
     console.log(
       `ok ${name} ${result.runtimeVersion} ${how}: ${result.checks.length} checks passed` +
