@@ -6,7 +6,7 @@
 // as Stoma's postgresAdapter. Bad arguments reject with TypeError/RangeError;
 // database failures reject with an Error naming the store and the cause.
 
-const native = require('../native.js')
+const native = require('./native.js')
 const { checkKey, checkSeconds, positiveInteger, optionsObject, describe, tlsOption } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 

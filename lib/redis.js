@@ -5,7 +5,7 @@
 // TypeError/RangeError before anything is sent, and Redis failures reject
 // with an Error naming the store and the cause, within commandTimeoutMs.
 
-const native = require('../native.js')
+const native = require('./native.js')
 const {
   checkKey,
   checkSeconds,
