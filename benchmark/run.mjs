@@ -6,6 +6,7 @@ import { loadStoma } from '../scripts/load-stoma.mjs'
 import e2eCases from './cases/e2e.mjs'
 import memoryCases from './cases/memory.mjs'
 import postgresCases from './cases/postgres.mjs'
+import redisClusterCases from './cases/redis-cluster.mjs'
 import redisCases from './cases/redis.mjs'
 import { measure } from './harness.mjs'
 import { table, writeReport } from './report.mjs'
@@ -16,9 +17,13 @@ const stoma = {
   ...(await loadStoma('policies/index.js')),
 }
 const context = { stoma }
-const cases = [...memoryCases(context), ...redisCases(context), ...postgresCases(context), ...e2eCases(context)].filter(
-  (c) => filters.length === 0 || filters.some((f) => c.name.includes(f)),
-)
+const cases = [
+  ...memoryCases(context),
+  ...redisCases(context),
+  ...redisClusterCases(context),
+  ...postgresCases(context),
+  ...e2eCases(context),
+].filter((c) => filters.length === 0 || filters.some((f) => c.name.includes(f)))
 
 const rows = []
 for (const benchCase of cases) {
