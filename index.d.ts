@@ -278,12 +278,32 @@ export interface RedisCommonOptions {
    */
   spinMicros?: number
   /**
-   * TLS: `true`, or `{ ca }` to trust these PEM certificates instead of Mozilla's roots (as Node's
-   * `tls.connect({ ca })` does). A `rediss://` url turns TLS on by itself. The certificate and the
-   * server name are always checked.
+   * TLS: `true`, or settings as Node's `tls.connect()` takes them: `ca` (PEM certificates trusted
+   * instead of Mozilla's roots), `cert` + `key` (a client certificate, for servers that ask for one),
+   * `servername` (the name the server's certificate must carry, when not its host's). A `rediss://`
+   * url turns TLS on by itself. The certificate and the server name are always checked.
    */
-  tls?: boolean | { ca?: string | Uint8Array }
+  tls?: boolean | TlsOptions
 }
+
+/** PEM text: a string, bytes, or a list of those. */
+export type Pem = string | Uint8Array | Array<string | Uint8Array>
+
+/** TLS settings, as Node's `tls.connect()` names them. */
+export interface TlsOptions {
+  ca?: Pem
+  cert?: Pem
+  key?: Pem
+  servername?: string
+}
+
+/**
+ * A Redis client from npm — ioredis `Redis` or `Redis.Cluster`, node-redis `createClient()` or
+ * `createCluster()` (v4 to v6; a v4 cluster once connected) — connected or not. Only where it points
+ * is read (host, port or socket path, credentials, database, TLS, cluster nodes, sentinels); it is
+ * never used for commands.
+ */
+export type RedisClientLike = object
 
 /** A Redis Cluster: seed nodes, from which every primary is discovered. */
 export interface RedisClusterOptions {
@@ -320,15 +340,30 @@ export type RedisConnectionOptions = RedisCommonOptions & {
         url?: string
         cluster?: never
         sentinel?: never
+        client?: never
       }
-    | { cluster: RedisClusterOptions; url?: never; sentinel?: never }
-    | { sentinel: RedisSentinelOptions; url?: never; cluster?: never }
+    | { cluster: RedisClusterOptions; url?: never; sentinel?: never; client?: never }
+    | { sentinel: RedisSentinelOptions; url?: never; cluster?: never; client?: never }
+    | {
+        /** Stoma's way: the client whose settings say where Redis is (see `RedisClientLike`). */
+        client: RedisClientLike
+        /** Accepted for Stoma's node-redis recipe; nothing to do here (our connection speaks RESP itself). */
+        setWithTTL?: (...args: never[]) => unknown
+        url?: never
+        cluster?: never
+        sentinel?: never
+        username?: never
+        password?: never
+        db?: never
+      }
   )
 
 /** Fixed-window counters under `<prefix>rl:<key>`, shared with Stoma's RedisRateLimitStore. */
 export declare class RedisRateLimitStore implements RateLimitStore {
   /** Opens a connection of its own; stores from `redisAdapter()` share the adapter's. */
   constructor(options?: RedisConnectionOptions)
+  /** Stoma's shape: a connection to where `client` points, keys under `prefix` (default `"stoma:"`). */
+  constructor(client: RedisClientLike, prefix?: string)
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
   /** Release the store (closing its own connection, if any); later calls reject. */
   destroy(): void
@@ -337,6 +372,8 @@ export declare class RedisRateLimitStore implements RateLimitStore {
 /** Circuit state under `<prefix>cb:<key>`, updated atomically on the server. */
 export declare class RedisCircuitBreakerStore implements CircuitBreakerStore {
   constructor(options?: RedisConnectionOptions)
+  /** Stoma's shape (`setWithTTL` is accepted and unused). */
+  constructor(client: RedisClientLike, prefix?: string, setWithTTL?: (...args: never[]) => unknown)
   getState(key: string): Promise<CircuitBreakerSnapshot>
   recordSuccess(key: string): Promise<CircuitBreakerSnapshot>
   recordFailure(key: string): Promise<CircuitBreakerSnapshot>
@@ -348,6 +385,8 @@ export declare class RedisCircuitBreakerStore implements CircuitBreakerStore {
 /** Response envelopes under `<prefix>cache:<key>`, shared with Stoma's RedisCacheStore. A ttl of 0 stores nothing. */
 export declare class RedisCacheStore implements CacheStore {
   constructor(options?: RedisConnectionOptions)
+  /** Stoma's shape (`setWithTTL` is accepted and unused). */
+  constructor(client: RedisClientLike, prefix?: string, setWithTTL?: (...args: never[]) => unknown)
   get(key: string): Promise<Response | null>
   put(key: string, response: Response, ttlSeconds: number): Promise<void>
   delete(key: string): Promise<boolean>

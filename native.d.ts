@@ -256,6 +256,11 @@ export interface NativeRedisOptions {
   useTls: boolean
   /** PEM certificates to trust instead of Mozilla's roots. */
   tlsCa?: Uint8Array
+  /** A client certificate chain and its key, PEM (mutual TLS). */
+  tlsCert?: Uint8Array
+  tlsKey?: Uint8Array
+  /** The name servers' certificates must carry, when not their host's. */
+  tlsServername?: string
 }
 
 /** A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`). */

@@ -98,7 +98,9 @@ describe('postgres schema', () => {
       /sslmode may be disable, prefer, require, verify-ca or verify-full/,
     )
     expect(() => postgresAdapter({ url: 'dbname=x' })).toThrow(/url names no host/)
-    expect(() => postgresAdapter({ tls: 'on' })).toThrow(/postgresAdapter: tls must be a boolean or \{ ca \}/)
+    expect(() => postgresAdapter({ tls: 'on' })).toThrow(
+      /postgresAdapter: tls must be a boolean or \{ ca, cert, key, servername \}/,
+    )
     expect(() => postgresAdapter({ tls: { ca: 'not a certificate' } })).toThrow(TypeError)
     expect(() => postgresAdapter({ tls: { ca: 'not a certificate' } })).toThrow(/tls.ca holds no PEM certificate/)
     expect(() => postgresAdapter({ waitUntil: 'later' })).toThrow(/waitUntil/)

@@ -111,9 +111,14 @@ describe('redis sentinel', () => {
       const twice = counts.length - new Set(counts).size
       console.log(
         `switchover: ${succeeded.length} calls ok, ${failed.length} failed (${failed[0]?.message ?? ''}); ` +
-          `the replica was ${behind} bytes behind, so ${twice} counts were handed out again`,
+          `the replica was ${behind} bytes behind when it began; ${twice} counts were handed out twice`,
       )
       expect(work.outcomes.length - quiet).toBeGreaterThan(100)
+      // Leaving the old primary as soon as the promotion starts, nothing it
+      // acknowledges is lost but what it answered in that instant (at most
+      // the calls in flight): waiting for +switch-master lost ~0.5 s of
+      // counts here, handed out again by the new primary.
+      expect(twice).toBeLessThanOrEqual(16)
       // Every failure is one in flight on the old primary when it was left.
       expect(
         failed.every((o) => /^RedisRateLimitStore: Redis at .*: the primary moved to .* \(failover\)$/.test(o.message)),

@@ -485,7 +485,7 @@ describe('redis: TLS (rediss://)', () => {
 
   it('rejects bad tls options at once with a TypeError naming them', () => {
     expect(() => redisAdapter({ url: tlsUrl, tls: 'yes' })).toThrow(
-      /redisAdapter: tls must be a boolean or \{ ca \}, got "yes"/,
+      /redisAdapter: tls must be a boolean or \{ ca, cert, key, servername \}, got "yes"/,
     )
     expect(() => redisAdapter({ url: tlsUrl, tls: { ca: 42 } })).toThrow(/redisAdapter: tls.ca must be PEM text/)
     expect(() => redisAdapter({ url: tlsUrl, tls: { ca: 'not a certificate' } })).toThrow(
@@ -493,6 +493,10 @@ describe('redis: TLS (rediss://)', () => {
     )
     expect(() => redisAdapter({ url: `${tlsUrl}/#insecure` })).toThrow(/#insecure .*not supported/)
     expect(() => redisAdapter({ url: 'unix:///tmp/redis.sock', tls: true })).toThrow(/TLS works over TCP only/)
+    expect(() => redisAdapter({ url: tlsUrl, tls: { cert: 'x' } })).toThrow(/redisAdapter: tls.cert needs tls.key/)
+    expect(() => redisAdapter({ url: tlsUrl, tls: { ca: 'x', rejectUnauthorized: false } })).toThrow(
+      /redisAdapter: unknown option tls.rejectUnauthorized; the options are ca, cert, key, servername/,
+    )
   })
 })
 

@@ -86,11 +86,22 @@ const failingOver: RedisCacheStore = redisAdapter({
   password: 'data',
   db: 2,
 }).cacheStore
+declare const ioredisClient: object
+const fromClient: RedisCacheStore = redisAdapter({
+  client: ioredisClient,
+  prefix: 'app:',
+  setWithTTL: () => {},
+}).cacheStore
+const stomaShaped = new RedisCircuitBreakerStore(ioredisClient, 'app:', () => {})
+// @ts-expect-error the client says where Redis is
+redisAdapter({ client: ioredisClient, url: 'redis://10.0.0.1:6379' })
 // @ts-expect-error one deployment at a time: url or cluster
 redisAdapter({ url: 'redis://10.0.0.1:6379', cluster: { nodes: ['redis://10.0.0.1:6379'] } })
 
 export {
   clustered,
+  fromClient,
+  stomaShaped,
   failingOver,
   adapters,
   rateLimit,

@@ -19,6 +19,7 @@ const {
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
+const { clientOptions, isClient } = require('./redis-client.js')
 
 const DEFAULT_URL = 'redis://127.0.0.1:6379'
 const DEFAULT_PREFIX = 'stoma:'
@@ -274,7 +275,7 @@ class Connection {
     const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
     const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
     const spinMicros = nonNegativeInteger(who, opts.spinMicros, 'spinMicros', DEFAULT_SPIN_MICROS)
-    const { useTls, tlsCa } = tlsOption(who, opts.tls)
+    const tls = tlsOption(who, opts.tls)
     // The native side keeps this function (and through it the calls map)
     // alive; it must not reach back to this object, or neither could ever
     // be collected.
@@ -290,8 +291,7 @@ class Connection {
           commandTimeoutMs,
           spinMicros,
           watchEventLoop: IS_NODE,
-          useTls,
-          tlsCa,
+          ...tls,
         },
         onAnswers,
       )
@@ -341,11 +341,63 @@ class Connection {
   }
 }
 
-/** A store's connection: its adapter's, or one of its own from `options`. */
-function storeConnection(store, options) {
+/** What every Redis connection takes (see `deployment` and `Connection`). */
+const CONNECTION_OPTIONS = [
+  'url',
+  'cluster',
+  'sentinel',
+  'client',
+  'setWithTTL',
+  'username',
+  'password',
+  'db',
+  'prefix',
+  'connectTimeoutMs',
+  'commandTimeoutMs',
+  'spinMicros',
+  'tls',
+]
+
+/**
+ * The options with a Stoma user's `client` read into where it points (see
+ * lib/redis-client.js). The client says where Redis is, so url, cluster,
+ * sentinel and credentials may not be given beside it; `setWithTTL`, which
+ * Stoma needs for node-redis, has nothing to do here.
+ */
+function withClient(who, opts) {
+  if (opts.setWithTTL !== undefined && typeof opts.setWithTTL !== 'function') {
+    throw new TypeError(`${who}: setWithTTL must be a function, got ${describe(opts.setWithTTL)}`)
+  }
+  if (opts.client === undefined) return opts
+  const clashing = ['url', 'cluster', 'sentinel', 'username', 'password', 'db'].filter(
+    (name) => opts[name] !== undefined,
+  )
+  if (clashing.length > 0) {
+    throw new TypeError(`${who}: client already says where Redis is; pass either client or ${clashing.join(', ')}`)
+  }
+  const fromClient = clientOptions(who, opts.client)
+  return { ...fromClient, ...opts, tls: opts.tls ?? fromClient.tls }
+}
+
+/**
+ * A store's connection: its adapter's, one of its own from `options`, or,
+ * in Stoma's shape `(client, prefix, setWithTTL)`, one to where `client`
+ * points.
+ */
+function storeConnection(store, options, prefix, setWithTTL) {
+  if (isClient(options)) {
+    return { redis: new Connection(store, withClient(store, { client: options, prefix, setWithTTL })), owned: true }
+  }
+  if (prefix !== undefined || setWithTTL !== undefined) {
+    throw new TypeError(
+      `${store}: takes an options object ({ url, prefix, … }) or Stoma's (client, prefix), got ${describe(options)} and more arguments`,
+    )
+  }
   const opts = optionsObject(store, options)
   const shared = opts[SHARED_CONNECTION]
-  return shared === undefined ? { redis: new Connection(store, opts), owned: true } : { redis: shared, owned: false }
+  if (shared !== undefined) return { redis: shared, owned: false }
+  checkKnownKeys(store, opts, CONNECTION_OPTIONS)
+  return { redis: new Connection(store, withClient(store, opts)), owned: true }
 }
 
 /**
@@ -372,8 +424,8 @@ function destroyConnection(store, { redis, owned }) {
 class RedisRateLimitStore {
   #connection
 
-  constructor(options) {
-    this.#connection = storeConnection('RedisRateLimitStore', options)
+  constructor(options, prefix, setWithTTL) {
+    this.#connection = storeConnection('RedisRateLimitStore', options, prefix, setWithTTL)
   }
 
   increment(key, windowSeconds) {
@@ -401,8 +453,8 @@ class RedisRateLimitStore {
 class RedisCircuitBreakerStore {
   #connection
 
-  constructor(options) {
-    this.#connection = storeConnection('RedisCircuitBreakerStore', options)
+  constructor(options, prefix, setWithTTL) {
+    this.#connection = storeConnection('RedisCircuitBreakerStore', options, prefix, setWithTTL)
   }
 
   #run(operation, key, to) {
@@ -454,8 +506,8 @@ class RedisCircuitBreakerStore {
 class RedisCacheStore {
   #connection
 
-  constructor(options) {
-    this.#connection = storeConnection('RedisCacheStore', options)
+  constructor(options, prefix, setWithTTL) {
+    this.#connection = storeConnection('RedisCacheStore', options, prefix, setWithTTL)
   }
 
   get(key) {
@@ -492,6 +544,7 @@ class RedisCacheStore {
 
 function checkStoreFlags(flags) {
   const stores = optionsObject('redisAdapter', flags, 'stores')
+  checkKnownKeys('redisAdapter', stores, ['rateLimit', 'circuitBreaker', 'cache'], 'stores')
   for (const name of ['rateLimit', 'circuitBreaker', 'cache']) {
     if (stores[name] !== undefined && typeof stores[name] !== 'boolean') {
       throw new TypeError(`redisAdapter: stores.${name} must be a boolean, got ${describe(stores[name])}`)
@@ -509,9 +562,10 @@ function checkStoreFlags(flags) {
  */
 function redisAdapter(options) {
   const opts = optionsObject('redisAdapter', options)
+  checkKnownKeys('redisAdapter', opts, [...CONNECTION_OPTIONS, 'stores', 'waitUntil'])
   const stores = checkStoreFlags(opts.stores)
   const waitUntil = checkWaitUntil('redisAdapter', opts.waitUntil)
-  const redis = new Connection('redisAdapter', opts)
+  const redis = new Connection('redisAdapter', withClient('redisAdapter', opts))
   const shared = { [SHARED_CONNECTION]: redis }
   const adapter = {}
   if (stores.rateLimit !== false) adapter.rateLimitStore = new RedisRateLimitStore(shared)
@@ -527,11 +581,4 @@ module.exports = {
   RedisCircuitBreakerStore,
   RedisCacheStore,
   redisAdapter,
-  DEFAULTS: {
-    url: DEFAULT_URL,
-    prefix: DEFAULT_PREFIX,
-    connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
-    commandTimeoutMs: DEFAULT_COMMAND_TIMEOUT_MS,
-    spinMicros: DEFAULT_SPIN_MICROS,
-  },
 }

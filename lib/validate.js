@@ -84,22 +84,43 @@ function checkCircuitState(store, to) {
   }
 }
 
+/** PEM text given as a string, bytes, or an array of those (as Node's `tls` takes it), as bytes. */
+function pemBytes(who, value, name) {
+  if (value === undefined) return undefined
+  if (typeof value === 'string') return new TextEncoder().encode(value)
+  if (value instanceof Uint8Array) return value
+  if (Array.isArray(value) && value.length > 0) {
+    const parts = value.map((part, index) => pemBytes(who, part, `${name}[${index}]`))
+    return new TextEncoder().encode(parts.map((part) => new TextDecoder().decode(part)).join('\n'))
+  }
+  throw new TypeError(`${who}: ${name} must be PEM text (a string or a Buffer), got ${describe(value)}`)
+}
+
 /**
  * Reads the `tls` option of the Redis and PostgreSQL connections: absent or
  * false (TLS only if the url asks: `rediss://`, `sslmode`), true, or
- * `{ ca }` — PEM certificates (string or bytes) trusted instead of
- * Mozilla's roots, as with Node's `tls.connect({ ca })`.
+ * `{ ca, cert, key, servername }` — PEM certificates (strings or bytes)
+ * trusted instead of Mozilla's roots, a client certificate and its key for
+ * servers that ask for one, and the name the server's certificate must
+ * carry when not its host's, as with Node's `tls.connect()`.
  */
 function tlsOption(who, tls) {
-  if (tls === undefined || tls === false) return { useTls: false, tlsCa: undefined }
-  if (tls === true) return { useTls: true, tlsCa: undefined }
-  if (tls === null || typeof tls !== 'object')
-    throw new TypeError(`${who}: tls must be a boolean or { ca }, got ${describe(tls)}`)
-  const { ca } = tls
-  if (ca === undefined) return { useTls: true, tlsCa: undefined }
-  if (typeof ca === 'string') return { useTls: true, tlsCa: new TextEncoder().encode(ca) }
-  if (ca instanceof Uint8Array) return { useTls: true, tlsCa: ca }
-  throw new TypeError(`${who}: tls.ca must be PEM text (a string or a Buffer), got ${describe(ca)}`)
+  if (tls === undefined || tls === false) return { useTls: false }
+  if (tls === true) return { useTls: true }
+  if (tls === null || typeof tls !== 'object') {
+    throw new TypeError(`${who}: tls must be a boolean or { ca, cert, key, servername }, got ${describe(tls)}`)
+  }
+  checkKnownKeys(who, tls, ['ca', 'cert', 'key', 'servername'], 'tls')
+  if (tls.servername !== undefined && (typeof tls.servername !== 'string' || tls.servername === '')) {
+    throw new TypeError(`${who}: tls.servername must be a host name, got ${describe(tls.servername)}`)
+  }
+  return {
+    useTls: true,
+    tlsCa: pemBytes(who, tls.ca, 'tls.ca'),
+    tlsCert: pemBytes(who, tls.cert, 'tls.cert'),
+    tlsKey: pemBytes(who, tls.key, 'tls.key'),
+    tlsServername: tls.servername,
+  }
 }
 
 module.exports = {

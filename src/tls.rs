@@ -10,45 +10,91 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use crate::errors::lock;
 
-/// The client configuration trusting `ca` (PEM, one or more certificates)
-/// or, without it, Mozilla's roots. Fails with a message naming the `tls.ca`
-/// option and what is wrong with it.
-pub fn client_config(ca: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
-  // Mozilla's ~150 roots are read once per process, not per adapter.
-  static WITH_MOZILLA_ROOTS: LazyLock<Result<Arc<ClientConfig>, String>> = LazyLock::new(|| {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    config_trusting(roots)
-  });
-  let Some(pem) = ca else {
-    return WITH_MOZILLA_ROOTS.clone();
-  };
-  let mut roots = RootCertStore::empty();
-  for certificate in CertificateDer::pem_slice_iter(pem) {
-    let certificate =
-      certificate.map_err(|error| format!("tls.ca is not PEM certificates: {error}"))?;
-    roots
-      .add(certificate)
-      .map_err(|error| format!("tls.ca holds a certificate that cannot be used: {error}"))?;
-  }
-  if roots.is_empty() {
-    return Err("tls.ca holds no PEM certificate".into());
-  }
-  config_trusting(roots)
+/// What a `tls` option says besides "on": the PEM certificates to trust
+/// instead of Mozilla's roots, and a client certificate chain and its key
+/// for servers that ask for one (mutual TLS).
+#[derive(Default)]
+pub struct Trust<'a> {
+  pub ca: Option<&'a [u8]>,
+  pub cert: Option<&'a [u8]>,
+  pub key: Option<&'a [u8]>,
 }
 
-fn config_trusting(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+/// The client configuration `trust` asks for. Fails with a message naming
+/// the option (`tls.ca`, `tls.cert`, `tls.key`) and what is wrong with it.
+pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
+  // Mozilla's ~150 roots are read once per process, not per adapter.
+  static MOZILLA_ROOTS: LazyLock<Arc<RootCertStore>> = LazyLock::new(|| {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Arc::new(roots)
+  });
+  static WITH_MOZILLA_ROOTS: LazyLock<Result<Arc<ClientConfig>, String>> =
+    LazyLock::new(|| config_trusting(Arc::clone(&MOZILLA_ROOTS), None));
+  let roots = match trust.ca {
+    None => Arc::clone(&MOZILLA_ROOTS),
+    Some(pem) => {
+      let mut roots = RootCertStore::empty();
+      for certificate in CertificateDer::pem_slice_iter(pem) {
+        let certificate =
+          certificate.map_err(|error| format!("tls.ca is not PEM certificates: {error}"))?;
+        roots
+          .add(certificate)
+          .map_err(|error| format!("tls.ca holds a certificate that cannot be used: {error}"))?;
+      }
+      if roots.is_empty() {
+        return Err("tls.ca holds no PEM certificate".into());
+      }
+      Arc::new(roots)
+    }
+  };
+  let identity = match (trust.cert, trust.key) {
+    (None, None) => None,
+    (Some(cert), Some(key)) => Some(identity(cert, key)?),
+    (Some(_), None) => return Err("tls.cert needs tls.key, the certificate's private key".into()),
+    (None, Some(_)) => return Err("tls.key needs tls.cert, the certificate it belongs to".into()),
+  };
+  if trust.ca.is_none() && identity.is_none() {
+    return WITH_MOZILLA_ROOTS.clone();
+  }
+  config_trusting(roots, identity)
+}
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// A client certificate chain and its private key, from PEM.
+fn identity(cert: &[u8], key: &[u8]) -> Result<Identity, String> {
+  let chain = CertificateDer::pem_slice_iter(cert)
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|error| format!("tls.cert is not PEM certificates: {error}"))?;
+  if chain.is_empty() {
+    return Err("tls.cert holds no PEM certificate".into());
+  }
+  let key = PrivateKeyDer::from_pem_slice(key)
+    .map_err(|error| format!("tls.key is not a PEM private key: {error}"))?;
+  Ok((chain, key))
+}
+
+fn config_trusting(
+  roots: Arc<RootCertStore>,
+  identity: Option<Identity>,
+) -> Result<Arc<ClientConfig>, String> {
   let provider = Arc::new(rustls::crypto::ring::default_provider());
-  let config = ClientConfig::builder_with_provider(provider)
+  let builder = ClientConfig::builder_with_provider(provider)
     .with_safe_default_protocol_versions()
     .map_err(|error| error.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+  let config = match identity {
+    None => builder.with_no_client_auth(),
+    Some((chain, key)) => builder
+      .with_client_auth_cert(chain, key)
+      .map_err(|error| format!("tls.cert and tls.key cannot be used together: {error}"))?,
+  };
   Ok(Arc::new(config))
 }
 
@@ -130,16 +176,49 @@ mod tests {
 
   #[test]
   fn trusts_mozillas_roots_by_default_and_refuses_a_ca_that_is_not_pem() {
-    assert!(client_config(None).is_ok());
+    let ca = |pem: &'static [u8]| Trust {
+      ca: Some(pem),
+      ..Trust::default()
+    };
+    assert!(client_config(&Trust::default()).is_ok());
     assert_eq!(
-      client_config(Some(b"not a certificate")).err().unwrap(),
+      client_config(&ca(b"not a certificate")).err().unwrap(),
       "tls.ca holds no PEM certificate"
     );
     let broken = b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
-    assert!(client_config(Some(broken))
+    assert!(client_config(&ca(broken))
       .err()
       .unwrap()
       .starts_with("tls.ca is not PEM certificates"));
+  }
+
+  #[test]
+  fn a_client_certificate_needs_its_key_and_both_must_be_pem() {
+    let only_cert = Trust {
+      cert: Some(b"x"),
+      ..Trust::default()
+    };
+    assert!(client_config(&only_cert)
+      .err()
+      .unwrap()
+      .starts_with("tls.cert needs tls.key"));
+    let only_key = Trust {
+      key: Some(b"x"),
+      ..Trust::default()
+    };
+    assert!(client_config(&only_key)
+      .err()
+      .unwrap()
+      .starts_with("tls.key needs tls.cert"));
+    let garbage = Trust {
+      cert: Some(b"not pem"),
+      key: Some(b"not pem"),
+      ..Trust::default()
+    };
+    assert_eq!(
+      client_config(&garbage).err().unwrap(),
+      "tls.cert holds no PEM certificate"
+    );
   }
 
   #[test]

@@ -72,12 +72,43 @@ export function makeCertificates(names = ['DNS:localhost']) {
     '-extfile',
     file('ext.cnf'),
   )
+  // A client certificate from the same CA, for servers that ask for one.
+  openssl(
+    'req',
+    ...ecKey,
+    '-keyout',
+    file('client.key'),
+    '-out',
+    file('client.csr'),
+    '-subj',
+    '/CN=stoma-native client',
+  )
+  writeFileSync(file('client.cnf'), 'extendedKeyUsage=clientAuth\n')
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    file('client.csr'),
+    '-CA',
+    file('ca.pem'),
+    '-CAkey',
+    file('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    file('client.pem'),
+    '-days',
+    '2',
+    '-extfile',
+    file('client.cnf'),
+  )
   return {
     dir,
     ca: readFileSync(file('ca.pem'), 'utf8'),
     caFile: file('ca.pem'),
     certFile: file('server.pem'),
     keyFile: file('server.key'),
+    clientCert: readFileSync(file('client.pem'), 'utf8'),
+    clientKey: readFileSync(file('client.key'), 'utf8'),
   }
 }
 
@@ -95,14 +126,16 @@ function listenArgs(port, tls) {
     tls.keyFile,
     '--tls-ca-cert-file',
     tls.caFile,
-    '--tls-auth-clients',
-    'no',
   ]
 }
 
 /** redis-cli's arguments to reach a server started with `tls` and `password`. */
 function cliArgs({ tls, password }) {
-  return [...(tls ? ['--tls', '--cacert', tls.caFile] : []), ...(password ? ['-a', password, '--no-auth-warning'] : [])]
+  const certificate = tls?.client ? ['--cert', join(tls.dir, 'client.pem'), '--key', join(tls.dir, 'client.key')] : []
+  return [
+    ...(tls ? ['--tls', '--cacert', tls.caFile, ...certificate] : []),
+    ...(password ? ['-a', password, '--no-auth-warning'] : []),
+  ]
 }
 
 /** Runs redis-cli against `port`; resolves with its output. */
@@ -127,6 +160,34 @@ async function startServer(port, args, options = {}) {
   }
   child.kill('SIGKILL')
   throw new Error(`redis-server on port ${port} did not answer`)
+}
+
+/**
+ * A lone, persistence-free redis-server on a spare port (over TLS with `tls`,
+ * asking clients for certificates with `clientAuth`). Answers `{ port, url,
+ * stop }`.
+ */
+export async function startRedis({ tls, clientAuth = false, password } = {}) {
+  const port = await sparePort()
+  const args = [
+    ...listenArgs(port, tls),
+    ...(tls ? ['--tls-auth-clients', clientAuth ? 'yes' : 'no'] : []),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    ...(password ? ['--requirepass', password] : []),
+  ]
+  const options = { tls: tls && { ...tls, client: clientAuth }, password }
+  const child = await startServer(port, args, options)
+  return {
+    port,
+    url: `${tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`,
+    cli: (cliArgs) => cli(port, cliArgs, options),
+    stop: () => kill(child),
+  }
 }
 
 /** Kills `child` by its pid and waits for it to exit. */
@@ -156,7 +217,7 @@ export async function startCluster({ primaries = 3, replicas = 1, password, tls,
   }
   const nodeArgs = (node) => [
     ...listenArgs(node.port, tls),
-    ...(tls ? ['--tls-cluster', 'yes', '--tls-replication', 'yes'] : []),
+    ...(tls ? ['--tls-cluster', 'yes', '--tls-replication', 'yes', '--tls-auth-clients', 'no'] : []),
     '--bind',
     '127.0.0.1',
     '--cluster-enabled',

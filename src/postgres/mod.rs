@@ -126,8 +126,11 @@ impl NativePostgres {
       let tls = match config.get_ssl_mode() {
         SslMode::Disable => None,
         _ => Some(
-          tls::client_config(options.tls_ca.as_deref())
-            .map_err(|reason| option_error(ADAPTER, reason))?,
+          tls::client_config(&tls::Trust {
+            ca: options.tls_ca.as_deref(),
+            ..tls::Trust::default()
+          })
+          .map_err(|reason| option_error(ADAPTER, reason))?,
         ),
       };
       let pool = Arc::new(Pool::new(

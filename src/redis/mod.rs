@@ -135,6 +135,11 @@ pub struct NativeRedisOptions {
   pub use_tls: bool,
   /// PEM certificates to trust instead of Mozilla's roots.
   pub tls_ca: Option<Uint8Array>,
+  /// A client certificate chain and its key, PEM (mutual TLS).
+  pub tls_cert: Option<Uint8Array>,
+  pub tls_key: Option<Uint8Array>,
+  /// The name servers' certificates must carry, when not their host's.
+  pub tls_servername: Option<String>,
 }
 
 /// A JS duration in milliseconds as a `Duration` of at least 1 ms.
@@ -211,10 +216,16 @@ impl NativeRedisConnection {
         },
       };
       let command_timeout = settings.command_timeout;
+      let trust = crate::tls::Trust {
+        ca: options.tls_ca.as_deref(),
+        cert: options.tls_cert.as_deref(),
+        key: options.tls_key.as_deref(),
+      };
       let tls = Tls {
         wanted: options.use_tls,
-        config: crate::tls::client_config(options.tls_ca.as_deref())
+        config: crate::tls::client_config(&trust)
           .map_err(|error| Error::new(Status::InvalidArg, error))?,
+        server_name: options.tls_servername.clone(),
       };
       let route = Route::open(&deployment, &login, &tls, settings, Arc::clone(&replies))
         .map_err(|error| Error::new(Status::InvalidArg, error))?;

@@ -89,6 +89,7 @@ impl Route {
         let sentinel_tls = Tls {
           wanted: false,
           config: Arc::clone(&tls.config),
+          server_name: None,
         };
         let mut sentinels = Vec::with_capacity(nodes.len());
         for (index, url) in nodes.iter().enumerate() {
@@ -208,6 +209,7 @@ fn cluster_seeds(urls: &[String], tls: &Tls) -> Result<Vec<Endpoint>, String> {
   let tls = Tls {
     wanted: tls.wanted || urls.iter().any(|url| Endpoint::asks_tls(url)),
     config: Arc::clone(&tls.config),
+    server_name: tls.server_name.clone(),
   };
   let mut seeds = Vec::with_capacity(urls.len());
   for (index, url) in urls.iter().enumerate() {

@@ -9,11 +9,12 @@
 //! - its connection is lost (the primary died);
 //! - a sentinel starts promoting a replica ([`follow`]): the wire stops
 //!   writing to the old primary at once and connects to the replica as soon
-//!   as it is a primary. A failover that leaves the old primary running (a
-//!   switchover, `SENTINEL FAILOVER`) keeps it a primary for ~0.5 s more,
-//!   until the sentinels announce `+switch-master`, and whatever it
-//!   acknowledges meanwhile is lost when it becomes a replica: counts handed
-//!   out there would be handed out again by the new primary;
+//!   as it is a primary. In a failover that leaves the old primary running
+//!   (a switchover, `SENTINEL FAILOVER`) it stays a primary until the
+//!   sentinels announce `+switch-master` (~0.5 s here), and whatever it
+//!   acknowledges meanwhile is lost when it becomes a replica — counts the
+//!   new primary hands out again. Waiting for that announcement cost ~40,000
+//!   counts in a test at full speed; leaving at the promotion, none;
 //! - the server answers READONLY: it was demoted, and the call did not run
 //!   (the wire sends it again after the new primary is found).
 

@@ -20,10 +20,12 @@ use super::socket::Socket;
 use crate::tls::{self, TlsSocket};
 
 /// The `tls` option: whether it asks for TLS (a `rediss://` url does too),
-/// and the settings TLS connections use (see [`tls::client_config`]).
+/// the settings TLS connections use (see [`tls::client_config`]), and the
+/// name certificates must carry when not the host's (`tls.servername`).
 pub struct Tls {
   pub wanted: bool,
   pub config: Arc<ClientConfig>,
+  pub server_name: Option<String>,
 }
 
 /// What follows the scheme of a url that asks for TLS (`rediss://` or
@@ -40,6 +42,8 @@ pub struct Endpoint {
   pub info: ConnectionInfo,
   /// Set when the connection is made over TLS.
   pub tls: Option<Arc<ClientConfig>>,
+  /// The name the server's certificate must carry, when not its host.
+  pub server_name: Option<String>,
 }
 
 impl Endpoint {
@@ -58,12 +62,16 @@ impl Endpoint {
       .map_err(|error| error.to_string())?
       .get_connection_info()
       .clone();
-    let tls = match (wants_tls || tls.wanted, info.addr()) {
+    let config = match (wants_tls || tls.wanted, info.addr()) {
       (false, _) => None,
       (true, ConnectionAddr::Tcp(..)) => Some(Arc::clone(&tls.config)),
       (true, _) => return Err("TLS works over TCP only, not a unix socket".into()),
     };
-    Ok(Endpoint { info, tls })
+    Ok(Endpoint {
+      info,
+      tls: config,
+      server_name: tls.server_name.clone(),
+    })
   }
 
   /// Where the server is, for error messages (no credentials).
@@ -80,6 +88,7 @@ impl Endpoint {
         .clone()
         .set_addr(ConnectionAddr::Tcp(node.host.clone(), node.port)),
       tls: self.tls.clone(),
+      server_name: self.server_name.clone(),
     }
   }
 
@@ -239,8 +248,9 @@ async fn connect(endpoint: &Endpoint) -> Result<Stream, String> {
         return Ok(Stream::Tcp(stream));
       };
       let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+      let name = endpoint.server_name.as_deref().unwrap_or(host);
       let stream = connector
-        .connect(tls::server_name(host)?, stream)
+        .connect(tls::server_name(name)?, stream)
         .await
         .map_err(|error| format!("TLS handshake failed: {error}"))?;
       Ok(Stream::Tls(Box::new(stream)))
@@ -434,7 +444,8 @@ mod tests {
   fn credentials_follow_the_url() {
     let plain = Tls {
       wanted: false,
-      config: tls::client_config(None).unwrap(),
+      config: tls::client_config(&tls::Trust::default()).unwrap(),
+      server_name: None,
     };
     let commands = |url: &str| {
       let endpoint = Endpoint::parse(url, &plain).unwrap();
