@@ -55,13 +55,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OnceCell};
 use tokio::time::timeout;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
-use super::pool::Conn;
-use super::sql::Stmt;
+use super::sql::{Statements, Stmt};
 use crate::errors::lock;
 
 /// The most calls sent in one group: enough to share a flush widely, few
@@ -141,10 +140,37 @@ pub enum Answer {
 /// while a group commits, each of its writers can be told why.
 pub type Outcome = Result<Answer, Arc<tokio_postgres::Error>>;
 
-/// The queue of one connection (see the module docs).
-#[derive(Default)]
+/// One connection as its calls see it: the client they are sent on, the
+/// statements prepared on it so far, and its queue (see the module docs).
 pub struct Lane {
+  client: Client,
+  statements: Arc<Statements>,
+  prepared: [OnceCell<Statement>; Stmt::COUNT],
   state: Mutex<LaneState>,
+}
+
+impl Lane {
+  pub fn new(client: Client, statements: Arc<Statements>) -> Self {
+    Lane {
+      client,
+      statements,
+      prepared: std::array::from_fn(|_| OnceCell::new()),
+      state: Mutex::default(),
+    }
+  }
+
+  /// Whether the connection broke (or was closed).
+  pub fn is_closed(&self) -> bool {
+    self.client.is_closed()
+  }
+
+  /// `stmt` prepared on this connection (the first call prepares it).
+  async fn prepare(&self, stmt: Stmt) -> Result<Statement, tokio_postgres::Error> {
+    self.prepared[stmt as usize]
+      .get_or_try_init(|| self.client.prepare(self.statements.text(stmt)))
+      .await
+      .cloned()
+  }
 }
 
 #[derive(Default)]
@@ -162,12 +188,12 @@ struct Waiting {
   reply: oneshot::Sender<Outcome>,
 }
 
-/// Runs `call` on `conn`: at once if its lane is free, else in the next
-/// group. `None` means no answer will come (the group ran out of time or its
-/// task ended); the caller bounds the whole wait with `limit`.
-pub async fn run(conn: &Arc<Conn>, call: Call, limit: Duration) -> Option<Outcome> {
+/// Runs `call` on `lane`: at once if it is free, else in the next group.
+/// `None` means no answer will come (the group ran out of time or its task
+/// ended); the caller bounds the whole wait with `limit`.
+pub async fn run(lane: &Arc<Lane>, call: Call, limit: Duration) -> Option<Outcome> {
   let queued = {
-    let mut state = lock(&conn.lane.state);
+    let mut state = lock(&lane.state);
     if state.busy {
       let (reply, answer) = oneshot::channel();
       state.waiting.push_back(Waiting { call, limit, reply });
@@ -179,8 +205,8 @@ pub async fn run(conn: &Arc<Conn>, call: Call, limit: Duration) -> Option<Outcom
   };
   match queued {
     Ok(call) => {
-      let _turn = Turn(conn.clone());
-      Some(alone(conn, &call).await)
+      let _turn = Turn(lane.clone());
+      Some(alone(lane, &call).await)
     }
     Err(answer) => answer.await.ok(),
   }
@@ -189,11 +215,11 @@ pub async fn run(conn: &Arc<Conn>, call: Call, limit: Duration) -> Option<Outcom
 /// Holding the lane. Dropping it — when the call or group is done, timed
 /// out or panicked — frees the lane, or hands it to a task that sends what
 /// queued meanwhile.
-struct Turn(Arc<Conn>);
+struct Turn(Arc<Lane>);
 
 impl Drop for Turn {
   fn drop(&mut self) {
-    let mut state = lock(&self.0.lane.state);
+    let mut state = lock(&self.0.state);
     if state.waiting.is_empty() {
       state.busy = false;
       return;
@@ -216,7 +242,7 @@ impl Drop for Turn {
 async fn drain(turn: Turn) {
   loop {
     let group: Vec<Waiting> = {
-      let mut state = lock(&turn.0.lane.state);
+      let mut state = lock(&turn.0.state);
       // A caller that gave up (timed out) is not sent at all.
       state.waiting.retain(|w| !w.reply.is_closed());
       let take = state.waiting.len().min(MAX_GROUP);
@@ -232,18 +258,18 @@ async fn drain(turn: Turn) {
 }
 
 /// Runs one call by itself.
-async fn alone(conn: &Conn, call: &Call) -> Outcome {
+async fn alone(lane: &Lane, call: &Call) -> Outcome {
   let statement = match call.stmt() {
-    Some(stmt) => Some(conn.prepare(stmt).await?),
+    Some(stmt) => Some(lane.prepare(stmt).await?),
     None => None,
   };
-  execute(conn, statement.as_ref(), call).await
+  execute(lane, statement.as_ref(), call).await
 }
 
 /// Sends `call` and collects its answer. Prepared statements must already be
 /// prepared, so the request goes out on the first poll.
-async fn execute(conn: &Conn, statement: Option<&Statement>, call: &Call) -> Outcome {
-  let client = &conn.client;
+async fn execute(lane: &Lane, statement: Option<&Statement>, call: &Call) -> Outcome {
+  let client = &lane.client;
   let answer = match (call, statement) {
     (Call::Prepared { stmt, key, params }, Some(statement)) => {
       let values: Vec<&(dyn ToSql + Sync)> = key
@@ -273,22 +299,22 @@ struct Job {
 
 impl Job {
   /// Sends the call now (see [`send_now`]); the answer comes when awaited.
-  fn send<'a>(&'a self, conn: &'a Conn) -> Sent<impl Future<Output = Outcome> + 'a> {
-    send_now(execute(conn, self.statement.as_ref(), &self.call))
+  fn send<'a>(&'a self, lane: &'a Lane) -> Sent<impl Future<Output = Outcome> + 'a> {
+    send_now(execute(lane, self.statement.as_ref(), &self.call))
   }
 }
 
 type Reply = oneshot::Sender<Outcome>;
 
 /// Sends one group (see the module docs).
-async fn send_group(conn: &Conn, group: Vec<Waiting>) {
+async fn send_group(lane: &Lane, group: Vec<Waiting>) {
   let mut writes = Vec::new();
   let mut others = Vec::new();
   for Waiting { call, reply, .. } in group {
     let statement = match call.stmt() {
       // Prepared once per connection; a failure (say, a missing table) is
       // that call's answer.
-      Some(stmt) => match conn.prepare(stmt).await {
+      Some(stmt) => match lane.prepare(stmt).await {
         Ok(statement) => Some(statement),
         Err(error) => {
           let _ = reply.send(Err(Arc::new(error)));
@@ -306,7 +332,7 @@ async fn send_group(conn: &Conn, group: Vec<Waiting>) {
   }
   if writes.len() < 2 {
     others.append(&mut writes);
-    return one_by_one(conn, others).await;
+    return one_by_one(lane, others).await;
   }
   writes.sort_by(|(a, _), (b, _)| a.call.row().cmp(&b.call.row()));
   let (others, other_replies): (Vec<Job>, Vec<Reply>) = others.into_iter().unzip();
@@ -314,10 +340,10 @@ async fn send_group(conn: &Conn, group: Vec<Waiting>) {
 
   // Send everything now, in this order; then collect the answers in the
   // same order, which is the order they arrive in.
-  let others_sent: Vec<_> = others.iter().map(|job| job.send(conn)).collect();
-  let begin = send_now(conn.client.batch_execute("BEGIN"));
-  let writes_sent: Vec<_> = writes.iter().map(|job| job.send(conn)).collect();
-  let commit = send_now(conn.client.batch_execute("COMMIT"));
+  let others_sent: Vec<_> = others.iter().map(|job| job.send(lane)).collect();
+  let begin = send_now(lane.client.batch_execute("BEGIN"));
+  let writes_sent: Vec<_> = writes.iter().map(|job| job.send(lane)).collect();
+  let commit = send_now(lane.client.batch_execute("COMMIT"));
 
   for (sent, reply) in others_sent.into_iter().zip(other_replies) {
     let _ = reply.send(sent.await);
@@ -340,7 +366,7 @@ async fn send_group(conn: &Conn, group: Vec<Waiting>) {
       .any(|o| o.as_ref().is_err_and(|e| refused(e)))
       || committed.as_ref().is_err_and(refused));
   if rolled_back {
-    return one_by_one(conn, writes.into_iter().zip(write_replies).collect()).await;
+    return one_by_one(lane, writes.into_iter().zip(write_replies).collect()).await;
   }
   let failure = begun.err().or(committed.err()).map(Arc::new);
   for (outcome, reply) in outcomes.into_iter().zip(write_replies) {
@@ -354,9 +380,9 @@ async fn send_group(conn: &Conn, group: Vec<Waiting>) {
 
 /// Sends each call as its own statement, all pipelined, and answers each as
 /// its result arrives.
-async fn one_by_one(conn: &Conn, jobs: Vec<(Job, Reply)>) {
+async fn one_by_one(lane: &Lane, jobs: Vec<(Job, Reply)>) {
   let (jobs, replies): (Vec<Job>, Vec<Reply>) = jobs.into_iter().unzip();
-  let sent: Vec<_> = jobs.iter().map(|job| job.send(conn)).collect();
+  let sent: Vec<_> = jobs.iter().map(|job| job.send(lane)).collect();
   for (sent, reply) in sent.into_iter().zip(replies) {
     let _ = reply.send(sent.await);
   }

@@ -34,12 +34,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use napi::Result;
-use tokio::sync::OnceCell;
 use tokio::time::timeout;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::TlsStream;
-use tokio_postgres::{Client, Config, Connection, NoTls, Row, Socket, Statement};
+use tokio_postgres::{Client, Config, Connection, NoTls, Row, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::batch::{self, Answer, Call, Lane};
@@ -59,24 +58,11 @@ pub struct PoolOptions {
   pub synchronous_commit: bool,
 }
 
-/// One live connection, the statements prepared on it so far, the lane its
-/// calls go through, and how many calls are using it.
-pub struct Conn {
-  pub client: Client,
-  pub lane: Lane,
-  statements: Arc<Statements>,
-  prepared: [OnceCell<Statement>; Stmt::COUNT],
+/// One live connection: the lane its calls go through, and how many calls
+/// are using it.
+struct Conn {
+  lane: Arc<Lane>,
   in_flight: AtomicUsize,
-}
-
-impl Conn {
-  /// `stmt` prepared on this connection (the first call prepares it).
-  pub async fn prepare(&self, stmt: Stmt) -> std::result::Result<Statement, tokio_postgres::Error> {
-    self.prepared[stmt as usize]
-      .get_or_try_init(|| self.client.prepare(self.statements.text(stmt)))
-      .await
-      .cloned()
-  }
 }
 
 /// A connection taken for one call; gives its place back when dropped,
@@ -112,7 +98,7 @@ impl Slot {
   fn live(&self) -> Option<Arc<Conn>> {
     lock(&self.live)
       .as_ref()
-      .filter(|c| !c.client.is_closed())
+      .filter(|c| !c.lane.is_closed())
       .cloned()
   }
 
@@ -210,7 +196,7 @@ impl Pool {
     let stmt = call.stmt();
     let home = call.row().map(|(_, key)| self.home(key));
     let lease = self.connection(store, home).await?;
-    match timeout(limit, batch::run(&lease.conn, call, limit)).await {
+    match timeout(limit, batch::run(&lease.conn.lane, call, limit)).await {
       Ok(Some(Ok(answer))) => Ok(answer),
       Ok(Some(Err(error))) => Err(self.query_error(store, stmt, &error)),
       Ok(None) | Err(_) => {
@@ -396,10 +382,7 @@ impl Pool {
         })?;
     }
     let conn = Arc::new(Conn {
-      client,
-      lane: Lane::default(),
-      statements: self.statements.clone(),
-      prepared: std::array::from_fn(|_| OnceCell::new()),
+      lane: Arc::new(Lane::new(client, self.statements.clone())),
       in_flight: AtomicUsize::new(0),
     });
     *lock(&slot.live) = Some(conn.clone());
