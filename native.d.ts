@@ -185,7 +185,10 @@ export declare class NativeRedisConnection {
   get closed(): boolean
 }
 
-/** Panics on a tokio worker inside an `async fn` guarded like the Redis stores'. */
+/**
+ * Panics on a tokio worker inside an `async fn` guarded like the Redis and
+ * PostgreSQL stores' methods.
+ */
 export declare function __forcePanicAsync(message: string): Promise<void>
 
 /**

@@ -44,7 +44,8 @@ pub fn force_panic_sync(message: String) -> Result<()> {
   })
 }
 
-/// Panics on a tokio worker inside an `async fn` guarded like the Redis stores'.
+/// Panics on a tokio worker inside an `async fn` guarded like the Redis and
+/// PostgreSQL stores' methods.
 #[napi(js_name = "__forcePanicAsync")]
 pub async fn force_panic_async(message: String) -> Result<()> {
   guard_async(HOOK, async move {

@@ -19,11 +19,8 @@ mod cleanup;
 mod pool;
 mod sql;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use napi::bindgen_prelude::{PromiseRaw, Uint8Array};
@@ -39,7 +36,7 @@ use tokio_postgres::{Config, Row};
 
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
-use crate::errors::{guard, lock, option_error, store_error};
+use crate::errors::{guard, guard_async, lock, option_error, store_error};
 use batch::{params, Call};
 use pool::{Pool, PoolOptions};
 use sql::{Stmt, Tables};
@@ -166,7 +163,7 @@ impl NativePostgres {
   #[napi]
   pub async fn ensure_schema(&self) -> Result<()> {
     let pool = self.pool.clone();
-    caught(ADAPTER, async move {
+    guard_async(ADAPTER, async move {
       let script = format!("{SCHEMA_LOCK}{}", sql::schema_sql(&pool.tables().prefix));
       pool.batch(ADAPTER, &script, SCHEMA_TIMEOUT).await
     })
@@ -177,7 +174,7 @@ impl NativePostgres {
   #[napi]
   pub async fn increment(&self, key: String, window_ms: f64) -> Result<PgRateLimitHit> {
     let pool = self.pool.clone();
-    caught(RATE_LIMIT, async move {
+    guard_async(RATE_LIMIT, async move {
       let now = now_ms();
       let reset_at = now.saturating_add(duration_ms(window_ms));
       let rows = pool
@@ -199,7 +196,7 @@ impl NativePostgres {
   #[napi]
   pub async fn cleanup_rate_limits(&self) -> Result<f64> {
     let pool = self.pool.clone();
-    caught(RATE_LIMIT, async move {
+    guard_async(RATE_LIMIT, async move {
       cleanup::run(&pool, RATE_LIMIT, Stmt::CleanupRateLimits).await
     })
     .await
@@ -208,7 +205,7 @@ impl NativePostgres {
   #[napi]
   pub async fn circuit_get(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
-    caught(CIRCUIT, async move {
+    guard_async(CIRCUIT, async move {
       let rows = pool
         .query(CIRCUIT, Call::keyed(Stmt::CircuitGet, key, params![]))
         .await?;
@@ -229,7 +226,7 @@ impl NativePostgres {
   #[napi]
   pub async fn circuit_record_success(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
-    caught(CIRCUIT, async move {
+    guard_async(CIRCUIT, async move {
       let rows = pool
         .query(
           CIRCUIT,
@@ -244,7 +241,7 @@ impl NativePostgres {
   #[napi]
   pub async fn circuit_record_failure(&self, key: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
-    caught(CIRCUIT, async move {
+    guard_async(CIRCUIT, async move {
       let rows = pool
         .query(
           CIRCUIT,
@@ -260,7 +257,7 @@ impl NativePostgres {
   #[napi]
   pub async fn circuit_transition(&self, key: String, to: String) -> Result<PgCircuitSnapshot> {
     let pool = self.pool.clone();
-    caught(CIRCUIT, async move {
+    guard_async(CIRCUIT, async move {
       if !matches!(to.as_str(), "closed" | "open" | "half-open") {
         return Err(store_error(
           CIRCUIT,
@@ -281,7 +278,7 @@ impl NativePostgres {
   #[napi]
   pub async fn circuit_reset(&self, key: String) -> Result<()> {
     let pool = self.pool.clone();
-    caught(CIRCUIT, async move {
+    guard_async(CIRCUIT, async move {
       pool
         .execute(CIRCUIT, Call::keyed(Stmt::CircuitReset, key, params![]))
         .await?;
@@ -295,7 +292,7 @@ impl NativePostgres {
   #[napi]
   pub async fn cache_get(&self, key: String) -> Result<Option<PgCachedResponse>> {
     let pool = self.pool.clone();
-    caught(CACHE, async move {
+    guard_async(CACHE, async move {
       let rows = pool
         .query(CACHE, Call::keyed(Stmt::CacheGet, key, params![now_ms()]))
         .await?;
@@ -344,7 +341,7 @@ impl NativePostgres {
       Ok(StoredResponse::from_joined(status, &headers, body.to_vec()))
     })?;
     let pool = self.pool.clone();
-    env.spawn_future(caught(CACHE, async move {
+    env.spawn_future(guard_async(CACHE, async move {
       let status = i32::from(response.status);
       let headers_json = response.headers_json().to_string();
       let body_base64 = response.body_base64();
@@ -363,7 +360,7 @@ impl NativePostgres {
   #[napi]
   pub async fn cache_delete(&self, key: String) -> Result<bool> {
     let pool = self.pool.clone();
-    caught(CACHE, async move {
+    guard_async(CACHE, async move {
       Ok(
         pool
           .execute(CACHE, Call::keyed(Stmt::CacheDelete, key, params![]))
@@ -378,7 +375,7 @@ impl NativePostgres {
   #[napi]
   pub async fn cleanup_cache(&self) -> Result<f64> {
     let pool = self.pool.clone();
-    caught(CACHE, async move {
+    guard_async(CACHE, async move {
       cleanup::run(&pool, CACHE, Stmt::CleanupCache).await
     })
     .await
@@ -529,33 +526,6 @@ fn snapshot(row: &Row) -> Result<PgCircuitSnapshot> {
     last_failure_time: column::<i64>(CIRCUIT, row, 3)? as f64,
     last_state_change: column::<i64>(CIRCUIT, row, 4)? as f64,
   })
-}
-
-/// Runs `fut`, turning a panic while it is polled into an error naming
-/// `store` (napi-rs would reject with a generic "Panic in async function").
-async fn caught<T>(store: &'static str, fut: impl Future<Output = Result<T>>) -> Result<T> {
-  CatchPanic {
-    store,
-    fut: Box::pin(fut),
-  }
-  .await
-}
-
-struct CatchPanic<F> {
-  store: &'static str,
-  fut: Pin<Box<F>>,
-}
-
-impl<T, F: Future<Output = Result<T>>> Future for CatchPanic<F> {
-  type Output = Result<T>;
-
-  fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-    let this = &mut *self;
-    match guard(this.store, || Ok(this.fut.as_mut().poll(cx))) {
-      Ok(poll) => poll,
-      Err(error) => Poll::Ready(Err(error)),
-    }
-  }
 }
 
 #[cfg(test)]
