@@ -8,18 +8,18 @@
 //! JS thread; the JS layer (`lib/postgres.js`) validates arguments, turns
 //! cache parts into `Response`s and builds the adapter.
 //!
-//! TLS (the url's `sslmode`, or the `tls` option) goes through rustls with
-//! the settings of [`crate::tls`].
+//! The url is read by [`params`]; TLS (the url's `sslmode`, or the `tls`
+//! option) goes through rustls with the settings of [`crate::tls`].
 //!
 //! Times are the caller's wall clock in epoch milliseconds, as in Stoma's
 //! adapter, so a fleet mixing both agrees on every window and expiry.
 
 mod batch;
 mod cleanup;
+mod params;
 mod pool;
 mod sql;
 
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::fastcall::CopiedBuffer;
 use crate::tls;
-use tokio_postgres::{Config, Row};
+use tokio_postgres::Row;
 
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
@@ -118,7 +118,7 @@ impl NativePostgres {
         return Err(store_error(ADAPTER, reason));
       }
       let connect_timeout = millis(options.connect_timeout_ms);
-      let config = parse_url(&options.url, connect_timeout, options.use_tls)
+      let config = params::parse_url(&options.url, connect_timeout, options.use_tls)
         .map_err(|reason| option_error(ADAPTER, reason))?;
       let tls = match config.get_ssl_mode() {
         SslMode::Disable => None,
@@ -414,79 +414,6 @@ pub fn postgres_schema_sql(table_prefix: String) -> Result<String> {
   }
 }
 
-/// Parses a `postgres://` URL or `key=value` string. TLS is used as the
-/// url's `sslmode` says; without one, as the `tls` option says (`require`)
-/// or not at all — like node-postgres, not tokio-postgres's `prefer`.
-fn parse_url(
-  url: &str,
-  connect_timeout: Duration,
-  use_tls: bool,
-) -> std::result::Result<Config, String> {
-  let parse = |text: &str| {
-    Config::from_str(text).map_err(|error| {
-      let cause = pool::chain(&error);
-      let hint = if cause.contains("sslmode") {
-        " (sslmode may be disable, prefer, require, verify-ca or verify-full)"
-      } else {
-        ""
-      };
-      format!("url is not a valid PostgreSQL connection string: {cause}{hint}")
-    })
-  };
-  // libpq's verify-ca and verify-full are what `require` does here (rustls
-  // always checks the certificate and the name); tokio-postgres knows only
-  // the three weaker names, so those urls are read as `require`.
-  let url = &match parse(url) {
-    Err(_) if url.contains("sslmode=verify-") => url
-      .replace("sslmode=verify-full", "sslmode=require")
-      .replace("sslmode=verify-ca", "sslmode=require"),
-    _ => url.to_owned(),
-  };
-  let mut config = parse(url)?;
-  // Does the url set sslmode? Parsed again with another sslmode put first
-  // (a later setting wins), it keeps its own either way.
-  let mode_after =
-    |mode| parse(&with_leading_sslmode(url, mode)).map(|config| config.get_ssl_mode());
-  if mode_after("disable")? != mode_after("require")? {
-    config.ssl_mode(if use_tls {
-      SslMode::Require
-    } else {
-      SslMode::Disable
-    });
-  }
-  if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-    return Err("url names no host".into());
-  }
-  config.connect_timeout(connect_timeout);
-  if config.get_application_name().is_none() {
-    config.application_name("stoma-native");
-  }
-  Ok(config)
-}
-
-/// `url` with `sslmode=<mode>` put before its own settings, where
-/// tokio-postgres reads them: a URL's parameters start at the first `?`
-/// after the credentials (which end at the first `@`).
-fn with_leading_sslmode(url: &str, mode: &str) -> String {
-  for scheme in ["postgres://", "postgresql://"] {
-    if let Some(rest) = url.strip_prefix(scheme) {
-      let after_credentials = rest.find('@').map_or(0, |at| at + 1);
-      return match rest[after_credentials..].find('?') {
-        Some(question) => {
-          let params = after_credentials + question + 1;
-          format!(
-            "{scheme}{}sslmode={mode}&{}",
-            &rest[..params],
-            &rest[params..]
-          )
-        }
-        None => format!("{url}?sslmode={mode}"),
-      };
-    }
-  }
-  format!("sslmode={mode} {url}")
-}
-
 /// A JS duration in milliseconds as a `Duration` of at least 1 ms.
 fn millis(ms: f64) -> Duration {
   Duration::from_millis(duration_ms(ms).max(1) as u64)
@@ -526,74 +453,4 @@ fn snapshot(row: &Row) -> Result<PgCircuitSnapshot> {
     last_failure_time: column::<i64>(CIRCUIT, row, 3)? as f64,
     last_state_change: column::<i64>(CIRCUIT, row, 4)? as f64,
   })
-}
-
-#[cfg(test)]
-mod tests {
-  use super::*;
-
-  fn mode(url: &str, use_tls: bool) -> SslMode {
-    parse_url(url, Duration::from_secs(1), use_tls)
-      .unwrap()
-      .get_ssl_mode()
-  }
-
-  #[test]
-  fn tls_only_when_the_url_or_the_option_asks() {
-    assert_eq!(mode("postgres://h/db", false), SslMode::Disable);
-    assert_eq!(mode("postgres://h/db", true), SslMode::Require);
-    assert_eq!(mode("host=h dbname=db", true), SslMode::Require);
-    assert_eq!(mode("postgres://h/db?", false), SslMode::Disable);
-  }
-
-  #[test]
-  fn the_urls_own_sslmode_wins_however_it_is_written() {
-    assert_eq!(
-      mode("postgres://h/db?sslmode=prefer", false),
-      SslMode::Prefer
-    );
-    assert_eq!(
-      mode("postgres://h/db?sslmode=disable", true),
-      SslMode::Disable
-    );
-    assert_eq!(
-      mode(
-        "postgresql://h/db?application_name=a&sslmode=require",
-        false
-      ),
-      SslMode::Require
-    );
-    assert_eq!(mode("host=h sslmode = require", false), SslMode::Require);
-    assert_eq!(mode("sslmode=disable host=h", true), SslMode::Disable);
-    // "sslmode=" inside a password is not a setting.
-    assert_eq!(
-      mode("postgres://u:pw-sslmode=x@h/db", true),
-      SslMode::Require
-    );
-    assert_eq!(
-      mode("postgres://u:pw-sslmode=x@h/db?sslmode=prefer", true),
-      SslMode::Prefer
-    );
-  }
-
-  #[test]
-  fn libpq_verify_modes_mean_require() {
-    assert_eq!(
-      mode("postgres://h/db?sslmode=verify-full", false),
-      SslMode::Require
-    );
-    assert_eq!(mode("host=h sslmode=verify-ca", false), SslMode::Require);
-  }
-
-  #[test]
-  fn an_unusable_url_says_why() {
-    let reason = |url: &str| parse_url(url, Duration::from_secs(1), false).err().unwrap();
-    let unknown_mode = reason("postgres://h/db?sslmode=strict");
-    assert!(
-      unknown_mode.contains("sslmode may be disable, prefer, require, verify-ca or verify-full"),
-      "{unknown_mode}"
-    );
-    assert!(reason("postgres://h/db?ssl=true").contains("ssl"));
-    assert!(reason("dbname=x").contains("url names no host"));
-  }
 }
