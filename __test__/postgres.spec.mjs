@@ -4,8 +4,7 @@
 // circuits through Stoma's real gateway, and behaviour when the database is
 // missing tables, unreachable, stalled or back.
 import { execFile } from 'node:child_process'
-import { X509Certificate, randomBytes } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
 import net from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { circuitBreaker, createGateway } from '@homegrower-club/stoma'
@@ -23,6 +22,8 @@ import {
   postgresAdapter,
   postgresSchemaSql,
 } from '../index.mjs'
+import { readEachOther } from './postgres-compat.mjs'
+import { serverTls as serverTlsOf } from './postgres-tls.mjs'
 import { storeContract } from './store-contract.mjs'
 import { dropTables } from '../scripts/cleanup.mjs'
 
@@ -134,36 +135,7 @@ describe("postgres: same tables as Stoma's postgresAdapter, both ways", () => {
   })
   afterAll(() => ours.close())
 
-  it('rate limit: each continues the window the other opened', async () => {
-    const first = await stoma.rateLimitStore.increment('rl:stoma-first', 60)
-    expect(await ours.rateLimitStore.increment('rl:stoma-first', 60)).toEqual({ count: 2, resetAt: first.resetAt })
-    expect(await stoma.rateLimitStore.increment('rl:stoma-first', 60)).toEqual({ count: 3, resetAt: first.resetAt })
-
-    const mine = await ours.rateLimitStore.increment('rl:ours-first', 60)
-    expect(await stoma.rateLimitStore.increment('rl:ours-first', 60)).toEqual({ count: 2, resetAt: mine.resetAt })
-  })
-
-  it('circuit breaker: snapshots written by either read the same through both', async () => {
-    await stoma.circuitBreakerStore.recordFailure('cb:stoma')
-    await stoma.circuitBreakerStore.recordFailure('cb:stoma')
-    await stoma.circuitBreakerStore.recordSuccess('cb:stoma')
-    const theirs = await stoma.circuitBreakerStore.getState('cb:stoma')
-    expect(theirs).toMatchObject({ state: 'closed', failureCount: 2, successCount: 1 })
-    expect(await ours.circuitBreakerStore.getState('cb:stoma')).toEqual(theirs)
-    expect(await ours.circuitBreakerStore.recordFailure('cb:stoma')).toMatchObject({ failureCount: 3, successCount: 1 })
-
-    await ours.circuitBreakerStore.recordFailure('cb:ours')
-    await ours.circuitBreakerStore.recordSuccess('cb:ours')
-    const opened = await ours.circuitBreakerStore.transition('cb:ours', 'open')
-    expect(await stoma.circuitBreakerStore.getState('cb:ours')).toEqual(opened)
-    expect(await stoma.circuitBreakerStore.recordFailure('cb:ours')).toMatchObject({ state: 'open', failureCount: 2 })
-    const halfOpen = await ours.circuitBreakerStore.transition('cb:ours', 'half-open')
-    expect(halfOpen).toMatchObject({ state: 'half-open', failureCount: 2, successCount: 0 })
-    expect(await stoma.circuitBreakerStore.getState('cb:ours')).toEqual(halfOpen)
-
-    await stoma.circuitBreakerStore.reset('cb:ours')
-    expect(await ours.circuitBreakerStore.getState('cb:ours')).toMatchObject({ state: 'closed', failureCount: 0 })
-  })
+  readEachOther(() => ({ ours, stoma, direct: admin, prefix }))
 
   it("circuit breaker: Stoma's own transition() fails on PostgreSQL, ours does not", async () => {
     await expect(stoma.circuitBreakerStore.transition('cb:defect', 'open')).rejects.toThrow(/ambiguous/)
@@ -172,45 +144,6 @@ describe("postgres: same tables as Stoma's postgresAdapter, both ways", () => {
       state: 'open',
       failureCount: 1,
     })
-  })
-
-  it('cache: binary bodies and headers round-trip byte for byte in both directions', async () => {
-    const headers = [
-      ['content-type', 'application/octet-stream'],
-      ['set-cookie', 'a=1'],
-      ['set-cookie', 'b=2'],
-      ['x-unicode', 'caf\u00e9'],
-    ]
-    for (const [writer, reader] of [
-      [stoma, ours],
-      [ours, stoma],
-    ]) {
-      const body = randomBytes(64 * 1024 + 3)
-      await writer.cacheStore.put('c:binary', new Response(body, { status: 203, headers }), 60)
-      const hit = await reader.cacheStore.get('c:binary')
-      expect(hit.status).toBe(203)
-      expect([...hit.headers]).toEqual([...new Headers(headers)])
-      expect(Buffer.from(await hit.arrayBuffer()).equals(body)).toBe(true)
-
-      await writer.cacheStore.put('c:204', new Response(null, { status: 204, headers: { etag: '"e"' } }), 60)
-      const empty = await reader.cacheStore.get('c:204')
-      expect(empty.status).toBe(204)
-      expect(empty.body).toBeNull()
-      expect(empty.headers.get('etag')).toBe('"e"')
-
-      expect(await reader.cacheStore.delete('c:binary')).toBe(true)
-      expect(await writer.cacheStore.get('c:binary')).toBeNull()
-    }
-    // The same row text, whoever wrote it.
-    await stoma.cacheStore.put('c:same', new Response('same', { headers: { 'x-a': '1' } }), 60)
-    const {
-      rows: [theirs],
-    } = await admin.query(`SELECT status, headers, body FROM ${prefix}cache WHERE key = 'c:same'`)
-    await ours.cacheStore.put('c:same', new Response('same', { headers: { 'x-a': '1' } }), 60)
-    const {
-      rows: [mine],
-    } = await admin.query(`SELECT status, headers, body FROM ${prefix}cache WHERE key = 'c:same'`)
-    expect(mine).toEqual(theirs)
   })
 
   it('cache: expired and garbage rows read as a miss (Stoma throws on garbage)', async () => {
@@ -445,23 +378,8 @@ describe('postgres atomicity and cleanup', () => {
 })
 
 // The server's own certificate, trusted as the CA in the TLS tests, and the
-// name it is valid for (Debian's clusters have TLS on with a self-signed
-// certificate for localhost); null when the server has TLS off.
-const serverTls = await (async () => {
-  const client = new pg.Client({ connectionString: DATABASE_URL })
-  await client.connect()
-  try {
-    const { rows } = await client.query(
-      "SELECT current_setting('ssl') AS ssl, current_setting('ssl_cert_file') AS file",
-    )
-    if (rows[0].ssl !== 'on') return null
-    const ca = readFileSync(rows[0].file, 'utf8')
-    const name = new X509Certificate(ca).subjectAltName?.match(/DNS:([^,\s]+)/)?.[1]
-    return name ? { ca, name } : null
-  } finally {
-    await client.end()
-  }
-})()
+// name it is valid for; null when the server has TLS off.
+const serverTls = await serverTlsOf(DATABASE_URL)
 
 describe.skipIf(!serverTls)('postgres over TLS (the server must have ssl on)', () => {
   /** DATABASE_URL for the certificate's name, with `query` appended. */
