@@ -1,7 +1,8 @@
 'use strict'
 // The PostgreSQL stores: thin JS shells over `src/postgres/`, which keeps a
-// small pool of connections on tokio and runs one prepared statement per
-// call; writes that queue up behind a busy connection go together in one
+// small pool of connections on tokio and runs one unnamed statement per
+// call (so it works through PgBouncer and other poolers in transaction
+// mode); writes that queue up behind a busy connection go together in one
 // transaction, sharing one disk flush. They read and write the same tables
 // as Stoma's postgresAdapter. Bad arguments reject with TypeError/RangeError;
 // database failures reject with an Error naming the store and the cause.

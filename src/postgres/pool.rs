@@ -18,14 +18,14 @@
 //!   while the pool has room, else joins the one with the fewest calls, so
 //!   concurrent readers spread over several server processes.
 //!
-//! Each connection prepares a statement the first time it runs it and
-//! reuses it afterwards. Nothing connects until the first call, and a
-//! connection that broke (the server restarted, the network dropped) is
-//! replaced by a later call, so a store recovers by itself once the database
-//! is back. A call waits at most `connectTimeout` for a connection and then
-//! at most `statementTimeout` for its answer, queueing included; either way
-//! it fails with an error that says which store failed, where it tried to
-//! reach and why.
+//! A connection keeps no prepared statement on the server (see `batch.rs`),
+//! so the pool works the same through a pooler in transaction mode. Nothing
+//! connects until the first call, and a connection that broke (the server
+//! restarted, the network dropped) is replaced by a later call, so a store
+//! recovers by itself once the database is back. A call waits at most
+//! `connectTimeout` for a connection and then at most `statementTimeout` for
+//! its answer, queueing included; either way it fails with an error that says
+//! which store failed, where it tried to reach and why.
 
 use std::error::Error as _;
 use std::hash::{DefaultHasher, Hash, Hasher};

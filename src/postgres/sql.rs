@@ -14,11 +14,18 @@
 //! or `EXCLUDED`); Stoma's `transition()` leaves one unqualified and fails
 //! with `column reference "failure_count" is ambiguous`.
 //!
+//! Every statement is sent unnamed, its text and parameter types with each
+//! call ([`Stmt::param_types`]; see `batch.rs` for why), so each is one
+//! round trip and nothing is left on the server connection for a pooler to
+//! hand to someone else.
+//!
 //! Cleanups delete only rows nobody holds (`FOR UPDATE SKIP LOCKED`): a row
 //! locked by an open transaction is being written, so it is left for the
 //! next cleanup rather than waited for. A cleanup that waited could hold
 //! some expired rows while wanting one that a group of writes holds, as
 //! that group wants one of the cleanup's — a deadlock (see `batch.rs`).
+
+use tokio_postgres::types::Type;
 
 /// The schema for `stoma_` tables: the same text as Stoma's
 /// `POSTGRES_SCHEMA_SQL` (our tests compare the two), written as a template
@@ -97,7 +104,7 @@ impl Tables {
   }
 }
 
-/// Every statement the stores prepare, indexing [`Statements::text`].
+/// Every statement the stores run, indexing [`Statements::text`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stmt {
   /// `($1 key, $2 now, $3 now + window) → (count, reset_at)`
@@ -168,6 +175,22 @@ impl Stmt {
     )
   }
 
+  /// The types of `$1`, `$2`, …, as the server would infer them from the
+  /// columns they meet; the Rust values bound to them must match (a
+  /// mismatch is refused before anything is sent).
+  pub fn param_types(self) -> &'static [Type] {
+    const KEY: &[Type] = &[Type::TEXT];
+    const KEY_TIME: &[Type] = &[Type::TEXT, Type::INT8];
+    match self {
+      Stmt::Increment => &[Type::TEXT, Type::INT8, Type::INT8],
+      Stmt::CleanupRateLimits | Stmt::CleanupCache => &[Type::INT8],
+      Stmt::CircuitGet | Stmt::CircuitReset | Stmt::CacheDelete => KEY,
+      Stmt::CircuitSuccess | Stmt::CircuitFailure | Stmt::CacheGet => KEY_TIME,
+      Stmt::CircuitTransition => &[Type::TEXT, Type::TEXT, Type::INT8],
+      Stmt::CachePut => &[Type::TEXT, Type::INT4, Type::TEXT, Type::TEXT, Type::INT8],
+    }
+  }
+
   /// Whether the caller wants the rows (else how many rows changed).
   pub fn returns_rows(self) -> bool {
     matches!(
@@ -187,7 +210,9 @@ impl Stmt {
 const SNAPSHOT: &str =
   "c.state, c.failure_count, c.success_count, c.last_failure_time, c.last_state_change";
 
-/// The statement texts for one set of tables.
+/// The statement texts for one set of tables. Every column they answer has
+/// a built-in type, so reading a result never makes tokio-postgres look a
+/// type up (which it does with a named statement of its own).
 pub struct Statements {
   texts: Vec<String>,
 }
@@ -253,6 +278,33 @@ impl Statements {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  const ALL: [Stmt; Stmt::COUNT] = [
+    Stmt::Increment,
+    Stmt::CleanupRateLimits,
+    Stmt::CircuitGet,
+    Stmt::CircuitSuccess,
+    Stmt::CircuitFailure,
+    Stmt::CircuitTransition,
+    Stmt::CircuitReset,
+    Stmt::CacheGet,
+    Stmt::CachePut,
+    Stmt::CacheDelete,
+    Stmt::CleanupCache,
+  ];
+
+  #[test]
+  fn every_statement_declares_a_type_for_each_parameter() {
+    let statements = Statements::new(&Tables::new("t_"));
+    for stmt in ALL {
+      let text = statements.text(stmt);
+      let highest = (1..=9)
+        .filter(|n| text.contains(&format!("${n}")))
+        .max()
+        .unwrap_or(0);
+      assert_eq!(stmt.param_types().len(), highest, "{stmt:?}: {text}");
+    }
+  }
 
   #[test]
   fn accepts_only_plain_identifiers() {
