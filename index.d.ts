@@ -173,7 +173,8 @@ export interface PostgresStoreOptions {
    * Whether each write waits until PostgreSQL has flushed it to disk
    * (`synchronous_commit`). Default true, like Stoma's: an acknowledged write
    * survives a database crash. `false` trades the last fraction of a second
-   * of updates on a crash for several times the write throughput.
+   * of updates on a crash for several times the write throughput. Each
+   * write sets it for its own transaction only, so it is safe behind a pooler.
    */
   synchronousCommit?: boolean
 }

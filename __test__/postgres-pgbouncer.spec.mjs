@@ -147,7 +147,71 @@ describe("postgres through pgbouncer: same tables as Stoma's adapter on pg throu
   readEachOther(() => ({ ours, stoma, direct, prefix }))
 })
 
-describe('postgres through pgbouncer: schema, timeouts, cleanup', () => {
+describe('postgres through pgbouncer: session state, schema, timeouts, cleanup', () => {
+  /**
+   * A trigger on `tablePrefix`'s rate_limits that logs the
+   * synchronous_commit each write ran with (inside the write's transaction,
+   * so it sees a transaction-local setting); every upsert fires BEFORE INSERT
+   * once.
+   */
+  async function logCommitSetting(tablePrefix) {
+    await direct.query(`
+      CREATE TABLE ${tablePrefix}commit_log (setting text);
+      CREATE FUNCTION ${tablePrefix}log_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        INSERT INTO ${tablePrefix}commit_log VALUES (current_setting('synchronous_commit'));
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER log_commit BEFORE INSERT ON ${tablePrefix}rate_limits
+        FOR EACH ROW EXECUTE FUNCTION ${tablePrefix}log_commit();`)
+    return async () => {
+      const { rows } = await direct.query(
+        `SELECT setting, count(*)::int AS n FROM ${tablePrefix}commit_log GROUP BY setting ORDER BY setting`,
+      )
+      await direct.query(`TRUNCATE ${tablePrefix}commit_log`)
+      return Object.fromEntries(rows.map((r) => [r.setting, r.n]))
+    }
+  }
+
+  afterAll(async () => {
+    for (const prefix of prefixes) {
+      await direct.query(
+        `DROP TABLE IF EXISTS ${prefix}commit_log; DROP FUNCTION IF EXISTS ${prefix}log_commit() CASCADE`,
+      )
+    }
+  })
+
+  it('synchronousCommit: false holds for every write, alone or grouped, and leaves no server connection changed', async () => {
+    const { adapter, tablePrefix } = await throughPooler('async_commit', { synchronousCommit: false })
+    const settings = await logCommitSetting(tablePrefix)
+    for (let i = 0; i < 5; i++) await adapter.rateLimitStore.increment(`alone:${i}`, 60) // one at a time: alone
+    expect(await settings()).toEqual({ off: 5 })
+    await Promise.all(Array.from({ length: 300 }, (_, i) => adapter.rateLimitStore.increment(`group:${i % 7}`, 60)))
+    expect(await settings()).toEqual({ off: 300 })
+
+    // The durable default writes with the server's setting, and the
+    // setting above stayed in its transactions: every server connection of
+    // the pooler still has synchronous_commit on.
+    const durable = postgresAdapter({ url: bouncer.url, tablePrefix })
+    adapters.push(durable)
+    await Promise.all(Array.from({ length: 40 }, (_, i) => durable.rateLimitStore.increment(`group:${i % 7}`, 60)))
+    expect(await settings()).toEqual({ on: 40 })
+    const clients = await Promise.all(Array.from({ length: SERVER_CONNECTIONS * 2 }, () => pooled.connect()))
+    try {
+      const seen = await Promise.all(
+        clients.map(async (client) => {
+          await client.query('BEGIN') // holds a server connection until COMMIT
+          const { rows } = await client.query("SELECT current_setting('synchronous_commit') AS s")
+          await client.query('COMMIT')
+          return rows[0].s
+        }),
+      )
+      expect(new Set(seen)).toEqual(new Set(['on']))
+    } finally {
+      for (const client of clients) client.release()
+    }
+  })
+
   it('ensureSchema() from several adapters at once, through the pooler, creates the tables once', async () => {
     const tablePrefix = freshPrefix('schema')
     const many = Array.from({ length: 6 }, () => postgresAdapter({ url: bouncer.url, tablePrefix }))

@@ -311,7 +311,9 @@ class PostgresCacheStore {
  * `synchronousCommit: false`: then a write returns before PostgreSQL has
  * flushed it to disk, so a database crash can lose the last fraction of a
  * second of counters, circuit states and cache entries (never corrupting
- * them), while writes no longer wait for the disk.
+ * them), while writes no longer wait for the disk. Each write statement
+ * sets it for its own transaction (like `SET LOCAL`), never on the session,
+ * so behind a pooler it changes nothing for the pooler's other clients.
  */
 function postgresAdapter(options) {
   const who = 'postgresAdapter'

@@ -64,7 +64,8 @@
 //! A group's `BEGIN … COMMIT` is one transaction, which the pooler keeps on
 //! one server connection; pipelined statements outside it each end in their
 //! own Sync, and PgBouncer keeps the server connection until it has answered
-//! every Sync it was sent.
+//! every Sync it was sent. (`synchronousCommit: false` travels inside each
+//! write statement, for its own transaction only: see `sql.rs`.)
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -18,8 +18,9 @@
 //!   while the pool has room, else joins the one with the fewest calls, so
 //!   concurrent readers spread over several server processes.
 //!
-//! A connection keeps no prepared statement on the server (see `batch.rs`),
-//! so the pool works the same through a pooler in transaction mode. Nothing
+//! A connection keeps no state on the server between transactions (no
+//! prepared statement, no session setting; see `batch.rs` and `sql.rs`), so
+//! the pool works the same through a pooler in transaction mode. Nothing
 //! connects until the first call, and a connection that broke (the server
 //! restarted, the network dropped) is replaced by a later call, so a store
 //! recovers by itself once the database is back. A call waits at most
@@ -128,7 +129,7 @@ impl Pool {
     let target = describe_target(&options.config);
     let slots = (0..options.size.max(1)).map(|_| Slot::default()).collect();
     Pool {
-      statements: Arc::new(Statements::new(&tables)),
+      statements: Arc::new(Statements::new(&tables, options.synchronous_commit)),
       tables,
       target,
       slots,
@@ -365,22 +366,6 @@ impl Pool {
         ),
       )
     })?;
-    // Only an explicit opt-out changes the server's durability setting.
-    if !self.options.synchronous_commit {
-      client
-        .batch_execute("SET synchronous_commit = off")
-        .await
-        .map_err(|error| {
-          store_error(
-            store,
-            format!(
-              "could not set up the connection to {}: {}",
-              self.target,
-              chain(&error)
-            ),
-          )
-        })?;
-    }
     let conn = Arc::new(Conn {
       lane: Arc::new(Lane::new(client, self.statements.clone())),
       in_flight: AtomicUsize::new(0),

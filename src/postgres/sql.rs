@@ -19,6 +19,14 @@
 //! round trip and nothing is left on the server connection for a pooler to
 //! hand to someone else.
 //!
+//! With `synchronousCommit: false`, each write turns `synchronous_commit`
+//! off for its own transaction (`set_config(…, true)`, the same as `SET
+//! LOCAL`, in the statement itself), never for the session: behind a pooler
+//! a session setting would stay on whichever server connection ran it, for
+//! that connection's other clients. A write alone thus stays one statement,
+//! and a group's transaction commits without waiting as soon as one of its
+//! writes ran.
+//!
 //! Cleanups delete only rows nobody holds (`FOR UPDATE SKIP LOCKED`): a row
 //! locked by an open transaction is being written, so it is left for the
 //! next cleanup rather than waited for. A cleanup that waited could hold
@@ -210,6 +218,10 @@ impl Stmt {
 const SNAPSHOT: &str =
   "c.state, c.failure_count, c.success_count, c.last_failure_time, c.last_state_change";
 
+/// Turns `synchronous_commit` off until the end of the transaction; always
+/// true, so as a condition it keeps every row.
+const ASYNC_COMMIT: &str = "set_config('synchronous_commit', 'off', true) <> ''";
+
 /// The statement texts for one set of tables. Every column they answer has
 /// a built-in type, so reading a result never makes tokio-postgres look a
 /// type up (which it does with a named statement of its own).
@@ -218,52 +230,68 @@ pub struct Statements {
 }
 
 impl Statements {
-  pub fn new(t: &Tables) -> Self {
+  /// `durable`: whether writes keep the server's `synchronous_commit`.
+  pub fn new(t: &Tables, durable: bool) -> Self {
     let (rl, cb, cache) = (&t.rate_limits, &t.circuit_breakers, &t.cache);
+    // The row an upsert inserts, and the condition that picks the row a
+    // delete removes; without durable commits both also run ASYNC_COMMIT.
+    let row = |values: &str| match durable {
+      true => format!("VALUES ({values})"),
+      false => format!("SELECT {values} WHERE {ASYNC_COMMIT}"),
+    };
+    let only_key = match durable {
+      true => "key = $1".to_string(),
+      false => format!("key = $1 AND {ASYNC_COMMIT}"),
+    };
     let texts = vec![
       // Increment: a missing or expired row becomes a new window at 1.
       format!(
-        "INSERT INTO {rl} AS r (key, count, reset_at) VALUES ($1, 1, $3) \
+        "INSERT INTO {rl} AS r (key, count, reset_at) {} \
          ON CONFLICT (key) DO UPDATE SET \
            count = CASE WHEN r.reset_at <= $2 THEN 1 ELSE r.count + 1 END, \
            reset_at = CASE WHEN r.reset_at <= $2 THEN $3 ELSE r.reset_at END \
-         RETURNING r.count, r.reset_at"
+         RETURNING r.count, r.reset_at",
+        row("$1, 1, $3")
       ),
       format!("DELETE FROM {rl} WHERE key IN (SELECT key FROM {rl} WHERE reset_at <= $1 FOR UPDATE SKIP LOCKED)"),
       format!("SELECT {SNAPSHOT} FROM {cb} AS c WHERE c.key = $1"),
       format!(
         "INSERT INTO {cb} AS c (key, state, failure_count, success_count, last_failure_time, last_state_change) \
-         VALUES ($1, 'closed', 0, 1, 0, $2) \
+         {} \
          ON CONFLICT (key) DO UPDATE SET success_count = c.success_count + 1 \
-         RETURNING {SNAPSHOT}"
+         RETURNING {SNAPSHOT}",
+        row("$1, 'closed', 0, 1, 0, $2")
       ),
       format!(
         "INSERT INTO {cb} AS c (key, state, failure_count, success_count, last_failure_time, last_state_change) \
-         VALUES ($1, 'closed', 1, 0, $2, $2) \
+         {} \
          ON CONFLICT (key) DO UPDATE SET failure_count = c.failure_count + 1, last_failure_time = EXCLUDED.last_failure_time \
-         RETURNING {SNAPSHOT}"
+         RETURNING {SNAPSHOT}",
+        row("$1, 'closed', 1, 0, $2, $2")
       ),
       // Transition: closed zeroes both counters, half-open zeroes successes.
       format!(
         "INSERT INTO {cb} AS c (key, state, failure_count, success_count, last_failure_time, last_state_change) \
-         VALUES ($1, $2, 0, 0, 0, $3) \
+         {} \
          ON CONFLICT (key) DO UPDATE SET \
            state = EXCLUDED.state, \
            failure_count = CASE WHEN EXCLUDED.state = 'closed' THEN 0 ELSE c.failure_count END, \
            success_count = CASE WHEN EXCLUDED.state = 'open' THEN c.success_count ELSE 0 END, \
            last_state_change = EXCLUDED.last_state_change \
-         RETURNING {SNAPSHOT}"
+         RETURNING {SNAPSHOT}",
+        row("$1, $2, 0, 0, 0, $3")
       ),
-      format!("DELETE FROM {cb} WHERE key = $1"),
+      format!("DELETE FROM {cb} WHERE {only_key}"),
       // Headers travel as JSON text both ways: no JSONB codec needed here.
       format!("SELECT status, headers::text, body FROM {cache} WHERE key = $1 AND expires_at > $2"),
       format!(
         "INSERT INTO {cache} AS c (key, status, headers, body, expires_at) \
-         VALUES ($1, $2, $3::text::jsonb, $4, $5) \
+         {} \
          ON CONFLICT (key) DO UPDATE SET \
-           status = EXCLUDED.status, headers = EXCLUDED.headers, body = EXCLUDED.body, expires_at = EXCLUDED.expires_at"
+           status = EXCLUDED.status, headers = EXCLUDED.headers, body = EXCLUDED.body, expires_at = EXCLUDED.expires_at",
+        row("$1, $2, $3::text::jsonb, $4, $5")
       ),
-      format!("DELETE FROM {cache} WHERE key = $1"),
+      format!("DELETE FROM {cache} WHERE {only_key}"),
       format!("DELETE FROM {cache} WHERE key IN (SELECT key FROM {cache} WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)"),
     ];
     debug_assert_eq!(texts.len(), Stmt::COUNT);
@@ -295,14 +323,30 @@ mod tests {
 
   #[test]
   fn every_statement_declares_a_type_for_each_parameter() {
-    let statements = Statements::new(&Tables::new("t_"));
+    for durable in [true, false] {
+      let statements = Statements::new(&Tables::new("t_"), durable);
+      for stmt in ALL {
+        let text = statements.text(stmt);
+        let highest = (1..=9)
+          .filter(|n| text.contains(&format!("${n}")))
+          .max()
+          .unwrap_or(0);
+        assert_eq!(stmt.param_types().len(), highest, "{stmt:?}: {text}");
+      }
+    }
+  }
+
+  #[test]
+  fn without_durable_commits_every_write_and_only_writes_turn_them_off() {
+    let durable = Statements::new(&Tables::new("t_"), true);
+    let not = Statements::new(&Tables::new("t_"), false);
     for stmt in ALL {
-      let text = statements.text(stmt);
-      let highest = (1..=9)
-        .filter(|n| text.contains(&format!("${n}")))
-        .max()
-        .unwrap_or(0);
-      assert_eq!(stmt.param_types().len(), highest, "{stmt:?}: {text}");
+      assert!(!durable.text(stmt).contains("set_config"), "{stmt:?}");
+      assert_eq!(
+        not.text(stmt).contains(ASYNC_COMMIT),
+        stmt.changes_one_row(),
+        "{stmt:?}"
+      );
     }
   }
 
@@ -335,7 +379,7 @@ mod tests {
 
   #[test]
   fn every_statement_names_its_table() {
-    let statements = Statements::new(&Tables::new("t_"));
+    let statements = Statements::new(&Tables::new("t_"), true);
     assert!(statements
       .text(Stmt::Increment)
       .contains("INTO t_rate_limits AS r"));
