@@ -15,7 +15,7 @@ import {
   cloudflareAdapter,
 } from 'stoma-native/adapters/cloudflare'
 import { decode, encode } from './cloudflare-codec.mjs'
-import { storeContract } from './store-contract.mjs'
+import { storeContract } from './support/store-contract.mjs'
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 

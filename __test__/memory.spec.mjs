@@ -11,7 +11,7 @@ import {
   memoryAdapter,
   nodeAdapter,
 } from '../index.mjs'
-import { storeContract } from './store-contract.mjs'
+import { storeContract } from './support/store-contract.mjs'
 
 const MAX_SAFE = Number.MAX_SAFE_INTEGER
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))

@@ -11,9 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { postgresAdapter } from '../index.mjs'
 import { dropTables } from '../scripts/cleanup.mjs'
 import { startPgbouncer } from '../scripts/pgbouncer.mjs'
-import { readEachOther } from './postgres-compat.mjs'
-import { serverTls } from './postgres-tls.mjs'
-import { storeContract } from './store-contract.mjs'
+import { readEachOther } from './support/postgres-compat.mjs'
+import { serverTls } from './support/postgres-tls.mjs'
+import { storeContract } from './support/store-contract.mjs'
 
 const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))

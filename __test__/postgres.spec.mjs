@@ -22,9 +22,9 @@ import {
   postgresAdapter,
   postgresSchemaSql,
 } from '../index.mjs'
-import { readEachOther } from './postgres-compat.mjs'
-import { serverTls as serverTlsOf } from './postgres-tls.mjs'
-import { storeContract } from './store-contract.mjs'
+import { readEachOther } from './support/postgres-compat.mjs'
+import { serverTls as serverTlsOf } from './support/postgres-tls.mjs'
+import { storeContract } from './support/store-contract.mjs'
 import { dropTables } from '../scripts/cleanup.mjs'
 
 const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres'

@@ -12,8 +12,8 @@ import { redisAdapter as stomaRedisAdapter } from '@homegrower-club/stoma/adapte
 import Redis from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { redisAdapter } from '../index.mjs'
-import { runNode } from './reliability/helpers.mjs'
-import { storeContract } from './store-contract.mjs'
+import { runNode } from './support/processes.mjs'
+import { storeContract } from './support/store-contract.mjs'
 import { makeCertificates, sleep, startCluster } from './support/redis-servers.mjs'
 
 const run = promisify(execFile)

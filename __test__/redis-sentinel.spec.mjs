@@ -6,7 +6,7 @@
 // written to it), and passwords on both the sentinels and the data servers.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { redisAdapter } from '../index.mjs'
-import { storeContract } from './store-contract.mjs'
+import { storeContract } from './support/store-contract.mjs'
 import { sleep, startSentinels } from './support/redis-servers.mjs'
 
 let prefixes = 0

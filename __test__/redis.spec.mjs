@@ -4,10 +4,8 @@
 // tolerance, and behaviour when the server is down or comes back.
 // Every test works under its own key prefix and deletes it afterwards.
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import net from 'node:net'
@@ -16,7 +14,8 @@ import { redisAdapter as stomaRedisAdapter } from '@homegrower-club/stoma/adapte
 import Redis from 'ioredis'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { RedisCacheStore, RedisCircuitBreakerStore, RedisRateLimitStore, redisAdapter } from '../index.mjs'
-import { storeContract } from './store-contract.mjs'
+import { storeContract } from './support/store-contract.mjs'
+import { makeCertificates, sparePort, startRedisAt } from './support/redis-servers.mjs'
 import { deleteRedisKeys } from '../scripts/cleanup.mjs'
 
 const url = process.env.REDIS_URL || 'redis://127.0.0.1:6379'
@@ -235,7 +234,7 @@ describe('redis: on a private server', () => {
   const clientCount = async () => (await admin.client('LIST')).trim().split('\n').length
   beforeAll(async () => {
     port = await sparePort()
-    server = await startRedis(port)
+    server = await startRedisAt(port)
     admin = new Redis(port, '127.0.0.1')
     adapter = redisAdapter({ url: `redis://127.0.0.1:${port}` })
   })
@@ -412,7 +411,7 @@ describe('redis: TLS (rediss://)', () => {
   beforeAll(async () => {
     certificates = makeCertificates()
     const port = await sparePort()
-    server = await startRedis(port, certificates)
+    server = await startRedisAt(port, { tls: certificates })
     tlsUrl = `rediss://localhost:${port}`
   })
   afterAll(() => {
@@ -609,7 +608,7 @@ describe('redis: server down', () => {
 
   it('recovers within a second once a killed server is back, with no action by the user', async () => {
     const port = await sparePort()
-    let server = await startRedis(port)
+    let server = await startRedisAt(port)
     const adapter = redisAdapter({ url: `redis://127.0.0.1:${port}`, commandTimeoutMs: 500 })
     try {
       expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
@@ -617,7 +616,7 @@ describe('redis: server down', () => {
       await once(server, 'exit')
       await expectEachRejects(adapter, 500, /(refused|reset|closed|broken pipe|terminated|within 500 ms)/)
 
-      server = await startRedis(port)
+      server = await startRedisAt(port)
       const ready = Date.now()
       let recovered = null
       while (recovered === null && Date.now() - ready < 5000) {
@@ -721,7 +720,7 @@ describe('redis: process lifetime', () => {
 
   it('an adapter dropped without close() is collected and its connection closed', async () => {
     const port = await sparePort()
-    const server = await startRedis(port)
+    const server = await startRedisAt(port)
     try {
       const { code, out } = await runNode(
         `
@@ -786,112 +785,5 @@ async function whileLoopIsBusy(body) {
   } finally {
     reader.destroy()
     firehose.close()
-  }
-}
-
-/** A TCP port nothing listens on right now. */
-async function sparePort() {
-  const probe = net.createServer().listen(0, '127.0.0.1')
-  await once(probe, 'listening')
-  const { port } = probe.address()
-  await new Promise((resolve) => probe.close(resolve))
-  return port
-}
-
-/**
- * Starts a private, persistence-free redis-server on `port` and waits until
- * it answers; with `tls` (see `makeCertificates`) it speaks only TLS.
- */
-async function startRedis(port, tls) {
-  const listen = tls
-    ? [
-        '--port',
-        '0',
-        '--tls-port',
-        String(port),
-        '--tls-cert-file',
-        tls.certFile,
-        '--tls-key-file',
-        tls.keyFile,
-        '--tls-ca-cert-file',
-        tls.caFile,
-        '--tls-auth-clients',
-        'no',
-      ]
-    : ['--port', String(port)]
-  const server = spawn('redis-server', [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-  })
-  const probe = new Redis(port, '127.0.0.1', {
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-    tls: tls && { ca: tls.ca, servername: 'localhost' },
-  })
-  probe.on('error', () => {})
-  try {
-    for (let i = 0; i < 200; i++) {
-      try {
-        await probe.connect()
-        await probe.ping()
-        return server
-      } catch {
-        probe.disconnect()
-        await sleep(25)
-      }
-    }
-    throw new Error(`redis-server on port ${port} did not start`)
-  } finally {
-    probe.disconnect()
-  }
-}
-
-/**
- * A private CA and a certificate it signed for the name localhost (not for 127.0.0.1), made
- * with openssl in a temporary directory.
- */
-function makeCertificates() {
-  const dir = mkdtempSync(join(tmpdir(), 'stoma-native-tls-'))
-  const file = (name) => join(dir, name)
-  const openssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore' })
-  const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
-  openssl(
-    'req',
-    '-x509',
-    ...ecKey,
-    '-keyout',
-    file('ca.key'),
-    '-out',
-    file('ca.pem'),
-    '-days',
-    '2',
-    '-subj',
-    '/CN=stoma-native test CA',
-  )
-  openssl('req', ...ecKey, '-keyout', file('server.key'), '-out', file('server.csr'), '-subj', '/CN=localhost')
-  writeFileSync(file('ext.cnf'), 'subjectAltName=DNS:localhost\n')
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    file('server.csr'),
-    '-CA',
-    file('ca.pem'),
-    '-CAkey',
-    file('ca.key'),
-    '-CAcreateserial',
-    '-out',
-    file('server.pem'),
-    '-days',
-    '2',
-    '-extfile',
-    file('ext.cnf'),
-  )
-  return {
-    dir,
-    ca: readFileSync(file('ca.pem'), 'utf8'),
-    caFile: file('ca.pem'),
-    certFile: file('server.pem'),
-    keyFile: file('server.key'),
   }
 }

@@ -119,7 +119,7 @@ beforeAll(async () => {
   await installTarballs(project, [packed.main.tarball, ...packed.platforms.map((p) => p.tarball)])
   for (const file of readdirSync(join(root, '__test__', 'runtimes')))
     cpSync(join(root, '__test__', 'runtimes', file), join(project, file))
-  cpSync(join(root, '__test__', 'store-contract.mjs'), join(project, 'store-contract.mjs'))
+  cpSync(join(root, '__test__', 'support', 'store-contract.mjs'), join(project, 'store-contract.mjs'))
   writeFileSync(
     join(project, 'deno.json'),
     `${JSON.stringify({ nodeModulesDir: 'manual', imports: { vitest: './vitest-deno-shim.mjs' } }, null, 2)}\n`,

@@ -396,13 +396,14 @@ mod tests {
     }
   }
 
-  /// Replays the checked-in seed corpus (`fuzz/corpus/envelope/`): files named
+  /// Replays the checked-in seed corpus (`__test__/fixtures/fuzz-corpus/envelope/`): files named
   /// `hit-*` must decode and survive a round trip, `miss-*` must read as a miss.
   #[test]
   fn the_seed_corpus_decodes_as_named() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/envelope");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+      .join("__test__/fixtures/fuzz-corpus/envelope");
     let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/envelope exists") {
+    for entry in std::fs::read_dir(&dir).expect("the envelope corpus exists") {
       let path = entry.unwrap().path();
       let name = path.file_name().unwrap().to_string_lossy().into_owned();
       let bytes = std::fs::read(&path).unwrap();

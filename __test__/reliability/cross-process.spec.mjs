@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { afterAll, describe, expect, it } from 'vitest'
 import { postgresAdapter, redisAdapter } from '../../index.mjs'
-import { DATABASE_URL, REDIS_URL, entry } from './helpers.mjs'
+import { DATABASE_URL, REDIS_URL, entry } from '../support/processes.mjs'
 import { deleteRedisKeys, dropTables } from '../../scripts/cleanup.mjs'
 
 const RUN = `xproc${process.pid}_${Date.now().toString(36)}`

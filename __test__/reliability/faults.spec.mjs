@@ -11,7 +11,8 @@ import { join } from 'node:path'
 import { once } from 'node:events'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { postgresAdapter, redisAdapter } from '../../index.mjs'
-import { sleep, sparePort, startRedis } from './helpers.mjs'
+import { sleep } from '../support/processes.mjs'
+import { sparePort, startRedisAt } from '../support/redis-servers.mjs'
 
 const unhandled = []
 const onUnhandled = (reason) => unhandled.push(reason)
@@ -74,7 +75,7 @@ describe('reliability: Redis killed under load and restarted', () => {
   let port, server, adapter
   beforeAll(async () => {
     port = await sparePort()
-    server = await startRedis(port)
+    server = await startRedisAt(port)
     adapter = redisAdapter({
       url: `redis://127.0.0.1:${port}`,
       commandTimeoutMs,
@@ -102,7 +103,7 @@ describe('reliability: Redis killed under load and restarted', () => {
     server.kill('SIGKILL')
     await once(server, 'exit')
     await sleep(1000)
-    server = await startRedis(port)
+    server = await startRedisAt(port)
     const restarted = Date.now()
     work.phase = 'restarted'
     const recoveredMs = await firstSuccess(() => rateLimitStore.increment('probe', 60), 5000)

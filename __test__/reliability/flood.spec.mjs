@@ -5,9 +5,9 @@
 // (last 100k batch vs first: a flatness check, not a speed assertion).
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
-import { entry, lastJson } from './helpers.mjs'
+import { entry, lastJson } from '../support/processes.mjs'
 
-const child = fileURLToPath(new URL('./flood-child.mjs', import.meta.url))
+const child = fileURLToPath(new URL('../support/flood-child.mjs', import.meta.url))
 const MiB = 2 ** 20
 /** What the JS side of a million calls (promises, strings) may add to RSS, GC'd or not. */
 const JS_ALLOWANCE_MIB = 80

@@ -1,7 +1,7 @@
 // Fuzzing the circuit JSON parser. The Redis circuit snapshot is parsed on
 // the server, by cjson.decode inside the circuit Lua script (src/redis.rs,
 // CIRCUIT_LUA); there is no Rust parser for it. So this drives that parser
-// through the public store: the checked-in seed corpus (fuzz/corpus/circuit/)
+// through the public store: the checked-in seed corpus (__test__/fixtures/fuzz-corpus/circuit/)
 // and seeded random mutations of a valid snapshot are written raw under
 // `<prefix>cb:<key>`, then every operation must answer a well-formed snapshot
 // (a valid value is continued, anything else reads as a fresh closed
@@ -11,10 +11,10 @@ import { fileURLToPath } from 'node:url'
 import Redis from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { redisAdapter } from '../../index.mjs'
-import { REDIS_URL } from './helpers.mjs'
+import { REDIS_URL } from '../support/processes.mjs'
 import { deleteRedisKeys } from '../../scripts/cleanup.mjs'
 
-const corpus = fileURLToPath(new URL('../../fuzz/corpus/circuit/', import.meta.url))
+const corpus = fileURLToPath(new URL('../fixtures/fuzz-corpus/circuit/', import.meta.url))
 const PREFIX = `fuzzcb${process.pid}_${Date.now().toString(36)}:`
 const CASES = 1500
 const STATES = ['closed', 'open', 'half-open']

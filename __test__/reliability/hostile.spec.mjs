@@ -5,7 +5,7 @@
 // and PostgreSQL run on the shared servers under a fresh prefix.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { memoryAdapter, postgresAdapter, redisAdapter } from '../../index.mjs'
-import { DATABASE_URL, REDIS_URL, sleep } from './helpers.mjs'
+import { DATABASE_URL, REDIS_URL, sleep } from '../support/processes.mjs'
 import { deleteRedisKeys, dropTables } from '../../scripts/cleanup.mjs'
 
 const RUN = `hostile${process.pid}_${Date.now().toString(36)}`

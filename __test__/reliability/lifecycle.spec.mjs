@@ -8,10 +8,10 @@ import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { postgresAdapter } from '../../index.mjs'
-import { DATABASE_URL, REDIS_URL, entry, lastJson } from './helpers.mjs'
+import { DATABASE_URL, REDIS_URL, entry, lastJson } from '../support/processes.mjs'
 import { deleteRedisKeys, dropTables } from '../../scripts/cleanup.mjs'
 
-const child = fileURLToPath(new URL('./lifecycle-child.mjs', import.meta.url))
+const child = fileURLToPath(new URL('../support/lifecycle-child.mjs', import.meta.url))
 const RUN = `life${process.pid}_${Date.now().toString(36)}`
 const RSS_GROWTH_MIB = 32
 

@@ -5,7 +5,7 @@
 import { createRequire } from 'node:module'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { memoryAdapter } from '../../index.mjs'
-import { runNode } from './helpers.mjs'
+import { runNode } from '../support/processes.mjs'
 
 const native = createRequire(import.meta.url)('../../native.js')
 const INTERNAL = /^stoma-native( test hook)?: internal error: boom/

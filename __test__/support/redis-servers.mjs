@@ -169,6 +169,22 @@ async function startServer(port, args, options = {}) {
  */
 export async function startRedis({ tls, clientAuth = false, password } = {}) {
   const port = await sparePort()
+  const options = { tls: tls && { ...tls, client: clientAuth }, password }
+  const child = await startRedisAt(port, { tls, clientAuth, password })
+  return {
+    port,
+    url: `${tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`,
+    cli: (cliArgs) => cli(port, cliArgs, options),
+    stop: () => kill(child),
+  }
+}
+
+/**
+ * A lone, persistence-free redis-server on `port` (as `startRedis` takes
+ * its options), to kill and start again on the same port; resolves with its
+ * process once it answers.
+ */
+export function startRedisAt(port, { tls, clientAuth = false, password } = {}) {
   const args = [
     ...listenArgs(port, tls),
     ...(tls ? ['--tls-auth-clients', clientAuth ? 'yes' : 'no'] : []),
@@ -180,14 +196,7 @@ export async function startRedis({ tls, clientAuth = false, password } = {}) {
     'no',
     ...(password ? ['--requirepass', password] : []),
   ]
-  const options = { tls: tls && { ...tls, client: clientAuth }, password }
-  const child = await startServer(port, args, options)
-  return {
-    port,
-    url: `${tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`,
-    cli: (cliArgs) => cli(port, cliArgs, options),
-    stop: () => kill(child),
-  }
+  return startServer(port, args, { tls: tls && { ...tls, client: clientAuth }, password })
 }
 
 /** Kills `child` by its pid and waits for it to exit. */

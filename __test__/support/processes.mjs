@@ -1,5 +1,5 @@
-// Shared helpers for the reliability suite: spare ports, private servers,
-// child Node processes.
+// Child Node processes for the tests, the entry points they load, and the
+// servers the suites share (REDIS_URL, DATABASE_URL).
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import net from 'node:net'
@@ -10,15 +10,6 @@ export const nativeEntry = fileURLToPath(new URL('../../native.js', import.meta.
 export const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379'
 export const DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** A TCP port nothing listens on right now. */
-export async function sparePort() {
-  const probe = net.createServer().listen(0, '127.0.0.1')
-  await once(probe, 'listening')
-  const { port } = probe.address()
-  await new Promise((resolve) => probe.close(resolve))
-  return port
-}
 
 /** Resolves once something accepts TCP connections on `port` (or throws after `limitMs`). */
 export async function waitForPort(port, limitMs = 10_000) {
@@ -36,19 +27,6 @@ export async function waitForPort(port, limitMs = 10_000) {
     await sleep(10)
   }
   throw new Error(`nothing listens on port ${port} after ${limitMs} ms`)
-}
-
-/** Starts a private, persistence-free redis-server on `port`; resolves once it accepts connections. */
-export async function startRedis(port) {
-  const server = spawn(
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-    {
-      stdio: 'ignore',
-    },
-  )
-  await waitForPort(port)
-  return server
 }
 
 /**
