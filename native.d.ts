@@ -185,31 +185,6 @@ export declare class NativeRedisConnection {
   get closed(): boolean
 }
 
-/**
- * Panics on a tokio worker inside an `async fn` guarded like the Redis and
- * PostgreSQL stores' methods.
- */
-export declare function __forcePanicAsync(message: string): Promise<void>
-
-/**
- * Panics inside an `async fn` with no guard of ours, to show what napi-rs
- * itself does if a method ever forgets [`guard_async`] (run only in a child
- * process by the tests).
- */
-export declare function __forcePanicAsyncUnguarded(message: string): Promise<void>
-
-/**
- * Returns `{ call, out }` like the memory stores' bound calls; `call(message)`
- * panics with `message` inside the raw N-API trampoline.
- */
-export declare function __forcePanicFastcall(): { call: (message: string) => void; out: Float64Array }
-
-/** Panics inside a future spawned with `Env::spawn_future`. */
-export declare function __forcePanicSpawned(message: string): Promise<void>
-
-/** Panics inside a synchronous napi-rs method guarded like every store method. */
-export declare function __forcePanicSync(message: string): void
-
 /** Options from `lib/postgres.js`, already validated there. */
 export interface NativePostgresOptions {
   url: string

@@ -3,7 +3,7 @@
 //! A napi-rs method call costs ~300 ns here (argument conversion, instance
 //! unwrapping and type-tag checks, borrow bookkeeping), more than the whole
 //! JS `Map` operation Stoma's memory store performs. A raw N-API function
-//! costs ~60 ns. So each memory store hands the JS layer one [`BoundCall`]:
+//! costs ~60 ns. So each memory store hands the JS layer one [`bound_call`]:
 //! a plain JS function bound to the store's state (no `this` to unwrap) plus
 //! a `Float64Array` of result slots it writes into (no JS object to build).
 //!

@@ -36,7 +36,7 @@ fn enabled() -> Result<()> {
 }
 
 /// Panics inside a synchronous napi-rs method guarded like every store method.
-#[napi(js_name = "__forcePanicSync")]
+#[napi(js_name = "__forcePanicSync", skip_typescript)]
 pub fn force_panic_sync(message: String) -> Result<()> {
   guard(HOOK, || {
     enabled()?;
@@ -46,7 +46,7 @@ pub fn force_panic_sync(message: String) -> Result<()> {
 
 /// Panics on a tokio worker inside an `async fn` guarded like the Redis and
 /// PostgreSQL stores' methods.
-#[napi(js_name = "__forcePanicAsync")]
+#[napi(js_name = "__forcePanicAsync", skip_typescript)]
 pub async fn force_panic_async(message: String) -> Result<()> {
   guard_async(HOOK, async move {
     enabled()?;
@@ -57,7 +57,7 @@ pub async fn force_panic_async(message: String) -> Result<()> {
 }
 
 /// Panics inside a future spawned with `Env::spawn_future`.
-#[napi(js_name = "__forcePanicSpawned", ts_return_type = "Promise<void>")]
+#[napi(js_name = "__forcePanicSpawned", skip_typescript)]
 pub fn force_panic_spawned<'env>(env: &'env Env, message: String) -> Result<PromiseRaw<'env, ()>> {
   enabled()?;
   env.spawn_future(guard_async(HOOK, async move {
@@ -68,10 +68,7 @@ pub fn force_panic_spawned<'env>(env: &'env Env, message: String) -> Result<Prom
 
 /// Returns `{ call, out }` like the memory stores' bound calls; `call(message)`
 /// panics with `message` inside the raw N-API trampoline.
-#[napi(
-  js_name = "__forcePanicFastcall",
-  ts_return_type = "{ call: (message: string) => void; out: Float64Array }"
-)]
+#[napi(js_name = "__forcePanicFastcall", skip_typescript)]
 pub fn force_panic_fastcall(env: &Env) -> Result<Object<'static>> {
   enabled()?;
   bound_call(env, c"forcePanic", Arc::new(()), 1, |_, args| {
@@ -86,7 +83,7 @@ pub fn force_panic_fastcall(env: &Env) -> Result<Object<'static>> {
 /// Panics inside an `async fn` with no guard of ours, to show what napi-rs
 /// itself does if a method ever forgets [`guard_async`] (run only in a child
 /// process by the tests).
-#[napi(js_name = "__forcePanicAsyncUnguarded")]
+#[napi(js_name = "__forcePanicAsyncUnguarded", skip_typescript)]
 pub async fn force_panic_async_unguarded(message: String) -> Result<()> {
   enabled()?;
   tokio::task::yield_now().await;
