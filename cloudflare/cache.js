@@ -1,4 +1,4 @@
-import { checkBinding, checkKey, checkSeconds, describe } from './validate.js'
+import { checkBinding, checkKey, checkSeconds, describe } from '../lib/validate.js'
 
 const DEFAULT_CACHE_ORIGIN = 'https://stoma-native.cache.internal'
 

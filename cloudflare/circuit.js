@@ -2,7 +2,7 @@
 // the per-isolate memory store and the CircuitBreakerDO, so the two cannot
 // drift apart.
 
-import { checkKey, describe, positiveInteger, optionsObject } from './validate.js'
+import { checkKey, describe, positiveInteger, optionsObject } from '../lib/validate.js'
 
 export const CIRCUIT_STATES = ['closed', 'open', 'half-open']
 export const CIRCUIT_OPERATIONS = ['getState', 'recordSuccess', 'recordFailure', 'transition']

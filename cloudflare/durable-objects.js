@@ -5,7 +5,7 @@
 // `cloudflare:workers` import, so this file loads anywhere.
 
 import { CIRCUIT_OPERATIONS, applyCircuitOperation, checkCircuitState, freshCircuit } from './circuit.js'
-import { checkBinding, checkKey, checkSeconds } from './validate.js'
+import { checkBinding, checkKey, checkSeconds } from '../lib/validate.js'
 
 const RATE_LIMITER_ORIGIN = 'https://rate-limiter.internal'
 const CIRCUIT_BREAKER_ORIGIN = 'https://circuit-breaker.internal'

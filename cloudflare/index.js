@@ -12,7 +12,7 @@ import {
   RateLimiterDO,
 } from './durable-objects.js'
 import { KVRateLimitStore } from './kv.js'
-import { checkBinding, checkKey, optionsObject } from './validate.js'
+import { checkBinding, checkKey, optionsObject } from '../lib/validate.js'
 
 export {
   CacheApiCacheStore,

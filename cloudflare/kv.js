@@ -1,4 +1,4 @@
-import { checkBinding, checkKey, checkSeconds } from './validate.js'
+import { checkBinding, checkKey, checkSeconds } from '../lib/validate.js'
 
 // KV refuses an expiry less than 60 seconds away.
 const KV_MIN_TTL_SECONDS = 60

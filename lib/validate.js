@@ -1,7 +1,13 @@
 'use strict'
-// Argument checks shared by every store. They throw the JS error classes a
-// caller expects (TypeError for a wrong type, RangeError for a bad value),
-// naming the argument; the stores turn the throw into a rejected Promise.
+// Argument checks shared by every store, the Cloudflare entry's included.
+// They throw the JS error classes a caller expects (TypeError for a wrong
+// type, RangeError for a bad value), naming the argument; the stores turn
+// the throw into a rejected Promise.
+//
+// CommonJS, because index.js requires it and Node 20 before 20.19 cannot
+// require an ES module; cloudflare/*.js import it, and bundlers (wrangler's
+// esbuild) wrap it for workerd. So it uses no Node built-in and requires
+// nothing: it must load where there is no Node and no addon.
 
 function describe(value) {
   if (value === null) return 'null'
@@ -62,6 +68,19 @@ function checkKnownKeys(store, options, known, path) {
       throw new TypeError(`${store}: unknown option ${name}; the options are ${known.join(', ')}`)
     }
   }
+}
+
+/**
+ * A platform binding or client (KV namespace, Durable Object namespace,
+ * Cache…): an object with the named methods. Checked up front so a wrong
+ * binding fails where it is passed, not on the first request that uses it.
+ */
+function checkBinding(store, value, name, kind, methods) {
+  const ok = value !== null && typeof value === 'object' && methods.every((m) => typeof value[m] === 'function')
+  if (!ok) {
+    throw new TypeError(`${store}: ${name} must be a ${kind} (with ${methods.join(', ')}), got ${describe(value)}`)
+  }
+  return value
 }
 
 function optionalName(store, value) {
@@ -126,6 +145,7 @@ function tlsOption(who, tls) {
 module.exports = {
   describe,
   checkKnownKeys,
+  checkBinding,
   tlsOption,
   checkKey,
   checkSeconds,
