@@ -46,7 +46,7 @@ async function bundleWorker(file) {
 
 // The lib/ modules the Cloudflare entry shares with the Node side (plain
 // CommonJS with no Node built-in); no other lib/ file may be bundled.
-const SHARED_LIB = ['lib/validate.js']
+const SHARED_LIB = ['lib/circuit.js', 'lib/validate.js']
 
 /** esbuild marks each bundled file with a `// path` line; these are ours. */
 function bundledFiles(bundle) {

@@ -2,27 +2,15 @@
 // the per-isolate memory store and the CircuitBreakerDO, so the two cannot
 // drift apart.
 
-import { checkKey, describe, positiveInteger, optionsObject } from '../lib/validate.js'
-
-export const CIRCUIT_STATES = ['closed', 'open', 'half-open']
-export const CIRCUIT_OPERATIONS = ['getState', 'recordSuccess', 'recordFailure', 'transition']
+import { checkCircuitState, checkKey, describe, optionsObject, positiveInteger } from '../lib/validate.js'
 
 /** The snapshot an unknown key reads as. */
 export function freshCircuit(now) {
   return { state: 'closed', failureCount: 0, successCount: 0, lastFailureTime: 0, lastStateChange: now }
 }
 
-export function checkCircuitState(owner, to) {
-  if (typeof to !== 'string') {
-    throw new TypeError(`${owner}: to must be a string ("closed", "open" or "half-open"), got ${describe(to)}`)
-  }
-  if (!CIRCUIT_STATES.includes(to)) {
-    throw new RangeError(`${owner}: to must be "closed", "open" or "half-open", got ${describe(to)}`)
-  }
-}
-
 /**
- * The snapshot after `operation` (one of CIRCUIT_OPERATIONS) at time `now`.
+ * The snapshot after `operation` (one of lib/circuit.js's CIRCUIT_OPERATIONS) at time `now`.
  * A failure counts and stamps lastFailureTime; a success counts; a
  * transition stamps lastStateChange and zeroes both counters on "closed",
  * the success counter on "half-open". Returns a new object.

@@ -4,8 +4,9 @@
 // center. The stores talk to their objects over plain fetch, which needs no
 // `cloudflare:workers` import, so this file loads anywhere.
 
-import { CIRCUIT_OPERATIONS, applyCircuitOperation, checkCircuitState, freshCircuit } from './circuit.js'
-import { checkBinding, checkKey, checkSeconds } from '../lib/validate.js'
+import { CIRCUIT_OPERATIONS } from '../lib/circuit.js'
+import { checkBinding, checkCircuitState, checkKey, checkSeconds } from '../lib/validate.js'
+import { applyCircuitOperation, freshCircuit } from './circuit.js'
 
 const RATE_LIMITER_ORIGIN = 'https://rate-limiter.internal'
 const CIRCUIT_BREAKER_ORIGIN = 'https://circuit-breaker.internal'

@@ -4,7 +4,15 @@
 // already-settled Promise; bad arguments reject with TypeError/RangeError.
 
 const native = require('./native.js')
-const { checkKey, checkSeconds, positiveInteger, optionsObject, optionalName } = require('./validate.js')
+const {
+  checkKey,
+  checkSeconds,
+  positiveInteger,
+  optionsObject,
+  optionalName,
+  checkCircuitState,
+} = require('./validate.js')
+const { CIRCUIT_STATES, CIRCUIT_OPERATIONS } = require('./circuit.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 
 const DEFAULT_RATE_LIMIT_KEYS = 100_000
@@ -73,24 +81,17 @@ class MemoryRateLimitStore {
   }
 }
 
-const CIRCUIT_STATES = ['closed', 'open', 'half-open']
-const GET_STATE = 0
-const RECORD_SUCCESS = 1
-const RECORD_FAILURE = 2
-const TRANSITION = 3
+// The operation codes the native store takes (see lib/circuit.js).
+const operationCode = (operation) => CIRCUIT_OPERATIONS.indexOf(operation)
+const GET_STATE = operationCode('getState')
+const RECORD_SUCCESS = operationCode('recordSuccess')
+const RECORD_FAILURE = operationCode('recordFailure')
+const TRANSITION = operationCode('transition')
 
 function circuitStateCode(to) {
-  if (typeof to !== 'string') {
-    throw new TypeError(
-      `MemoryCircuitBreakerStore: to must be a string ("closed", "open" or "half-open"), got ${typeof to}`,
-    )
-  }
   const code = CIRCUIT_STATES.indexOf(to)
-  if (code < 0) {
-    throw new RangeError(
-      `MemoryCircuitBreakerStore: to must be "closed", "open" or "half-open", got ${JSON.stringify(to)}`,
-    )
-  }
+  // Only a bad `to` misses; the check throws the error that names it.
+  if (code < 0) checkCircuitState('MemoryCircuitBreakerStore', to)
   return code
 }
 

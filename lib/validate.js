@@ -7,7 +7,10 @@
 // CommonJS, because index.js requires it and Node 20 before 20.19 cannot
 // require an ES module; cloudflare/*.js import it, and bundlers (wrangler's
 // esbuild) wrap it for workerd. So it uses no Node built-in and requires
-// nothing: it must load where there is no Node and no addon.
+// nothing but its lib/ siblings that do the same: it must load where there
+// is no Node and no addon.
+
+const { CIRCUIT_STATES } = require('./circuit.js')
 
 function describe(value) {
   if (value === null) return 'null'
@@ -91,15 +94,17 @@ function optionalName(store, value) {
   return value
 }
 
-const CIRCUIT_STATES = ['closed', 'open', 'half-open']
+// The states as the messages list them: "closed", "open" or "half-open".
+const quotedStates = CIRCUIT_STATES.map((state) => `"${state}"`)
+const STATE_CHOICES = `${quotedStates.slice(0, -1).join(', ')} or ${quotedStates.at(-1)}`
 
 /** A circuit state for `transition(key, to)`. */
 function checkCircuitState(store, to) {
   if (typeof to !== 'string') {
-    throw new TypeError(`${store}: to must be a string ("closed", "open" or "half-open"), got ${typeof to}`)
+    throw new TypeError(`${store}: to must be a string (${STATE_CHOICES}), got ${describe(to)}`)
   }
   if (!CIRCUIT_STATES.includes(to)) {
-    throw new RangeError(`${store}: to must be "closed", "open" or "half-open", got ${JSON.stringify(to)}`)
+    throw new RangeError(`${store}: to must be ${STATE_CHOICES}, got ${describe(to)}`)
   }
 }
 
