@@ -41,9 +41,9 @@ export declare class NativeMemoryCacheStore {
 export declare class NativeMemoryCircuitBreakerStore {
   constructor(maxKeys: number, name?: string | undefined | null)
   /**
-   * Returns `{ call, out }`: `call(op, key, to)` runs one operation —
-   * 0 getState, 1 recordSuccess, 2 recordFailure, 3 transition to state
-   * code `to` — and writes the resulting snapshot into `out` as
+   * Returns `{ call, out }`: `call(op, key, to)` runs the
+   * [`CircuitOperation`] of code `op` (a transition to the [`CircuitState`]
+   * of code `to`) and writes the resulting snapshot into `out` as
    * `[stateCode, failureCount, successCount, lastFailureTime, lastStateChange]`
    * (see [`bound_call`]).
    */

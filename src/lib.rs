@@ -4,6 +4,7 @@
 //!
 //! The crate is laid out as one module per backend over a few shared pieces:
 //!
+//! - [`circuit`]  — circuit states and operations, and their codes.
 //! - [`clock`]    — wall-clock milliseconds, the unit every store speaks.
 //! - [`envelope`] — the cache envelope Stoma's Redis and PostgreSQL adapters write.
 //! - [`errors`]   — how failures (including panics) become JS exceptions.
@@ -17,6 +18,7 @@
 //! exact shapes Stoma's policies expect (Promise-returning stores, real
 //! `Response` objects) and builds the `GatewayAdapter` bundles.
 
+pub mod circuit;
 pub mod clock;
 pub mod envelope;
 pub mod errors;

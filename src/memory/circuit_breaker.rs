@@ -16,29 +16,10 @@ use napi::{Env, Result};
 use napi_derive::napi;
 
 use super::{bound, Held, Registry};
+use crate::circuit::{CircuitOperation, CircuitState};
 use crate::clock::Now;
 use crate::errors::{guard, lock};
 use crate::fastcall::{bound_call, Answer, CallError};
-
-/// A circuit's state. The JS layer maps it to and from the strings
-/// `"closed"`, `"open"` and `"half-open"` by these discriminants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CircuitState {
-  Closed = 0,
-  Open = 1,
-  HalfOpen = 2,
-}
-
-impl CircuitState {
-  pub fn from_code(code: u32) -> Option<Self> {
-    match code {
-      0 => Some(CircuitState::Closed),
-      1 => Some(CircuitState::Open),
-      2 => Some(CircuitState::HalfOpen),
-      _ => None,
-    }
-  }
-}
 
 /// The five fields of Stoma's `CircuitBreakerSnapshot`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -78,7 +59,7 @@ impl Snapshot {
   /// The snapshot as five numbers, in field order, for the JS layer.
   fn fields(&self) -> [f64; 5] {
     [
-      self.state as u32 as f64,
+      self.state.code() as f64,
       self.failure_count as f64,
       self.success_count as f64,
       self.last_failure_time as f64,
@@ -162,9 +143,9 @@ impl NativeMemoryCircuitBreakerStore {
     })
   }
 
-  /// Returns `{ call, out }`: `call(op, key, to)` runs one operation —
-  /// 0 getState, 1 recordSuccess, 2 recordFailure, 3 transition to state
-  /// code `to` — and writes the resulting snapshot into `out` as
+  /// Returns `{ call, out }`: `call(op, key, to)` runs the
+  /// [`CircuitOperation`] of code `op` (a transition to the [`CircuitState`]
+  /// of code `to`) and writes the resulting snapshot into `out` as
   /// `[stateCode, failureCount, successCount, lastFailureTime, lastStateChange]`
   /// (see [`bound_call`]).
   #[napi(
@@ -182,22 +163,21 @@ impl NativeMemoryCircuitBreakerStore {
           // Read lazily: reading or counting on a known circuit needs no clock.
           let now = &Now::read();
           let table = &bound.state;
-          let snapshot = args.with_str(1, "key", |key| match op as u32 {
-            0 => Ok(table.get(key, now)),
-            1 => Ok(table.update(key, now, |s| s.success_count += 1)),
-            2 => Ok(table.update(key, now, |s| {
+          let op = CircuitOperation::from_code(op as u32)
+            .ok_or_else(|| CallError::Type(format!("unknown circuit operation {op}")))?;
+          let snapshot = args.with_str(1, "key", |key| match op {
+            CircuitOperation::GetState => Ok(table.get(key, now)),
+            CircuitOperation::RecordSuccess => Ok(table.update(key, now, |s| s.success_count += 1)),
+            CircuitOperation::RecordFailure => Ok(table.update(key, now, |s| {
               s.failure_count += 1;
               s.last_failure_time = now.ms();
             })),
-            3 => {
+            CircuitOperation::Transition => {
               let to = args.number(2, "to")? as u32;
               let to = CircuitState::from_code(to)
                 .ok_or_else(|| CallError::Type(format!("unknown circuit state code {to}")))?;
               Ok(table.update(key, now, |s| s.transition(to, now.ms())))
             }
-            other => Err(CallError::Type(format!(
-              "unknown circuit operation {other}"
-            ))),
           })??;
           for (index, value) in snapshot.fields().into_iter().enumerate() {
             bound.out.set(index, value);
