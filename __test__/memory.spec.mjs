@@ -155,6 +155,56 @@ describe('store lifecycle and option checks', () => {
     expect(() => memoryAdapter('x')).toThrow(TypeError)
   })
 
+  it('refuses unknown options with a TypeError naming the key and listing the accepted ones', () => {
+    const refused = (build, message) => {
+      expect(build).toThrow(TypeError)
+      expect(build).toThrow(message)
+    }
+    const adapterOptions = 'the options are name, rateLimit, circuitBreaker, cache'
+    for (const [factoryName, factory] of Object.entries({ memoryAdapter, nodeAdapter, bunAdapter, denoAdapter })) {
+      refused(
+        () => factory({ ratelimit: { maxKeys: 5 } }),
+        `${factoryName}: unknown option ratelimit; ${adapterOptions}, waitUntil`,
+      )
+      refused(
+        () => factory({ rateLimit: { maxkeys: 5 } }),
+        `${factoryName}: unknown option rateLimit.maxkeys; the options are maxKeys`,
+      )
+      // name belongs at the top level, where it names all three stores
+      refused(() => factory({ circuitBreaker: { name: 'x' } }), 'unknown option circuitBreaker.name')
+      refused(
+        () => factory({ cache: { maxEntries: 5, maxByte: 10 } }),
+        'unknown option cache.maxByte; the options are maxEntries, maxBytes',
+      )
+    }
+    for (const build of [(options) => new TestAdapter(options), createTestAdapter]) {
+      refused(() => build({ waitUntil: () => {} }), `TestAdapter: unknown option waitUntil; ${adapterOptions}`)
+      refused(() => build({ cache: { maxbytes: 1 } }), 'TestAdapter: unknown option cache.maxbytes')
+    }
+    refused(
+      () => new MemoryRateLimitStore({ maxKey: 5 }),
+      'MemoryRateLimitStore: unknown option maxKey; the options are maxKeys, name',
+    )
+    refused(
+      () => new MemoryCircuitBreakerStore({ maxEntries: 5 }),
+      'MemoryCircuitBreakerStore: unknown option maxEntries; the options are maxKeys, name',
+    )
+    refused(
+      () => new MemoryCacheStore({ maxKeys: 5 }),
+      'MemoryCacheStore: unknown option maxKeys; the options are maxEntries, maxBytes, name',
+    )
+    // every accepted option still passes
+    memoryAdapter({
+      name: `known-${process.pid}`,
+      rateLimit: { maxKeys: 5 },
+      circuitBreaker: { maxKeys: 5 },
+      cache: { maxEntries: 5, maxBytes: 4096 },
+      waitUntil: () => {},
+    })
+    new TestAdapter({ rateLimit: {}, circuitBreaker: {}, cache: {} })
+    new MemoryRateLimitStore({ maxKeys: 5, name: undefined })
+  })
+
   it('builds new stores per call for the runtime adapters, with waitUntil passed through', async () => {
     const waitUntil = () => {}
     for (const factory of [memoryAdapter, nodeAdapter, bunAdapter, denoAdapter]) {

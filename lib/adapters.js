@@ -1,8 +1,12 @@
 'use strict'
 // GatewayAdapter factories and the TestAdapter, built from the stores.
 
-const { MemoryRateLimitStore, MemoryCircuitBreakerStore, MemoryCacheStore } = require('./memory.js')
-const { optionsObject, optionalName, describe } = require('./validate.js')
+const { MemoryRateLimitStore, MemoryCircuitBreakerStore, MemoryCacheStore, BOUNDS } = require('./memory.js')
+const { optionsObject, checkKnownKeys, optionalName, describe } = require('./validate.js')
+
+// The options of TestAdapter, and of memoryAdapter, which also takes waitUntil.
+const TEST_ADAPTER_OPTIONS = ['name', 'rateLimit', 'circuitBreaker', 'cache']
+const MEMORY_ADAPTER_OPTIONS = [...TEST_ADAPTER_OPTIONS, 'waitUntil']
 
 function checkWaitUntil(factory, waitUntil) {
   if (waitUntil !== undefined && typeof waitUntil !== 'function') {
@@ -11,17 +15,23 @@ function checkWaitUntil(factory, waitUntil) {
   return waitUntil
 }
 
-/** The three native memory stores, sharing state under `options.name`. */
-function memoryStores(factory, options) {
+/**
+ * The three native memory stores, sharing state under `options.name`;
+ * options outside `known`, and bounds a store does not take, are refused.
+ */
+function memoryStores(factory, options, known) {
   const opts = optionsObject(factory, options)
+  checkKnownKeys(factory, opts, known)
   const name = optionalName(factory, opts.name)
+  const bounds = (kind) => {
+    const given = optionsObject(factory, opts[kind], kind)
+    checkKnownKeys(factory, given, BOUNDS[kind], kind)
+    return { ...given, name }
+  }
   return {
-    rateLimitStore: new MemoryRateLimitStore({ ...optionsObject(factory, opts.rateLimit, 'rateLimit'), name }),
-    circuitBreakerStore: new MemoryCircuitBreakerStore({
-      ...optionsObject(factory, opts.circuitBreaker, 'circuitBreaker'),
-      name,
-    }),
-    cacheStore: new MemoryCacheStore({ ...optionsObject(factory, opts.cache, 'cache'), name }),
+    rateLimitStore: new MemoryRateLimitStore(bounds('rateLimit')),
+    circuitBreakerStore: new MemoryCircuitBreakerStore(bounds('circuitBreaker')),
+    cacheStore: new MemoryCacheStore(bounds('cache')),
   }
 }
 
@@ -31,25 +41,30 @@ function memoryStores(factory, options) {
  * adapter of that name in the process, worker threads included.
  */
 function memoryAdapter(options) {
-  const adapter = memoryStores('memoryAdapter', options)
-  const waitUntil = checkWaitUntil('memoryAdapter', options?.waitUntil)
-  if (waitUntil) adapter.waitUntil = waitUntil
-  return adapter
+  return runtimeAdapter('memoryAdapter', options)
 }
 
 /** Node.js quick start: native memory stores, new ones per call. */
 function nodeAdapter(options) {
-  return memoryAdapter(options)
+  return runtimeAdapter('nodeAdapter', options)
 }
 
 /** Bun quick start: native memory stores, new ones per call. */
 function bunAdapter(options) {
-  return memoryAdapter(options)
+  return runtimeAdapter('bunAdapter', options)
 }
 
 /** Deno quick start: native memory stores, new ones per call. */
 function denoAdapter(options) {
-  return memoryAdapter(options)
+  return runtimeAdapter('denoAdapter', options)
+}
+
+/** memoryAdapter under the name of the factory called, which its errors give. */
+function runtimeAdapter(factory, options) {
+  const adapter = memoryStores(factory, options, MEMORY_ADAPTER_OPTIONS)
+  const waitUntil = checkWaitUntil(factory, options?.waitUntil)
+  if (waitUntil) adapter.waitUntil = waitUntil
+  return adapter
 }
 
 /**
@@ -60,7 +75,7 @@ class TestAdapter {
   #pending = []
 
   constructor(options) {
-    Object.assign(this, memoryStores('TestAdapter', options))
+    Object.assign(this, memoryStores('TestAdapter', options, TEST_ADAPTER_OPTIONS))
   }
 
   /** Collect background work instead of running it detached. */

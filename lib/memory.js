@@ -9,6 +9,7 @@ const {
   checkSeconds,
   positiveInteger,
   optionsObject,
+  checkKnownKeys,
   optionalName,
   checkCircuitState,
 } = require('./validate.js')
@@ -19,6 +20,21 @@ const DEFAULT_RATE_LIMIT_KEYS = 100_000
 const DEFAULT_CIRCUIT_KEYS = 10_000
 const DEFAULT_CACHE_ENTRIES = 10_000
 const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+
+// The bounds each store takes besides `name`; memoryAdapter's nested
+// options accept exactly these.
+const BOUNDS = {
+  rateLimit: ['maxKeys'],
+  circuitBreaker: ['maxKeys'],
+  cache: ['maxEntries', 'maxBytes'],
+}
+
+/** The options object of a store's constructor, refusing keys it does not take. */
+function storeOptions(store, options, bounds) {
+  const opts = optionsObject(store, options)
+  checkKnownKeys(store, opts, [...bounds, 'name'])
+  return opts
+}
 
 function destroyedError(store) {
   return new Error(`${store}: the store was destroyed`)
@@ -36,7 +52,10 @@ class MemoryRateLimitStore {
   #resetAt
 
   constructor(options) {
-    const opts = typeof options === 'number' ? { maxKeys: options } : optionsObject('MemoryRateLimitStore', options)
+    const opts =
+      typeof options === 'number'
+        ? { maxKeys: options }
+        : storeOptions('MemoryRateLimitStore', options, BOUNDS.rateLimit)
     const maxKeys = positiveInteger('MemoryRateLimitStore', opts.maxKeys, 'maxKeys', DEFAULT_RATE_LIMIT_KEYS)
     this.#native = new native.NativeMemoryRateLimitStore(maxKeys, optionalName('MemoryRateLimitStore', opts.name))
     const bound = this.#native.bindIncrement()
@@ -106,7 +125,7 @@ class MemoryCircuitBreakerStore {
   #out
 
   constructor(options) {
-    const opts = optionsObject('MemoryCircuitBreakerStore', options)
+    const opts = storeOptions('MemoryCircuitBreakerStore', options, BOUNDS.circuitBreaker)
     const maxKeys = positiveInteger('MemoryCircuitBreakerStore', opts.maxKeys, 'maxKeys', DEFAULT_CIRCUIT_KEYS)
     this.#native = new native.NativeMemoryCircuitBreakerStore(
       maxKeys,
@@ -195,7 +214,7 @@ class MemoryCacheStore {
   #hit = new Float64Array(2)
 
   constructor(options) {
-    const opts = optionsObject('MemoryCacheStore', options)
+    const opts = storeOptions('MemoryCacheStore', options, BOUNDS.cache)
     const maxEntries = positiveInteger('MemoryCacheStore', opts.maxEntries, 'maxEntries', DEFAULT_CACHE_ENTRIES)
     const maxBytes = positiveInteger('MemoryCacheStore', opts.maxBytes, 'maxBytes', DEFAULT_CACHE_BYTES)
     this.#native = new native.NativeMemoryCacheStore(maxEntries, maxBytes, optionalName('MemoryCacheStore', opts.name))
@@ -256,6 +275,7 @@ module.exports = {
   MemoryRateLimitStore,
   MemoryCircuitBreakerStore,
   MemoryCacheStore,
+  BOUNDS,
   DEFAULTS: {
     rateLimitMaxKeys: DEFAULT_RATE_LIMIT_KEYS,
     circuitBreakerMaxKeys: DEFAULT_CIRCUIT_KEYS,
