@@ -390,6 +390,24 @@ describe('cloudflare: argument checks (in Node)', () => {
     expect(() => new KVRateLimitStore()).toThrow(/kv must be a KVNamespace/)
   })
 
+  it('refuses unknown bindings and options with a TypeError naming the key and listing the accepted ones', () => {
+    const refused = (build, message) => {
+      expect(build).toThrow(TypeError)
+      expect(build).toThrow(message)
+    }
+    refused(
+      () => cloudflareAdapter({ cache, ratelimitKv: kv }),
+      'cloudflareAdapter: unknown option ratelimitKv; the options are rateLimitKv, rateLimitDo, circuitBreakerDo, cache, cacheOrigin, executionCtx, env',
+    )
+    refused(() => cloudflareAdapter({ cache, executionContext: {} }), 'unknown option executionContext')
+    refused(
+      () => new InMemoryCircuitBreakerStore({ maxkeys: 2 }),
+      'InMemoryCircuitBreakerStore: unknown option maxkeys; the options are maxKeys',
+    )
+    // env is the Worker's own: its bindings are whatever the Worker declares
+    expect(cloudflareAdapter({ cache, env: { BACKEND: {}, API_TOKEN: 'x' } }).dispatchBinding).toBeTypeOf('function')
+  })
+
   it('explains that caches.default is missing outside Workers', () => {
     expect(() => new CacheApiCacheStore()).toThrow(/caches\.default is not available/)
     expect(() => cloudflareAdapter({})).toThrow(TypeError)

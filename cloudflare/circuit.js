@@ -2,7 +2,14 @@
 // the per-isolate memory store and the CircuitBreakerDO, so the two cannot
 // drift apart.
 
-import { checkCircuitState, checkKey, describe, optionsObject, positiveInteger } from '../lib/validate.js'
+import {
+  checkCircuitState,
+  checkKey,
+  checkKnownKeys,
+  describe,
+  optionsObject,
+  positiveInteger,
+} from '../lib/validate.js'
 
 /** The snapshot an unknown key reads as. */
 export function freshCircuit(now) {
@@ -55,6 +62,7 @@ export class InMemoryCircuitBreakerStore {
 
   constructor(options) {
     const opts = optionsObject('InMemoryCircuitBreakerStore', options)
+    checkKnownKeys('InMemoryCircuitBreakerStore', opts, ['maxKeys'])
     this.#maxKeys = positiveInteger('InMemoryCircuitBreakerStore', opts.maxKeys, 'maxKeys', DEFAULT_CIRCUIT_KEYS)
   }
 

@@ -12,7 +12,7 @@ import {
   RateLimiterDO,
 } from './durable-objects.js'
 import { KVRateLimitStore } from './kv.js'
-import { checkBinding, checkKey, optionsObject } from '../lib/validate.js'
+import { checkBinding, checkKey, checkKnownKeys, optionsObject } from '../lib/validate.js'
 
 export {
   CacheApiCacheStore,
@@ -36,6 +36,8 @@ export function isolateCircuitBreakerStore() {
 
 const given = (value) => value !== undefined && value !== null
 
+const BINDINGS = ['rateLimitKv', 'rateLimitDo', 'circuitBreakerDo', 'cache', 'cacheOrigin', 'executionCtx', 'env']
+
 /**
  * A GatewayAdapter from Cloudflare bindings. Rate limits: Durable Objects
  * (`rateLimitDo`, exact) win over KV (`rateLimitKv`, approximate); none
@@ -45,6 +47,7 @@ const given = (value) => value !== undefined && value !== null
  */
 export function cloudflareAdapter(bindings) {
   const opts = optionsObject('cloudflareAdapter', bindings, 'bindings')
+  checkKnownKeys('cloudflareAdapter', opts, BINDINGS)
   const adapter = {}
 
   if (given(opts.rateLimitDo)) {
