@@ -119,6 +119,11 @@ export interface MemoryGatewayAdapter extends GatewayAdapter {
   rateLimitStore: MemoryRateLimitStore
   circuitBreakerStore: MemoryCircuitBreakerStore
   cacheStore: MemoryCacheStore
+  /**
+   * Destroy the three stores (idempotent); later calls on them reject, as after closing a Redis or
+   * PostgreSQL adapter, so shutdown code can close every adapter alike. Resolves at once.
+   */
+  close(): Promise<void>
 }
 
 export declare function memoryAdapter(options?: MemoryAdapterOptions): MemoryGatewayAdapter
@@ -137,6 +142,8 @@ export declare class TestAdapter implements MemoryGatewayAdapter {
   waitAll(): Promise<void>
   /** Forget pending background work. */
   reset(): void
+  /** Destroy the stores, as memoryAdapter's close() does; pending work is left alone. */
+  close(): Promise<void>
 }
 
 export declare function createTestAdapter(options?: Omit<MemoryAdapterOptions, 'waitUntil'>): TestAdapter

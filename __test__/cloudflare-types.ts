@@ -33,8 +33,9 @@ const circuits: CircuitBreakerStore[] = [
   new InMemoryCircuitBreakerStore({ maxKeys: 5 }),
 ]
 const caches: CacheStore = new CacheApiCacheStore(cache, 'https://cache.example')
+const closing: Promise<void> = cloudflareAdapter({ cache }).close()
 
 // @ts-expect-error cacheOrigin must be a string
 cloudflareAdapter({ cacheOrigin: 1 })
 
-export { adapter, rateLimits, circuits, caches }
+export { adapter, rateLimits, circuits, caches, closing }

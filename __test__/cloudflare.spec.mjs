@@ -192,12 +192,14 @@ describe('cloudflare: bundling for workerd', () => {
       cacheStore: 'CacheApiCacheStore',
       waitUntil: 'function',
       dispatchBinding: 'function',
+      close: 'function',
     })
     expect((await kinds('both')).rateLimitStore).toBe('DurableObjectRateLimitStore')
     expect(await kinds('kv')).toEqual({
       rateLimitStore: 'KVRateLimitStore',
       circuitBreakerStore: 'InMemoryCircuitBreakerStore',
       cacheStore: 'CacheApiCacheStore',
+      close: 'function',
     })
   })
 })
@@ -406,6 +408,16 @@ describe('cloudflare: argument checks (in Node)', () => {
     )
     // env is the Worker's own: its bindings are whatever the Worker declares
     expect(cloudflareAdapter({ cache, env: { BACKEND: {}, API_TOKEN: 'x' } }).dispatchBinding).toBeTypeOf('function')
+  })
+
+  it('close() resolves and leaves the isolate circuits to the next adapter', async () => {
+    const adapter = cloudflareAdapter({ cache })
+    await adapter.circuitBreakerStore.recordFailure('close:kept')
+    await expect(adapter.close()).resolves.toBeUndefined()
+    await expect(adapter.close()).resolves.toBeUndefined()
+    const next = cloudflareAdapter({ cache })
+    expect((await next.circuitBreakerStore.getState('close:kept')).failureCount).toBe(1)
+    await next.circuitBreakerStore.reset('close:kept')
   })
 
   it('explains that caches.default is missing outside Workers', () => {

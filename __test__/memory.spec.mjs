@@ -155,6 +155,27 @@ describe('store lifecycle and option checks', () => {
     expect(() => memoryAdapter('x')).toThrow(TypeError)
   })
 
+  it('close() destroys the stores of every memory adapter and of the TestAdapter; twice is fine', async () => {
+    const adapters = {
+      memoryAdapter: memoryAdapter(),
+      nodeAdapter: nodeAdapter(),
+      bunAdapter: bunAdapter(),
+      denoAdapter: denoAdapter(),
+      TestAdapter: new TestAdapter(),
+      createTestAdapter: createTestAdapter(),
+    }
+    for (const [factory, adapter] of Object.entries(adapters)) {
+      expect((await adapter.rateLimitStore.increment('k', 60)).count, factory).toBe(1)
+      await expect(adapter.close()).resolves.toBeUndefined()
+      await expect(adapter.close()).resolves.toBeUndefined()
+      await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toThrow(
+        /MemoryRateLimitStore: the store was destroyed/,
+      )
+      await expect(adapter.circuitBreakerStore.getState('k')).rejects.toThrow(/MemoryCircuitBreakerStore: the store/)
+      await expect(adapter.cacheStore.get('k')).rejects.toThrow(/MemoryCacheStore: the store was destroyed/)
+    }
+  })
+
   it('refuses unknown options with a TypeError naming the key and listing the accepted ones', () => {
     const refused = (build, message) => {
       expect(build).toThrow(TypeError)

@@ -41,6 +41,9 @@ const cache: CacheStore = new MemoryCacheStore({ maxBytes: 1024 })
 type PublicMembers<T> = { [K in keyof T]: T[K] }
 const testAdapter: PublicMembers<StomaTestAdapter> = createTestAdapter()
 
+// Every adapter closes alike.
+const closings: Promise<void>[] = [memoryAdapter().close(), nodeAdapter().close(), new TestAdapter().close()]
+
 // PostgreSQL: stores and adapters assignable to Stoma's types; `stores`
 // flags decide which stores the adapter's type has.
 const pg = postgresAdapter({
@@ -108,6 +111,7 @@ export {
   circuits,
   cache,
   testAdapter,
+  closings,
   redisStores,
   redisCache,
   closing,

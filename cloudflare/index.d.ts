@@ -88,6 +88,11 @@ export interface CloudflareGatewayAdapter extends GatewayAdapter {
   waitUntil?: (promise: Promise<unknown>) => void
   /** Present when env is given; rejects naming a service binding env lacks. */
   dispatchBinding?: (service: string, request: Request) => Promise<Response>
+  /**
+   * Resolves at once and changes nothing, for shutdown code written for every backend: the bindings
+   * are the platform's, and the isolate's circuit store is shared by every adapter in the isolate.
+   */
+  close(): Promise<void>
 }
 
 /** A GatewayAdapter built from Cloudflare bindings. */

@@ -73,6 +73,11 @@ export function cloudflareAdapter(bindings) {
     adapter.dispatchBinding = (service, request) => dispatchBinding(env, service, request)
   }
 
+  // For shutdown code written for every backend. There is nothing to close:
+  // the bindings are the platform's, and the isolate's circuit store is
+  // shared by every adapter in the isolate, so it must outlive this one.
+  adapter.close = () => Promise.resolve()
+
   return adapter
 }
 

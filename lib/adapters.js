@@ -36,6 +36,18 @@ function memoryStores(factory, options, known) {
 }
 
 /**
+ * close() of the memory adapters and the TestAdapter: destroys their stores
+ * (idempotent; later calls reject, as after any adapter's close()), so
+ * shutdown code closes every backend alike.
+ */
+function closeStores(stores) {
+  stores.rateLimitStore.destroy()
+  stores.circuitBreakerStore.destroy()
+  stores.cacheStore.destroy()
+  return Promise.resolve()
+}
+
+/**
  * A GatewayAdapter whose rate-limit, circuit-breaker and cache stores are
  * native and in process. Pass `name` to share one state between every
  * adapter of that name in the process, worker threads included.
@@ -61,7 +73,8 @@ function denoAdapter(options) {
 
 /** memoryAdapter under the name of the factory called, which its errors give. */
 function runtimeAdapter(factory, options) {
-  const adapter = memoryStores(factory, options, MEMORY_ADAPTER_OPTIONS)
+  const stores = memoryStores(factory, options, MEMORY_ADAPTER_OPTIONS)
+  const adapter = { ...stores, close: () => closeStores(stores) }
   const waitUntil = checkWaitUntil(factory, options?.waitUntil)
   if (waitUntil) adapter.waitUntil = waitUntil
   return adapter
@@ -73,9 +86,11 @@ function runtimeAdapter(factory, options) {
  */
 class TestAdapter {
   #pending = []
+  #stores
 
   constructor(options) {
-    Object.assign(this, memoryStores('TestAdapter', options, TEST_ADAPTER_OPTIONS))
+    this.#stores = memoryStores('TestAdapter', options, TEST_ADAPTER_OPTIONS)
+    Object.assign(this, this.#stores)
   }
 
   /** Collect background work instead of running it detached. */
@@ -103,6 +118,11 @@ class TestAdapter {
   /** Forget pending background work. */
   reset() {
     this.#pending = []
+  }
+
+  /** Destroy the stores, as memoryAdapter's close() does; pending work is left alone. */
+  close() {
+    return closeStores(this.#stores)
   }
 }
 
