@@ -46,13 +46,19 @@ export interface GatewayAdapter {
 export interface MemoryRateLimitStoreOptions {
   /** Most keys held at once (default 100,000); beyond it new keys fail closed. */
   maxKeys?: number
-  /** Share one state with every store of this name in the process. */
+  /**
+   * Share one state with every store of this name in the process, worker threads included. A named
+   * state lives as long as the process, whatever stores come and go (a worker pool that recycles
+   * its workers keeps its counts), bounded by the limits of the first store created under the
+   * name, until {@link releaseMemoryState}. Without a name the state is this store's alone.
+   */
   name?: string
 }
 
 export interface MemoryCircuitBreakerStoreOptions {
   /** Most circuits held at once (default 10,000); the least recently used is forgotten. */
   maxKeys?: number
+  /** A shared state for the life of the process, as {@link MemoryRateLimitStoreOptions.name}. */
   name?: string
 }
 
@@ -61,8 +67,19 @@ export interface MemoryCacheStoreOptions {
   maxEntries?: number
   /** Most bytes held, counting keys, headers, bodies and 96 bytes per entry (default 64 MiB). */
   maxBytes?: number
+  /** A shared state for the life of the process, as {@link MemoryRateLimitStoreOptions.name}. */
   name?: string
 }
+
+/**
+ * Forget the memory state named `name`: the rate-limit counters, circuits and cache of every store
+ * (and adapter) created with that name, in any worker thread. Stores created under the name
+ * afterwards start fresh. Stores created before keep the released state until they are destroyed
+ * or collected, when its memory is freed, so release a name once nothing uses it; `reset()` /
+ * `clear()` empty a state in place instead. Returns whether a state was registered under the name.
+ * Throws a TypeError unless `name` is a non-empty string.
+ */
+export declare function releaseMemoryState(name: string): boolean
 
 /** Fixed-window counters kept natively, bounded, O(1) at capacity. */
 export declare class MemoryRateLimitStore implements RateLimitStore {
@@ -70,9 +87,9 @@ export declare class MemoryRateLimitStore implements RateLimitStore {
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
   /** Number of keys held. */
   readonly size: number
-  /** Forget every counter. */
+  /** Forget every counter (of every store sharing the name). */
   reset(): void
-  /** Release the store; later calls reject. */
+  /** Release this store; later calls reject. A named state outlives it, until {@link releaseMemoryState}. */
   destroy(): void
 }
 
@@ -88,6 +105,7 @@ export declare class MemoryCircuitBreakerStore implements CircuitBreakerStore {
   readonly size: number
   /** Remove every circuit. */
   clear(): void
+  /** Release this store; later calls reject. A named state outlives it, until {@link releaseMemoryState}. */
   destroy(): void
 }
 
@@ -103,11 +121,16 @@ export declare class MemoryCacheStore implements CacheStore {
   readonly bytes: number
   /** Remove every entry. */
   clear(): void
+  /** Release this store; later calls reject. A named state outlives it, until {@link releaseMemoryState}. */
   destroy(): void
 }
 
 export interface MemoryAdapterOptions {
-  /** Share one native state with every adapter of this name in the process, worker threads included. */
+  /**
+   * Share one native state with every adapter (and store) of this name in the process, worker
+   * threads included, for the life of the process: it outlives close() and the adapters, until
+   * {@link releaseMemoryState}. Its bounds are those of the first adapter or store created under it.
+   */
   name?: string
   rateLimit?: { maxKeys?: number }
   circuitBreaker?: { maxKeys?: number }
@@ -121,7 +144,8 @@ export interface MemoryGatewayAdapter extends GatewayAdapter {
   cacheStore: MemoryCacheStore
   /**
    * Destroy the three stores (idempotent); later calls on them reject, as after closing a Redis or
-   * PostgreSQL adapter, so shutdown code can close every adapter alike. Resolves at once.
+   * PostgreSQL adapter, so shutdown code can close every adapter alike. Resolves at once. A named
+   * state outlives it, until {@link releaseMemoryState}.
    */
   close(): Promise<void>
 }

@@ -17,6 +17,7 @@ module.exports = {
   MemoryRateLimitStore: memory.MemoryRateLimitStore,
   MemoryCircuitBreakerStore: memory.MemoryCircuitBreakerStore,
   MemoryCacheStore: memory.MemoryCacheStore,
+  releaseMemoryState: memory.releaseMemoryState,
   postgresAdapter: postgres.postgresAdapter,
   postgresSchemaSql: postgres.postgresSchemaSql,
   POSTGRES_SCHEMA_SQL: postgres.POSTGRES_SCHEMA_SQL,

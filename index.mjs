@@ -11,6 +11,7 @@ export const {
   MemoryRateLimitStore,
   MemoryCircuitBreakerStore,
   MemoryCacheStore,
+  releaseMemoryState,
   postgresAdapter,
   postgresSchemaSql,
   POSTGRES_SCHEMA_SQL,

@@ -264,3 +264,11 @@ export interface PgRateLimitHit {
 
 /** `POSTGRES_SCHEMA_SQL` for another table prefix. */
 export declare function postgresSchemaSql(tablePrefix: string): string
+
+/**
+ * `releaseMemoryState(name)`: forgets the rate-limit counters, circuits and
+ * cache registered under `name`, so stores created under it afterwards
+ * start fresh; answers whether there was any. Its memory is freed once no
+ * store created before the call holds it.
+ */
+export declare function releaseMemoryState(name: string): boolean

@@ -841,3 +841,4 @@ module.exports.NativeMemoryRateLimitStore = nativeBinding.NativeMemoryRateLimitS
 module.exports.NativePostgres = nativeBinding.NativePostgres
 module.exports.NativeRedisConnection = nativeBinding.NativeRedisConnection
 module.exports.postgresSchemaSql = nativeBinding.postgresSchemaSql
+module.exports.releaseMemoryState = nativeBinding.releaseMemoryState

@@ -10,6 +10,7 @@ import {
   denoAdapter,
   memoryAdapter,
   nodeAdapter,
+  releaseMemoryState,
 } from '../index.mjs'
 import { storeContract } from './support/store-contract.mjs'
 
@@ -215,8 +216,9 @@ describe('store lifecycle and option checks', () => {
       'MemoryCacheStore: unknown option maxKeys; the options are maxEntries, maxBytes, name',
     )
     // every accepted option still passes
+    const name = `known-${process.pid}`
     memoryAdapter({
-      name: `known-${process.pid}`,
+      name,
       rateLimit: { maxKeys: 5 },
       circuitBreaker: { maxKeys: 5 },
       cache: { maxEntries: 5, maxBytes: 4096 },
@@ -224,6 +226,7 @@ describe('store lifecycle and option checks', () => {
     })
     new TestAdapter({ rateLimit: {}, circuitBreaker: {}, cache: {} })
     new MemoryRateLimitStore({ maxKeys: 5, name: undefined })
+    releaseMemoryState(name)
   })
 
   it('builds new stores per call for the runtime adapters, with waitUntil passed through', async () => {
@@ -300,5 +303,93 @@ describe('named state shared across worker threads', () => {
     expect((await main.rateLimitStore.increment('shared', 60)).count).toBe(10_001)
     expect((await main.circuitBreakerStore.getState('shared')).failureCount).toBe(10_000)
     expect((await memoryAdapter().rateLimitStore.increment('shared', 60)).count).toBe(1)
+    releaseMemoryState(name)
+  })
+})
+
+describe('named state for the life of the process', () => {
+  const entry = new URL('../index.js', import.meta.url).pathname
+  let serial = 0
+  const uniqueName = (what) => `${what}-${process.pid}-${Date.now()}-${serial++}`
+
+  // Each worker counts, then ends: nothing keeps its event loop alive, so
+  // the thread exits and its stores are finalized with its environment.
+  const workerSource = `
+    const { threadId, workerData } = require('node:worker_threads')
+    const { memoryAdapter } = require(workerData.entry)
+    const adapter = memoryAdapter({ name: workerData.name })
+    ;(async () => {
+      for (let i = 0; i < 2500; i++) {
+        await adapter.rateLimitStore.increment('shared', 60)
+        await adapter.circuitBreakerStore.recordFailure('shared')
+      }
+      await adapter.cacheStore.put('from-' + threadId, new Response('hello'), 60)
+    })()
+  `
+  const runWorkers = (name, count) =>
+    Promise.all(
+      Array.from({ length: count }, () => {
+        const worker = new Worker(workerSource, { eval: true, workerData: { entry, name } })
+        return new Promise((resolve, reject) => {
+          worker.once('error', reject)
+          worker.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`worker exited with ${code}`))))
+        })
+      }),
+    )
+
+  it('outlives a pool of workers that each exit when done: 4 × 2,500, then the main thread answers 10,001', async () => {
+    const name = uniqueName('pool')
+    await runWorkers(name, 4)
+    const main = memoryAdapter({ name })
+    expect((await main.rateLimitStore.increment('shared', 60)).count).toBe(10_001)
+    expect((await main.circuitBreakerStore.getState('shared')).failureCount).toBe(10_000)
+    expect(main.cacheStore.size).toBe(4)
+    expect(releaseMemoryState(name)).toBe(true)
+  })
+
+  it('survives destroy() and close(); releaseMemoryState(name) makes the next store start fresh', async () => {
+    const name = uniqueName('release')
+    const first = memoryAdapter({ name })
+    await first.rateLimitStore.increment('k', 60)
+    await first.circuitBreakerStore.recordFailure('k')
+    await first.cacheStore.put('k', new Response('kept'), 60)
+    await first.close()
+    const rateLimits = new MemoryRateLimitStore({ name })
+    expect((await rateLimits.increment('k', 60)).count).toBe(2)
+    rateLimits.destroy()
+
+    const holder = memoryAdapter({ name })
+    expect(releaseMemoryState(name)).toBe(true)
+    // A store made before the release keeps the released state until it goes.
+    expect((await holder.rateLimitStore.increment('k', 60)).count).toBe(3)
+    expect(await (await holder.cacheStore.get('k')).text()).toBe('kept')
+    // Stores made after it start fresh, all three kinds.
+    const fresh = memoryAdapter({ name })
+    expect((await fresh.rateLimitStore.increment('k', 60)).count).toBe(1)
+    expect((await fresh.circuitBreakerStore.getState('k')).failureCount).toBe(0)
+    expect(await fresh.cacheStore.get('k')).toBeNull()
+    expect((await new MemoryRateLimitStore({ name }).increment('k', 60)).count).toBe(2)
+
+    expect(releaseMemoryState(name)).toBe(true)
+    expect(releaseMemoryState(name)).toBe(false)
+  })
+
+  it('stays bounded by the limits of the store that created it', async () => {
+    const name = uniqueName('bounded')
+    const creator = new MemoryRateLimitStore({ name, maxKeys: 2 })
+    await creator.increment('a', 60)
+    await creator.increment('b', 60)
+    creator.destroy()
+    const later = new MemoryRateLimitStore({ name })
+    expect((await later.increment('c', 60)).count).toBe(MAX_SAFE)
+    expect(later.size).toBe(2)
+    releaseMemoryState(name)
+  })
+
+  it('refuses a name that is not a non-empty string with a TypeError', () => {
+    for (const name of [undefined, '', 5, { name: 'x' }]) {
+      expect(() => releaseMemoryState(name)).toThrow(TypeError)
+      expect(() => releaseMemoryState(name)).toThrow(/releaseMemoryState: name must be a non-empty string/)
+    }
   })
 })

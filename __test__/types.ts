@@ -22,6 +22,7 @@ import {
   postgresAdapter,
   postgresSchemaSql,
   redisAdapter,
+  releaseMemoryState,
 } from '../index.js'
 
 const adapters: GatewayAdapter[] = [
@@ -43,6 +44,7 @@ const testAdapter: PublicMembers<StomaTestAdapter> = createTestAdapter()
 
 // Every adapter closes alike.
 const closings: Promise<void>[] = [memoryAdapter().close(), nodeAdapter().close(), new TestAdapter().close()]
+const released: boolean = releaseMemoryState('pool')
 
 // PostgreSQL: stores and adapters assignable to Stoma's types; `stores`
 // flags decide which stores the adapter's type has.
@@ -112,6 +114,7 @@ export {
   cache,
   testAdapter,
   closings,
+  released,
   redisStores,
   redisCache,
   closing,

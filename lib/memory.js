@@ -10,6 +10,7 @@ const {
   positiveInteger,
   optionsObject,
   checkKnownKeys,
+  checkName,
   optionalName,
   checkCircuitState,
 } = require('./validate.js')
@@ -36,6 +37,17 @@ function storeOptions(store, options, bounds) {
   return opts
 }
 
+/**
+ * Forgets the state named `name`, of all three kinds: a named state lives
+ * as long as the process otherwise, so that workers coming and going do not
+ * reset it. Stores created under the name afterwards start fresh; stores
+ * created before keep the released state until they go (index.d.ts says
+ * more). Answers whether a state was registered under the name.
+ */
+function releaseMemoryState(name) {
+  return native.releaseMemoryState(checkName('releaseMemoryState', name))
+}
+
 function destroyedError(store) {
   return new Error(`${store}: the store was destroyed`)
 }
@@ -44,7 +56,8 @@ function destroyedError(store) {
  * Fixed-window rate-limit counters, bounded by `maxKeys` (100,000). When
  * full of live windows a new key fails closed (`count` is
  * `Number.MAX_SAFE_INTEGER`); expired keys are reclaimed at O(1) cost.
- * Stores built with the same `name` share one state across worker threads.
+ * Stores built with the same `name` share one state across worker threads,
+ * until releaseMemoryState(name).
  */
 class MemoryRateLimitStore {
   #native
@@ -91,7 +104,7 @@ class MemoryRateLimitStore {
     this.#native.reset()
   }
 
-  /** Release this store; later calls reject. */
+  /** Release this store; later calls reject. A named state outlives it (see releaseMemoryState). */
   destroy() {
     this.#native.destroy()
     this.#increment = () => {
@@ -195,7 +208,7 @@ class MemoryCircuitBreakerStore {
     this.#native.clear()
   }
 
-  /** Release this store; later calls reject. */
+  /** Release this store; later calls reject. A named state outlives it (see releaseMemoryState). */
   destroy() {
     this.#native.destroy()
     this.#operate = () => {
@@ -265,13 +278,14 @@ class MemoryCacheStore {
     this.#native.clear()
   }
 
-  /** Release this store; later calls reject. */
+  /** Release this store; later calls reject. A named state outlives it (see releaseMemoryState). */
   destroy() {
     this.#native.destroy()
   }
 }
 
 module.exports = {
+  releaseMemoryState,
   MemoryRateLimitStore,
   MemoryCircuitBreakerStore,
   MemoryCacheStore,

@@ -86,12 +86,16 @@ function checkBinding(store, value, name, kind, methods) {
   return value
 }
 
-function optionalName(store, value) {
-  if (value === undefined) return undefined
+/** The name of a shared memory state: a non-empty string. */
+function checkName(store, value) {
   if (typeof value !== 'string' || value.length === 0) {
     throw new TypeError(`${store}: name must be a non-empty string, got ${describe(value)}`)
   }
   return value
+}
+
+function optionalName(store, value) {
+  return value === undefined ? undefined : checkName(store, value)
 }
 
 // The states as the messages list them: "closed", "open" or "half-open".
@@ -157,6 +161,7 @@ module.exports = {
   positiveInteger,
   nonNegativeInteger,
   optionsObject,
+  checkName,
   optionalName,
   checkCircuitState,
 }

@@ -1,5 +1,6 @@
 // Lifecycle: 10,000 create/close cycles of each adapter (calls in every
-// 100th; close() twice; a call after close() must reject naming the store)
+// 100th; close() twice; a call after close() must reject naming the store),
+// and 10,000 memory adapters left to the GC instead of closed,
 // leave no growth in open file descriptors and bounded RSS growth after GC
 // (measured after a warm-up, once the allocator and V8 reach a steady state).
 // Each kind runs in its own child process, so its fds and RSS are its own.
@@ -56,6 +57,8 @@ describe('reliability: 10,000 create/close cycles per adapter', () => {
 
   it('memoryAdapter (after 20,000 warm-up cycles: RSS rises until then, then stays flat)', () =>
     cycles('memory', 10_000, 20_000))
+  it('memoryAdapter never closed, its unnamed state freed with it by the GC', () =>
+    cycles('memory-dropped', 10_000, 20_000))
   it('redisAdapter (connects in the background on creation)', () => cycles('redis'))
   it('postgresAdapter (connects on first use)', () => cycles('postgres'))
 }, 120_000)

@@ -14,8 +14,12 @@ const external = () => process.memoryUsage().external / 2 ** 20
 const fds = () => readdirSync('/proc/self/fd').length
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+// memory-dropped: adapters never closed, left to the GC, each holding a
+// 4 KiB cache entry (~40 MiB over 10,000 cycles if they were never freed).
+const dropped = kind === 'memory-dropped'
 const make = {
   memory: () => memoryAdapter(),
+  'memory-dropped': () => memoryAdapter(),
   redis: () => redisAdapter({ url: process.env.REDIS_URL, prefix: process.env.PREFIX }),
   postgres: () => postgresAdapter({ url: process.env.DATABASE_URL, tablePrefix: process.env.PREFIX, poolSize: 2 }),
 }[kind]
@@ -40,8 +44,13 @@ async function use(adapter, i) {
 }
 
 let serial = 0
+const body = new Uint8Array(4096)
 async function cycle(i) {
   const adapter = make()
+  if (dropped) {
+    await adapter.cacheStore.put('p', new Response(body), 60)
+    return
+  }
   if (i % 100 === 0) await use(adapter, serial++)
   await close(adapter)
   if (i % 1000 === 0) {

@@ -147,7 +147,7 @@ impl ResponseLru {
   }
 }
 
-static NAMED: Registry<ResponseLru> = Registry::new();
+pub(super) static NAMED: Registry<ResponseLru> = Registry::new();
 const STORE: &str = "MemoryCacheStore";
 
 /// The native half of `MemoryCacheStore` (see `lib/memory.js`).

@@ -122,7 +122,7 @@ impl CircuitTable {
   }
 }
 
-static NAMED: Registry<CircuitTable> = Registry::new();
+pub(super) static NAMED: Registry<CircuitTable> = Registry::new();
 const STORE: &str = "MemoryCircuitBreakerStore";
 
 /// The native half of `MemoryCircuitBreakerStore` (see `lib/memory.js`).

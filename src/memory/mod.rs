@@ -4,7 +4,8 @@
 //! answers in ~0.2 µs, so these stores do their work inline and the JS layer
 //! wraps each result in an already-resolved Promise. State lives behind an
 //! `Arc` and thread-safe maps, so stores created with the same `name` in any
-//! worker thread of the process share one state (see [`Registry`]).
+//! worker thread of the process share one state, which lives until
+//! [`release_memory_state`] (see [`Registry`]).
 
 mod cache;
 mod circuit_breaker;
@@ -14,28 +15,31 @@ pub use cache::NativeMemoryCacheStore;
 pub use circuit_breaker::NativeMemoryCircuitBreakerStore;
 pub use rate_limit::NativeMemoryRateLimitStore;
 
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::Float64ArraySlice;
-
 use napi::Result;
+use napi_derive::napi;
 
-use crate::errors::{lock, store_error};
+use crate::errors::{guard, lock, store_error};
 
 /// Process-wide map from a store name to its shared state.
 ///
-/// Entries are weak: a named state lives as long as some store (in any
-/// worker) holds it, and the first store created under a name fixes its
-/// bounds. A `Vec` is used because there are a handful of names at most and
-/// it can be built in a `static`.
+/// The registry holds each named state, so it lives for the life of the
+/// process: a worker pool that recycles its workers keeps its counters even
+/// when no store holds them for a while. It stays bounded by the limits of
+/// the first store created under the name, and is forgotten only by
+/// [`release_memory_state`]. An unnamed state is never registered: it goes
+/// with the last store (and bound function) holding it.
 pub(crate) struct Registry<T> {
-  named: Mutex<Vec<(String, Weak<T>)>>,
+  named: Mutex<BTreeMap<String, Arc<T>>>,
 }
 
 impl<T> Registry<T> {
   pub(crate) const fn new() -> Self {
     Registry {
-      named: Mutex::new(Vec::new()),
+      named: Mutex::new(BTreeMap::new()),
     }
   }
 
@@ -46,22 +50,40 @@ impl<T> Registry<T> {
       return Arc::new(make());
     };
     let mut named = lock(&self.named);
-    named.retain(|(_, state)| state.strong_count() > 0);
-    if let Some(state) = named
-      .iter()
-      .find(|(n, _)| n == name)
-      .and_then(|(_, state)| state.upgrade())
-    {
-      return state;
+    if let Some(state) = named.get(name) {
+      return state.clone();
     }
     let state = Arc::new(make());
-    named.push((name.to_string(), Arc::downgrade(&state)));
+    named.insert(name.to_string(), state.clone());
     state
+  }
+
+  /// Forgets the state registered under `name`; answers whether there was
+  /// one. Stores still holding it keep it until they go.
+  pub(crate) fn release(&self, name: &str) -> bool {
+    lock(&self.named).remove(name).is_some()
   }
 }
 
-/// A store's hold on its (possibly shared) state. `destroy()` releases it;
-/// using a released store is an error that names the store.
+/// `releaseMemoryState(name)`: forgets the rate-limit counters, circuits and
+/// cache registered under `name`, so stores created under it afterwards
+/// start fresh; answers whether there was any. Its memory is freed once no
+/// store created before the call holds it.
+#[napi]
+pub fn release_memory_state(name: String) -> Result<bool> {
+  guard("releaseMemoryState", || {
+    // `|`, not `||`: every kind is released.
+    Ok(
+      rate_limit::NAMED.release(&name)
+        | circuit_breaker::NAMED.release(&name)
+        | cache::NAMED.release(&name),
+    )
+  })
+}
+
+/// A store's hold on its (possibly shared) state. `destroy()` releases it
+/// (a named state stays registered); using a released store is an error
+/// that names the store.
 pub(crate) struct Held<T> {
   store: &'static str,
   state: Option<Arc<T>>,
@@ -107,5 +129,42 @@ pub(crate) fn write_out(out: &mut Float64ArraySlice, values: &[f64]) {
   let out = unsafe { out.as_mut() };
   for (slot, value) in out.iter_mut().zip(values) {
     *slot = *value;
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn a_named_state_lives_until_released() {
+    let registry = Registry::new();
+    let first = registry.get_or_create(Some("pool"), || 1);
+    assert!(Arc::ptr_eq(
+      &first,
+      &registry.get_or_create(Some("pool"), || 2)
+    ));
+    let weak = Arc::downgrade(&first);
+    drop(first);
+    let again = registry.get_or_create(Some("pool"), || 3);
+    assert_eq!(*again, 1, "kept with no store holding it");
+
+    assert!(registry.release("pool"));
+    assert!(!registry.release("pool"));
+    assert_eq!(*again, 1, "a holder keeps the released state");
+    assert_eq!(*registry.get_or_create(Some("pool"), || 4), 4);
+    drop(again);
+    assert!(weak.upgrade().is_none(), "freed with its last holder");
+  }
+
+  #[test]
+  fn unnamed_states_are_private_and_never_registered() {
+    let registry = Registry::new();
+    let state = registry.get_or_create(None, || 1);
+    let weak = Arc::downgrade(&state);
+    assert!(!Arc::ptr_eq(&state, &registry.get_or_create(None, || 1)));
+    drop(state);
+    assert!(weak.upgrade().is_none());
+    assert!(lock(&registry.named).is_empty());
   }
 }

@@ -219,7 +219,7 @@ impl FixedWindowCounters {
   }
 }
 
-static NAMED: Registry<FixedWindowCounters> = Registry::new();
+pub(super) static NAMED: Registry<FixedWindowCounters> = Registry::new();
 const STORE: &str = "MemoryRateLimitStore";
 
 /// The native half of `MemoryRateLimitStore` (see `lib/memory.js`).
