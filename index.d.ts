@@ -65,7 +65,7 @@ export interface MemoryCircuitBreakerStoreOptions {
 export interface MemoryCacheStoreOptions {
   /** Most entries held (default 10,000); least recently used evicted first. */
   maxEntries?: number
-  /** Most bytes held, counting keys, headers, bodies and 96 bytes per entry (default 64 MiB). */
+  /** Most bytes held, counting keys, headers, bodies and 224 bytes per entry (default 64 MiB). */
   maxBytes?: number
   /** A shared state for the life of the process, as {@link MemoryRateLimitStoreOptions.name}. */
   name?: string
