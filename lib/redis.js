@@ -19,6 +19,7 @@ const {
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
+const { CIRCUIT_STATES } = require('./circuit.js')
 const { clientOptions, isClient } = require('./redis-client.js')
 
 const DEFAULT_URL = 'redis://127.0.0.1:6379'
@@ -160,8 +161,6 @@ const OPERATIONS = {
   cachePut: DONE,
   cacheDelete: REMOVED,
 }
-
-const CIRCUIT_STATES = ['closed', 'open', 'half-open']
 
 /**
  * Settles the calls answered in `batch`, as the native side sends them (see

@@ -13,6 +13,7 @@
 //! - [`postgres`] — PostgreSQL stores on Stoma's tables, over tokio-postgres.
 //! - [`redis`]    — stores in Redis, sharing data with Stoma's JS `redisAdapter`.
 //! - [`testing`]  — hidden hooks that panic on purpose, for the boundary tests.
+//! - [`tls`]      — rustls settings for both network stores.
 //!
 //! The JavaScript layer (`lib/*.js`) wraps the classes exported here into the
 //! exact shapes Stoma's policies expect (Promise-returning stores, real

@@ -61,12 +61,13 @@ use napi::bindgen_prelude::{Function, Uint8Array, Unknown};
 use napi::{Env, Error, Result, Status};
 use napi_derive::napi;
 
+use crate::circuit::CircuitState;
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
 use crate::errors::{guard, guard_async};
 use event_loop::EventLoop;
 use job::{Job, Reload};
-use replies::{state_code, Batch, Replies, Reply};
+use replies::{Batch, Replies, Reply};
 use route::{Deployment, Login, Route};
 use scripts::{CIRCUIT, RATE_LIMIT};
 use setup::{Greeting, Role, Tls};
@@ -413,7 +414,10 @@ impl NativeRedisConnection {
       let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) =
         FromRedisValue::from_redis_value(answer?)?;
       Ok(Reply::Snapshot {
-        state: state_code(&state),
+        // A state the script does not know reads as closed.
+        state: CircuitState::from_name(&state)
+          .unwrap_or(CircuitState::Closed)
+          .code(),
         numbers: [
           failures as f64,
           successes as f64,

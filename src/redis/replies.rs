@@ -22,7 +22,8 @@ pub enum Reply {
     count: f64,
     reset_at: f64,
   },
-  /// A circuit snapshot: the state's code (see [`state_code`]), then
+  /// A circuit snapshot: the state's code (see
+  /// [`crate::circuit::CircuitState::code`]), then
   /// `failureCount, successCount, lastFailureTime, lastStateChange`.
   Snapshot {
     state: u8,
@@ -36,15 +37,6 @@ pub enum Reply {
   Failed(String),
   /// An answer still to be computed, away from the I/O thread.
   Later(Box<dyn FnOnce() -> Reply + Send>),
-}
-
-/// The code of a circuit state, as `lib/redis.js` maps it back.
-pub fn state_code(state: &str) -> u8 {
-  match state {
-    "open" => 1,
-    "half-open" => 2,
-    _ => 0,
-  }
 }
 
 /// A batch of answers as the JS layer receives it: an array whose first
