@@ -15,7 +15,7 @@ import Redis from 'ioredis'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { RedisCacheStore, RedisCircuitBreakerStore, RedisRateLimitStore, redisAdapter } from '../index.mjs'
 import { storeContract } from './support/store-contract.mjs'
-import { makeCertificates, sparePort, startRedisAt } from './support/redis-servers.mjs'
+import { makeCertificates, sparePort, startRedis, startRedisAt } from './support/redis-servers.mjs'
 import { deleteRedisKeys } from '../scripts/cleanup.mjs'
 
 const url = process.env.REDIS_URL || 'redis://127.0.0.1:6379'
@@ -129,6 +129,69 @@ describe('redis: same data as Stoma’s redisAdapter, both ways', () => {
     expect(await ours.cacheStore.get('o1')).toBeNull()
     expect(await ours.cacheStore.delete('s1')).toBe(true)
     expect(await stoma.cacheStore.get('s1')).toBeNull()
+  })
+})
+
+describe('redis: calls of one key in one flush run as one script call', () => {
+  let server
+  let redis
+  beforeAll(async () => {
+    server = await startRedis()
+    redis = new Redis(server.port, '127.0.0.1')
+  })
+  afterAll(async () => {
+    redis.disconnect()
+    await server.stop()
+  })
+
+  /** EVALSHA and EVAL calls the server ran, from its command statistics. */
+  async function scriptCalls() {
+    const stats = await redis.info('commandstats')
+    return [...stats.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0)
+  }
+
+  it('1,000 concurrent increments of one key hand out 1..1,000 exactly once, in few script calls', async () => {
+    const adapter = redisAdapter({ url: server.url, prefix: 'hot:' })
+    try {
+      await adapter.rateLimitStore.increment('warm', 60)
+      await redis.config('RESETSTAT')
+      const hits = await Promise.all(Array.from({ length: 1000 }, () => adapter.rateLimitStore.increment('hot', 60)))
+      const calls = await scriptCalls()
+      expect(hits.map((hit) => hit.count).sort((a, b) => a - b)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1))
+      expect(new Set(hits.map((hit) => hit.resetAt)).size).toBe(1)
+      expect(await redis.get('hot:rl:hot')).toBe('1000')
+      console.log(`1,000 increments of one key: ${calls} script calls`)
+      expect(calls).toBeLessThan(100)
+    } finally {
+      await adapter.close()
+    }
+  })
+
+  it('failures and successes of one circuit add up the same way; other keys and windows stay apart', async () => {
+    const adapter = redisAdapter({ url: server.url, prefix: 'hot:' })
+    try {
+      await redis.config('RESETSTAT')
+      const calls = Array.from({ length: 600 }, (_, i) => {
+        if (i % 3 === 0) return adapter.circuitBreakerStore.recordFailure('cb')
+        if (i % 3 === 1) return adapter.circuitBreakerStore.recordSuccess('cb')
+        return adapter.rateLimitStore.increment(`k${i % 2}`, i % 2 === 0 ? 60 : 30)
+      })
+      const answers = await Promise.all(calls)
+      const failures = answers.filter((_, i) => i % 3 === 0).map((a) => a.failureCount)
+      const successes = answers.filter((_, i) => i % 3 === 1).map((a) => a.successCount)
+      const sorted = (values) => [...values].sort((a, b) => a - b)
+      expect(sorted(failures)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1))
+      expect(sorted(successes)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1))
+      expect(await adapter.circuitBreakerStore.getState('cb')).toMatchObject({ failureCount: 200, successCount: 200 })
+      // k0 is only ever counted in 60 s windows, k1 in 30 s ones: two keys.
+      const byKey = { k0: [], k1: [] }
+      for (const [i, answer] of answers.entries()) if (i % 3 === 2) byKey[`k${i % 2}`].push(answer.count)
+      expect(sorted(byKey.k0)).toEqual(Array.from({ length: byKey.k0.length }, (_, i) => i + 1))
+      expect(sorted(byKey.k1)).toEqual(Array.from({ length: byKey.k1.length }, (_, i) => i + 1))
+      expect(await scriptCalls()).toBeLessThan(200)
+    } finally {
+      await adapter.close()
+    }
   })
 })
 

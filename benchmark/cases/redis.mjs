@@ -1,6 +1,7 @@
-// Redis stores: ours (redis-rs on tokio, one multiplexed pipelined
-// connection, EVALSHA, envelope in Rust) against Stoma's redisAdapter on
-// ioredis, same server, each side under its own key prefix.
+// Redis stores: ours (one pipelined connection written and read from the
+// JS thread, EVALSHA, calls of one key in one flush merged, envelope in
+// Rust) against Stoma's redisAdapter on ioredis, same server, each side
+// under its own key prefix.
 import Redis from 'ioredis'
 import { redisAdapter } from 'stoma-native'
 import { cacheCase, incrementCase } from './network.mjs'
@@ -28,6 +29,19 @@ export default function redisCases() {
   return [
     incrementCase('redis: rate-limit increment, sequential', { adapters, concurrency: 1, target: 1.5 }),
     incrementCase('redis: rate-limit increment, 64 in flight', { adapters, concurrency: 64, target: 2.5 }),
+    {
+      name: 'redis: rate-limit increment, one hot key, 64 in flight',
+      target: 4,
+      concurrency: 64,
+      async setup({ stoma }) {
+        const { ours, theirs, teardown } = await adapters(stoma)
+        return {
+          ours: () => ours.rateLimitStore.increment('one-api-key', 60),
+          theirs: () => theirs.rateLimitStore.increment('one-api-key', 60),
+          teardown,
+        }
+      },
+    },
     {
       name: 'redis: circuit recordFailure, 64 in flight',
       concurrency: 64,

@@ -442,12 +442,12 @@ impl Cluster {
   }
 
   /// Sends `job` again after a pause, routed afresh.
-  fn retry(&self, job: Job, cause: String) -> Option<(f64, Reply)> {
+  fn retry(&self, job: Job, cause: String) -> Vec<(f64, Reply)> {
     let me = self.me.clone();
     let replies = Arc::clone(&self.replies);
     retry_later(job, cause, move |job| match me.upgrade() {
       Some(cluster) => cluster.route(job),
-      None => replies.send_all(vec![job.failed(CLOSED)]),
+      None => replies.send_all(job.failed(CLOSED)),
     })
   }
 }
@@ -459,15 +459,15 @@ impl Owner for Cluster {
     mut job: Job,
     refusal: Refusal,
     error: String,
-  ) -> Option<(f64, Reply)> {
+  ) -> Vec<(f64, Reply)> {
     let cause = format!("Redis at {}: {error}", wire.address());
     let target = match &refusal {
       Refusal::Moved { to, .. } | Refusal::Ask { to } => {
         if job.redirects >= MAX_REDIRECTS {
-          return Some(job.failed(&format!("{cause} (after {MAX_REDIRECTS} redirections)")));
+          return job.failed(&format!("{cause} (after {MAX_REDIRECTS} redirections)"));
         }
         let Some(node) = Node::parse(to) else {
-          return Some(job.failed(&cause));
+          return job.failed(&cause);
         };
         job.redirects += 1;
         node
@@ -493,7 +493,7 @@ impl Owner for Cluster {
     };
     wire.submit(job);
     wire.flush_elsewhere();
-    None
+    Vec::new()
   }
 
   fn lost(&self, _wire: &Arc<Wire>) {

@@ -1,6 +1,7 @@
 //! A call on its way through a connection: its command, what to do with the
 //! answer, and by when.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::time::Instant;
 
 use ::redis::{Cmd, RedisResult, Value};
@@ -37,6 +38,23 @@ pub struct Job {
   /// Send `ASKING` right before it (and again if it is resent there): the
   /// slot is migrating to the node it goes to.
   pub asking: bool,
+  /// Calls that may run with others as one command (see [`coalesce`]).
+  pub group: Option<Group>,
+  /// The ids of the calls merged into this one, answered with it.
+  pub also: Vec<f64>,
+}
+
+/// What makes calls mergeable: calls whose effects add up — n increments of
+/// one counter in one window, n failures of one circuit — may run as one
+/// command that does all of it at once and hands each call the answer it
+/// would have had had they run one after another. Calls merge when their
+/// `merge`, `extra` and key (the command's first key) are equal.
+#[derive(Clone, Copy)]
+pub struct Group {
+  /// Makes one call of several of this group, in their order.
+  pub merge: fn(Vec<Job>) -> Job,
+  /// What else must be equal (a window's length, an operation).
+  pub extra: u64,
 }
 
 impl Job {
@@ -58,16 +76,121 @@ impl Job {
       redirects: 0,
       retries: 0,
       asking: false,
+      group: None,
+      also: Vec::new(),
     }
   }
 
-  /// This call's failure: `<store>: <cause>`.
-  pub fn failed(self, cause: &str) -> (f64, Reply) {
-    (self.id, Reply::Failed(format!("{}: {cause}", self.store)))
+  /// The ids of every call this one answers.
+  pub fn ids(&self) -> impl Iterator<Item = f64> + '_ {
+    std::iter::once(self.id).chain(self.also.iter().copied())
+  }
+
+  /// This call's failure (and that of every call merged into it):
+  /// `<store>: <cause>`.
+  pub fn failed(self, cause: &str) -> Vec<(f64, Reply)> {
+    let message = format!("{}: {cause}", self.store);
+    self
+      .ids()
+      .map(|id| (id, Reply::Failed(message.clone())))
+      .collect()
   }
 }
 
 /// Every call of `jobs` failed with `cause`.
 pub fn fail_all(jobs: impl IntoIterator<Item = Job>, cause: &str) -> Vec<(f64, Reply)> {
-  jobs.into_iter().map(|job| job.failed(cause)).collect()
+  jobs.into_iter().flat_map(|job| job.failed(cause)).collect()
+}
+
+/// `jobs` with the calls that share a group merged into one (placed where
+/// the first of them was); the others as they were.
+pub fn coalesce(jobs: Vec<Job>) -> Vec<Job> {
+  if jobs.iter().filter(|job| job.group.is_some()).count() < 2 {
+    return jobs;
+  }
+  // Which earlier call each call merges into, if any.
+  let mut into: Vec<Option<usize>> = vec![None; jobs.len()];
+  {
+    let mut first = HashMap::new();
+    for (index, job) in jobs.iter().enumerate() {
+      let Some(identity) = job.group_identity() else {
+        continue;
+      };
+      match first.entry(identity) {
+        Entry::Occupied(lead) => into[index] = Some(*lead.get()),
+        Entry::Vacant(slot) => {
+          slot.insert(index);
+        }
+      }
+    }
+  }
+  if into.iter().all(Option::is_none) {
+    return jobs;
+  }
+  let mut merged: Vec<Vec<Job>> = Vec::with_capacity(jobs.len());
+  let mut place = vec![0; jobs.len()];
+  for (index, job) in jobs.into_iter().enumerate() {
+    match into[index] {
+      Some(lead) => merged[place[lead]].push(job),
+      None => {
+        place[index] = merged.len();
+        merged.push(vec![job]);
+      }
+    }
+  }
+  merged
+    .into_iter()
+    .map(|mut calls| match calls.len() {
+      1 => calls.pop().expect("one call"),
+      _ => (calls[0].group.expect("grouped").merge)(calls),
+    })
+    .collect()
+}
+
+impl Job {
+  /// What makes this call mergeable with others: its group's merge function,
+  /// its extra, and its command's first key (`EVALSHA <sha> <numkeys> <key>`).
+  fn group_identity(&self) -> Option<(usize, u64, &[u8])> {
+    let group = self.group?;
+    match self.command.args_iter().nth(3)? {
+      ::redis::Arg::Simple(key) => Some((group.merge as usize, group.extra, key)),
+      _ => None,
+    }
+  }
+}
+
+/// Merges calls whose commands end with a count (1 each) into one call
+/// counting them all; `spread` reads its answer into one reply per call (in
+/// their order, the ids given). The merged call keeps the earliest deadline.
+pub fn merge_counted(
+  calls: Vec<Job>,
+  spread: fn(RedisResult<Value>, &[f64]) -> RedisResult<Reply>,
+) -> Job {
+  let count = calls.len();
+  let deadline = calls
+    .iter()
+    .map(|call| call.deadline)
+    .min()
+    .expect("calls to merge");
+  let ids: Vec<f64> = calls.iter().map(|call| call.id).collect();
+  let mut lead = calls.into_iter().next().expect("calls to merge");
+  let args: Vec<Vec<u8>> = lead
+    .command
+    .args_iter()
+    .filter_map(|arg| match arg {
+      ::redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+      _ => None,
+    })
+    .collect();
+  let mut command = Cmd::new();
+  for arg in &args[..args.len() - 1] {
+    command.arg(arg.as_slice());
+  }
+  command.arg(count);
+  lead.command = command;
+  lead.deadline = deadline;
+  lead.group = None;
+  lead.also = ids[1..].to_vec();
+  lead.decode = Box::new(move |answer| spread(answer, &ids));
+  lead
 }

@@ -61,12 +61,12 @@ use napi::bindgen_prelude::{Function, Uint8Array, Unknown};
 use napi::{Env, Error, Result, Status};
 use napi_derive::napi;
 
-use crate::circuit::CircuitState;
+use crate::circuit::{CircuitOperation, CircuitState};
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
 use crate::errors::{guard, guard_async};
 use event_loop::EventLoop;
-use job::{Job, Reload};
+use job::{merge_counted, Group, Job, Reload};
 use replies::{Batch, Replies, Reply};
 use route::{Deployment, Login, Route};
 use scripts::{CIRCUIT, RATE_LIMIT};
@@ -106,6 +106,60 @@ fn command(name: &str, key: String) -> Cmd {
 
 /// Reads a call's answer into its reply.
 type Decoder = fn(RedisResult<Value>) -> RedisResult<Reply>;
+
+/// A rate-limit script's answer: `count, resetAt`.
+fn hit_of(answer: RedisResult<Value>) -> RedisResult<(f64, f64)> {
+  let (count, reset_at): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
+  Ok((count as f64, reset_at as f64))
+}
+
+/// A circuit script's answer: the state's code, then `failureCount,
+/// successCount, lastFailureTime, lastStateChange`.
+fn snapshot_of(answer: RedisResult<Value>) -> RedisResult<(u8, [f64; 4])> {
+  let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) =
+    FromRedisValue::from_redis_value(answer?)?;
+  // A state the script does not know reads as closed.
+  let state = CircuitState::from_name(&state).unwrap_or(CircuitState::Closed);
+  let numbers = [failures, successes, last_failure, last_change].map(|n| n as f64);
+  Ok((state.code(), numbers))
+}
+
+/// Increments of one key in one window, merged: the script adds them all and
+/// each call gets one of the consecutive counts, as if they had run one after
+/// another.
+fn merge_increments(calls: Vec<Job>) -> Job {
+  merge_counted(calls, |answer, ids| {
+    let (count, reset_at) = hit_of(answer)?;
+    let first = count - ids.len() as f64 + 1.0;
+    let hits = ids.iter().enumerate().map(|(i, &id)| {
+      let count = first + i as f64;
+      (id, Reply::Hit { count, reset_at })
+    });
+    Ok(Reply::Many(hits.collect()))
+  })
+}
+
+/// `recordFailure` / `recordSuccess` calls of one circuit, merged: the script
+/// counts them all; each call gets the snapshot it would have had, its count
+/// (`numbers[counted]`) one of the consecutive values.
+fn spread_snapshots(answer: RedisResult<Value>, ids: &[f64], counted: usize) -> RedisResult<Reply> {
+  let (state, numbers) = snapshot_of(answer)?;
+  let first = numbers[counted] - ids.len() as f64 + 1.0;
+  let snapshots = ids.iter().enumerate().map(|(i, &id)| {
+    let mut numbers = numbers;
+    numbers[counted] = first + i as f64;
+    (id, Reply::Snapshot { state, numbers })
+  });
+  Ok(Reply::Many(snapshots.collect()))
+}
+
+fn merge_failures(calls: Vec<Job>) -> Job {
+  merge_counted(calls, |answer, ids| spread_snapshots(answer, ids, 0))
+}
+
+fn merge_successes(calls: Vec<Job>) -> Job {
+  merge_counted(calls, |answer, ids| spread_snapshots(answer, ids, 1))
+}
 
 /// Options from `lib/redis.js`, already validated there.
 #[napi(object)]
@@ -334,18 +388,19 @@ impl NativeRedisConnection {
       }
       let call = |key| {
         let mut command = RATE_LIMIT.call(key);
-        command.arg(window_ms);
+        command.arg(window_ms).arg(1);
         command
       };
       let decode: Decoder = |answer| {
-        let (count, reset_at): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
-        Ok(Reply::Hit {
-          count: count as f64,
-          reset_at: reset_at as f64,
-        })
+        let (count, reset_at) = hit_of(answer)?;
+        Ok(Reply::Hit { count, reset_at })
       };
       let mut job = self.job(id, RATE_LIMIT_STORE, key, call, decode);
       job.reload = Some(&*RATE_LIMIT as &dyn Reload);
+      job.group = Some(Group {
+        merge: merge_increments,
+        extra: window_ms as u64,
+      });
       self.send(env, job);
       Ok(())
     })
@@ -407,27 +462,27 @@ impl NativeRedisConnection {
         .arg(op)
         .arg(now_ms())
         .arg(to)
-        .arg(CIRCUIT_TTL_SECONDS);
+        .arg(CIRCUIT_TTL_SECONDS)
+        .arg(1);
       command
     };
     let decode: Decoder = |answer| {
-      let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) =
-        FromRedisValue::from_redis_value(answer?)?;
-      Ok(Reply::Snapshot {
-        // A state the script does not know reads as closed.
-        state: CircuitState::from_name(&state)
-          .unwrap_or(CircuitState::Closed)
-          .code(),
-        numbers: [
-          failures as f64,
-          successes as f64,
-          last_failure as f64,
-          last_change as f64,
-        ],
-      })
+      let (state, numbers) = snapshot_of(answer)?;
+      Ok(Reply::Snapshot { state, numbers })
     };
     let mut job = self.job(id, CIRCUIT_STORE, self.key("cb", &key), call, decode);
     job.reload = Some(&*CIRCUIT as &dyn Reload);
+    job.group = match op {
+      "failure" => Some(Group {
+        merge: merge_failures,
+        extra: CircuitOperation::RecordFailure as u64,
+      }),
+      "success" => Some(Group {
+        merge: merge_successes,
+        extra: CircuitOperation::RecordSuccess as u64,
+      }),
+      _ => None,
+    };
     self.send(env, job);
   }
 

@@ -37,6 +37,8 @@ pub enum Reply {
   Failed(String),
   /// An answer still to be computed, away from the I/O thread.
   Later(Box<dyn FnOnce() -> Reply + Send>),
+  /// The answers of calls merged into one (see `job::coalesce`).
+  Many(Vec<(f64, Reply)>),
 }
 
 /// A batch of answers as the JS layer receives it: an array whose first
@@ -85,8 +87,8 @@ impl ToNapiValue for Batch {
         }
         Reply::Removed(removed) => numbers.push(if removed { 1.0 } else { 0.0 }),
         Reply::Done => numbers.push(0.0),
-        Reply::Failed(_) | Reply::Later(_) => {
-          unreachable!("handled above, or finished before delivery")
+        Reply::Failed(_) | Reply::Later(_) | Reply::Many(_) => {
+          unreachable!("handled above, or finished or spread before delivery")
         }
       }
     }

@@ -62,20 +62,23 @@ pub static CIRCUIT: LazyLock<Lua> = LazyLock::new(|| Lua::new(CIRCUIT_LUA));
 /// string, another Redis type, a counter left without expiry) is replaced by
 /// a fresh window rather than failing every call.
 ///
+/// `n` hits at once count as n calls one after another would: they are
+/// calls of one flush merged into one (see `job::coalesce`).
+///
 /// The window's end is read back as the key's absolute expiry
 /// (PEXPIRETIME, Redis 7; computed from TIME and PTTL on older servers), so
 /// every hit of a window, from any client, reports the same `resetAt`.
 /// The hit inside a live window is checked first, before the helper for the
 /// rarer cases is even defined: that is ~6% more calls a second for Redis.
-/// KEYS[1]: the counter. ARGV[1]: the window in ms (> 0).
-/// Returns { count, resetAt in epoch ms }.
+/// KEYS[1]: the counter. ARGV[1]: the window in ms (> 0); ARGV[2]: the
+/// hits to count (1 if absent). Returns { count, resetAt in epoch ms }.
 const RATE_LIMIT_LUA: &str = r#"
-local key, window = KEYS[1], ARGV[1]
+local key, window, n = KEYS[1], ARGV[1], tonumber(ARGV[2]) or 1
 
 -- The common case first, with nothing else set up: a live window.
-local count = redis.pcall('INCR', key)
+local count = redis.pcall('INCRBY', key, n)
 local at
-if type(count) == 'number' and count > 1 then
+if type(count) == 'number' and count > n then
   at = redis.pcall('PEXPIRETIME', key)
   if type(at) == 'number' and at > 0 then
     return { count, at }
@@ -100,27 +103,29 @@ end
 
 -- A server without PEXPIRETIME, or a window to open: the first hit, or
 -- anything under the key that is not a counter with an expiry.
-if type(count) == 'number' and count > 1 then
+if type(count) == 'number' and count > n then
   local ends = expires_at(at)
   if ends > 0 then
     return { count, ends }
   end
 end
-redis.call('SET', key, 1, 'PX', window)
+redis.call('SET', key, n, 'PX', window)
 -- After the SET only an error from before is still news.
-return { 1, expires_at(type(at) == 'table' and at or nil) }
+return { n, expires_at(type(at) == 'table' and at or nil) }
 "#;
 
 /// One circuit-breaker operation, read-modify-write on the server.
 /// KEYS[1]: the circuit. ARGV[1]: "get", "success", "failure" or
 /// "transition"; ARGV[2]: now in epoch ms (the caller's clock, as Stoma uses
-/// `Date.now()`); ARGV[3]: the target state of a transition.
+/// `Date.now()`); ARGV[3]: the target state of a transition; ARGV[4]: the
+/// key's expiry in seconds; ARGV[5]: how many successes or failures to
+/// record (merged calls, see `job::coalesce`; 1 if absent).
 /// The value is Stoma's JSON, written in Stoma's field order; anything that
 /// does not decode to that shape reads as a fresh closed circuit (decoding
 /// runs under `pcall`, so invalid JSON cannot make the script fail).
 /// Returns { state, failureCount, successCount, lastFailureTime, lastStateChange }.
 const CIRCUIT_LUA: &str = r#"
-local key, op, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local key, op, now, n = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5]) or 1
 local STATES = { closed = true, open = true, ['half-open'] = true }
 
 local MAX_COUNT = 9007199254740991 -- Number.MAX_SAFE_INTEGER
@@ -145,9 +150,9 @@ local c = load()
 if op == 'success' then
   -- Saturate: one more would leave the safe range, and the next read would
   -- then discard the value as garbage and forget the circuit.
-  c.successCount = math.min(c.successCount + 1, MAX_COUNT)
+  c.successCount = math.min(c.successCount + n, MAX_COUNT)
 elseif op == 'failure' then
-  c.failureCount = math.min(c.failureCount + 1, MAX_COUNT)
+  c.failureCount = math.min(c.failureCount + n, MAX_COUNT)
   c.lastFailureTime = now
 elseif op == 'transition' then
   local to = ARGV[3]
@@ -184,7 +189,7 @@ mod tests {
   #[test]
   fn a_refused_evalsha_is_resent_with_its_source() {
     let mut call = RATE_LIMIT.call("stoma:rl:k".into());
-    call.arg(60_000);
+    call.arg(60_000).arg(1);
     let eval = RATE_LIMIT.with_source(&call);
     let args: Vec<Vec<u8>> = eval
       .args_iter()
@@ -200,7 +205,12 @@ mod tests {
     assert_eq!(args[1], RATE_LIMIT_LUA.as_bytes());
     assert_eq!(
       &args[2..],
-      &[b"1".to_vec(), b"stoma:rl:k".to_vec(), b"60000".to_vec()]
+      &[
+        b"1".to_vec(),
+        b"stoma:rl:k".to_vec(),
+        b"60000".to_vec(),
+        b"1".to_vec()
+      ]
     );
   }
 }

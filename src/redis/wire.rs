@@ -31,7 +31,7 @@ use ::redis::Value;
 use tokio::io::Interest;
 
 use super::event_loop::EventLoop;
-use super::job::{fail_all, Job};
+use super::job::{coalesce, fail_all, Job};
 use super::pipeline::Pipeline;
 use super::refusal::{self, Refusal};
 use super::replies::{finish_elsewhere, Replies, Reply};
@@ -110,7 +110,7 @@ pub trait Owner: Send + Sync {
     job: Job,
     refusal: Refusal,
     error: String,
-  ) -> Option<(f64, Reply)>;
+  ) -> Vec<(f64, Reply)>;
   /// `wire` lost its connection or could not open one.
   fn lost(&self, wire: &Arc<Wire>);
 }
@@ -331,7 +331,7 @@ impl Wire {
         return Start::Done(self.answer(answered).into_iter().chain(failed).collect());
       }
     }
-    for job in jobs {
+    for job in coalesce(jobs) {
       state.pipe.enqueue(job);
     }
     // On a busy Node loop the JS layer comes back for the answers (see
@@ -398,17 +398,29 @@ impl Wire {
         answers.extend(self.refused(job, refusal, error));
         continue;
       }
-      let (id, store) = (job.id, job.store);
+      let (id, store, also) = (job.id, job.store, job.also);
       let decoded = guard(store, || Ok((job.decode)(value.extract_error())));
       let reply = match decoded {
         Ok(Ok(Reply::Later(finish))) => {
           finish_elsewhere(id, finish, Arc::clone(&self.replies));
           continue;
         }
+        Ok(Ok(Reply::Many(replies))) => {
+          answers.extend(replies);
+          continue;
+        }
         Ok(Ok(reply)) => reply,
         Ok(Err(error)) => Reply::Failed(format!("{store}: {}", self.lost(&error.to_string()))),
         Err(panicked) => Reply::Failed(panicked.reason.clone()),
       };
+      // Calls merged into this one share its failure.
+      if let Reply::Failed(message) = &reply {
+        answers.extend(
+          also
+            .iter()
+            .map(|&other| (other, Reply::Failed(message.clone()))),
+        );
+      }
       answers.push((id, reply));
     }
     answers
@@ -417,7 +429,7 @@ impl Wire {
   /// A call the server refused without running it: its owner's to route;
   /// a lone server's calls are sent again shortly when the server is busy
   /// (LOADING after a restart, …), and fail otherwise.
-  fn refused(self: &Arc<Self>, job: Job, refusal: Refusal, error: String) -> Option<(f64, Reply)> {
+  fn refused(self: &Arc<Self>, job: Job, refusal: Refusal, error: String) -> Vec<(f64, Reply)> {
     if let Some(owner) = self.owner.as_ref().and_then(Weak::upgrade) {
       return owner.refused(self, job, refusal, error);
     }
@@ -430,16 +442,16 @@ impl Wire {
           wire.flush_elsewhere();
         })
       }
-      Refusal::Moved { slot, to } => Some(job.failed(&format!(
+      Refusal::Moved { slot, to } => job.failed(&format!(
         "{cause}: this is a Redis Cluster node (slot {slot} is on {to}); \
          pass cluster: {{ nodes: ['redis://{}'] }} instead of url",
         self.address()
-      ))),
-      Refusal::Ask { to } => Some(job.failed(&format!(
+      )),
+      Refusal::Ask { to } => job.failed(&format!(
         "{cause}: this is a Redis Cluster node (the key's slot is moving to {to}); \
          pass cluster: {{ nodes: ['redis://{}'] }} instead of url",
         self.address()
-      ))),
+      )),
       Refusal::ReadOnly if matches!(self.target, Target::Sentinel(_)) => {
         // Demoted by a failover: find the new primary, then send it there.
         self.relocate(None);
@@ -449,9 +461,9 @@ impl Wire {
           wire.flush_elsewhere();
         })
       }
-      Refusal::ReadOnly => Some(job.failed(&format!(
+      Refusal::ReadOnly => job.failed(&format!(
         "{cause}: this is a read-only replica; point url at the primary, or pass sentinel: {{ name, nodes }}"
-      ))),
+      )),
     }
   }
 
@@ -828,7 +840,7 @@ pub fn write_early(wires: &[Arc<Wire>]) -> Vec<(f64, Reply)> {
       Link::Up(socket) if !state.closed && !state.queued.is_empty() => Arc::clone(socket),
       _ => continue,
     };
-    for job in std::mem::take(&mut state.queued) {
+    for job in coalesce(std::mem::take(&mut state.queued)) {
       state.pipe.enqueue(job);
     }
     let mut answered = Vec::new();
@@ -854,18 +866,18 @@ pub fn retry_later(
   mut job: Job,
   cause: String,
   resend: impl FnOnce(Job) + Send + 'static,
-) -> Option<(f64, Reply)> {
+) -> Vec<(f64, Reply)> {
   let pause = refusal::backoff(job.retries);
   if Instant::now() + pause >= job.deadline {
     let tries = u32::from(job.retries) + 1;
-    return Some(job.failed(&format!(
+    return job.failed(&format!(
       "{cause} (refused {tries} times within commandTimeoutMs)"
-    )));
+    ));
   }
   job.retries = job.retries.saturating_add(1);
   IO.spawn(async move {
     tokio::time::sleep(pause).await;
     resend(job);
   });
-  None
+  Vec::new()
 }
