@@ -316,6 +316,12 @@ export interface RedisCommonOptions {
    * url turns TLS on by itself. The certificate and the server name are always checked.
    */
   tls?: boolean | TlsOptions
+  /**
+   * Keep copies of cache entries and circuits in this process, answered without asking Redis and
+   * dropped as soon as Redis says they changed (client-side caching: RESP3 and `CLIENT TRACKING`,
+   * Redis 6 or later). `true`: at most 10,000 copies and 32 MiB; or give the bounds.
+   */
+  nearCache?: boolean | { maxEntries?: number; maxBytes?: number }
 }
 
 /** PEM text: a string, bytes, or a list of those. */
@@ -457,6 +463,8 @@ export type RedisGatewayAdapter<Stores extends RedisStoreFlags = {}> = GatewayAd
      * resolves once they are answered; later calls on the stores reject.
      */
     close(): Promise<void>
+    /** The near cache's copies and the bytes charged for them, or undefined without `nearCache`. */
+    nearCacheSize(): { entries: number; bytes: number } | undefined
   }
 
 /**

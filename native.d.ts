@@ -183,6 +183,11 @@ export declare class NativeRedisConnection {
   /** Closes the connection(s); later calls fail. Calls in flight finish. */
   close(): void
   get closed(): boolean
+  /**
+   * The near cache's copies and the bytes charged for them, or `null`
+   * without one.
+   */
+  get nearCacheSize(): [number, number] | null
 }
 
 /** Options from `lib/postgres.js`, already validated there. */
@@ -239,6 +244,12 @@ export interface NativeRedisOptions {
   tlsKey?: Uint8Array
   /** The name servers' certificates must carry, when not their host's. */
   tlsServername?: string
+  /**
+   * Keep a near cache of at most this many entries and bytes (both set,
+   * or neither: no near cache).
+   */
+  nearCacheMaxEntries?: number
+  nearCacheMaxBytes?: number
 }
 
 /** A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`). */

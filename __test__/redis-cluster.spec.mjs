@@ -179,6 +179,35 @@ describe('redis cluster', () => {
     }
   })
 
+  it('keeps a near cache per node connection: copies answered locally, invalidations from every shard', async () => {
+    const prefix = newPrefix()
+    const adapter = redisAdapter({ cluster: { nodes: [seed] }, prefix, nearCache: true })
+    const stoma = stomaRedisAdapter({ client: io, prefix })
+    try {
+      const keys = ['a', 'b', 'c', 'd', 'e', 'f']
+      for (const key of keys) await adapter.circuitBreakerStore.recordFailure(key)
+      for (let i = 0; i < 20; i++) {
+        const states = await Promise.all(keys.map((key) => adapter.circuitBreakerStore.getState(key)))
+        expect(states.every((s) => s.failureCount === 1)).toBe(true)
+      }
+      expect(adapter.nearCacheSize().entries).toBe(keys.length)
+      // Stoma's adapter on ioredis.Cluster changes every circuit: each node
+      // tells our connection to it, and the next reads see the change.
+      for (const key of keys) await stoma.circuitBreakerStore.transition(key, 'open')
+      const started = Date.now()
+      let states = []
+      while (Date.now() - started < 1000) {
+        states = await Promise.all(keys.map((key) => adapter.circuitBreakerStore.getState(key)))
+        if (states.every((s) => s.state === 'open')) break
+        await sleep(5)
+      }
+      expect(states.map((s) => s.state)).toEqual(keys.map(() => 'open'))
+      expect(Date.now() - started).toBeLessThan(100)
+    } finally {
+      await adapter.close()
+    }
+  })
+
   it('refuses a url that names a cluster node, saying to pass cluster: { nodes }', async () => {
     const adapter = redisAdapter({ url: seed, prefix: newPrefix(), connectTimeoutMs: 1000 })
     try {

@@ -1,9 +1,10 @@
 // One Stoma gateway served over HTTP by @hono/node-server, its rateLimit and
-// cache policies on Redis through either this package's stores ("ours") or
-// Stoma's own redisAdapter on ioredis ("stoma"). Run as a child process by
+// cache policies on Redis through either this package's stores ("ours", or
+// "ours-near" with the near cache), Stoma's own redisAdapter on ioredis
+// ("stoma"), or stores that do nothing ("none"). Run as a child process by
 // benchmark/cases/e2e.mjs so the load generator does not share its thread.
 //
-//   node benchmark/e2e-server.mjs <ours|stoma> <prefix>   → prints {"port":N}
+//   node benchmark/e2e-server.mjs <ours|ours-near|stoma|none> <prefix>   → prints {"port":N}
 import { serve } from '@hono/node-server'
 import Redis from 'ioredis'
 import { redisAdapter } from 'stoma-native'
@@ -13,9 +14,22 @@ const [which, prefix] = process.argv.slice(2)
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const { createGateway, rateLimit, cache } = await loadStoma('index.js')
 
+// "none": stores that do nothing, for the ceiling — what the gateway, Hono
+// and Node's HTTP server cost a request with no store to ask.
+const nothing = {
+  rateLimitStore: {
+    increment: async (_key, windowSeconds) => ({ count: 1, resetAt: Date.now() + windowSeconds * 1000 }),
+  },
+  cacheStore: { get: async () => null, put: async () => {}, delete: async () => false },
+}
+
 let adapter
 if (which === 'ours') {
   adapter = redisAdapter({ url, prefix })
+} else if (which === 'ours-near') {
+  adapter = redisAdapter({ url, prefix, nearCache: true })
+} else if (which === 'none') {
+  adapter = nothing
 } else {
   const stomaAdapters = await loadStoma('adapters/index.js')
   adapter = stomaAdapters.redisAdapter({ client: new Redis(url), prefix })

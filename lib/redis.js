@@ -30,6 +30,8 @@ const DEFAULT_COMMAND_TIMEOUT_MS = 1000
 // them to the I/O thread: a local Redis answers well within it (see `Spin`
 // in src/redis/wire.rs).
 const DEFAULT_SPIN_MICROS = 50
+// A near cache's bounds unless nearCache says otherwise.
+const DEFAULT_NEAR_CACHE = { maxEntries: 10_000, maxBytes: 32 * 1024 * 1024 }
 // Polling flushes allowed before the event loop turns again, so a chain of
 // awaited calls that keeps getting instant answers still lets timers and
 // other I/O run at least every few milliseconds.
@@ -125,6 +127,22 @@ function deployment(who, opts) {
 }
 
 /**
+ * The `nearCache` option: absent or false (none), true (the default
+ * bounds), or `{ maxEntries, maxBytes }`.
+ */
+function nearCacheOption(who, nearCache) {
+  if (nearCache === undefined || nearCache === false) return {}
+  const bounds =
+    nearCache === true
+      ? {}
+      : nestedOptions(who, nearCache, 'nearCache', ['maxEntries', 'maxBytes'], 'a boolean or { maxEntries, maxBytes }')
+  return {
+    nearCacheMaxEntries: positiveInteger(who, bounds.maxEntries, 'nearCache.maxEntries', DEFAULT_NEAR_CACHE.maxEntries),
+    nearCacheMaxBytes: positiveInteger(who, bounds.maxBytes, 'nearCache.maxBytes', DEFAULT_NEAR_CACHE.maxBytes),
+  }
+}
+
+/**
  * The TypeError for a native complaint about an option: `url: …`,
  * `cluster.nodes[i]: …` or `sentinel.nodes[i]: …` (quoting that url, its
  * password hidden), or another option's (`tls.ca …`, `db: …`).
@@ -167,8 +185,9 @@ const OPERATIONS = {
  * `Batch` in src/redis/replies.rs): `batch[0]` is a Float64Array holding each
  * answer's call id and numbers (`-id` for a failed call), and the values
  * that are not numbers (error messages, a cache hit's headers and body)
- * follow in `batch`, in order. Once no call is left, `whenDrained.resolve`
- * (set by close()) is called.
+ * follow in `batch`, in order. A read's followers (calls that asked for the
+ * same key while it was in flight) get the same answer, each its own object.
+ * Once no call is left, `whenDrained.resolve` (set by close()) is called.
  */
 function settle(calls, batch, whenDrained) {
   const numbers = batch[0]
@@ -178,8 +197,12 @@ function settle(calls, batch, whenDrained) {
     const id = numbers[i++]
     const call = calls.get(Math.abs(id))
     calls.delete(Math.abs(id))
+    const followers = call.followers
+    if (followers !== undefined) call.reading.delete(call.shared)
     if (id < 0) {
-      call.reject(new Error(batch[other++]))
+      const error = new Error(batch[other++])
+      call.reject(error)
+      if (followers !== undefined) for (const follower of followers) follower.reject(error)
       continue
     }
     switch (call.kind) {
@@ -187,22 +210,30 @@ function settle(calls, batch, whenDrained) {
         call.resolve({ count: numbers[i], resetAt: numbers[i + 1] })
         i += 2
         break
-      case SNAPSHOT:
-        call.resolve({
+      case SNAPSHOT: {
+        const snapshot = () => ({
           state: CIRCUIT_STATES[numbers[i]],
           failureCount: numbers[i + 1],
           successCount: numbers[i + 2],
           lastFailureTime: numbers[i + 3],
           lastStateChange: numbers[i + 4],
         })
+        call.resolve(snapshot())
+        if (followers !== undefined) for (const follower of followers) follower.resolve(snapshot())
         i += 5
         break
+      }
       case CACHED: {
         const status = numbers[i++]
         if (status === 0) {
           call.resolve(null)
+          if (followers !== undefined) for (const follower of followers) follower.resolve(null)
         } else {
-          call.resolve(buildResponse(status, batch[other], batch[other + 1]))
+          // A Response each: a body can be read once. They share the bytes.
+          const [headers, body] = [batch[other], batch[other + 1]]
+          call.resolve(buildResponse(status, headers, body))
+          if (followers !== undefined)
+            for (const follower of followers) follower.resolve(buildResponse(status, headers, body))
           other += 2
         }
         break
@@ -218,6 +249,11 @@ function settle(calls, batch, whenDrained) {
   if (whenDrained.resolve !== null && calls.size === 0) whenDrained.resolve()
 }
 
+// Reads that concurrent calls of one key share (single flight): a call made
+// while the same read is in flight waits for that read's answer instead of
+// asking Redis again. The answer may be at most that one round trip old.
+const SHARED_READS = new Set(['cacheGet', 'circuitGet'])
+
 /**
  * One native connection and its calls in flight. A native operation takes
  * a call id and returns at once; answers come back in batches (see
@@ -226,6 +262,8 @@ function settle(calls, batch, whenDrained) {
 class Connection {
   #native
   #calls = new Map()
+  // The shared reads in flight, by operation and key (see SHARED_READS).
+  #reading = new Map()
   #lastId = 0
   #flushing = false
   // Calls queued this turn since the last write.
@@ -275,6 +313,7 @@ class Connection {
     const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
     const spinMicros = nonNegativeInteger(who, opts.spinMicros, 'spinMicros', DEFAULT_SPIN_MICROS)
     const tls = tlsOption(who, opts.tls)
+    const near = nearCacheOption(who, opts.nearCache)
     // The native side keeps this function (and through it the calls map)
     // alive; it must not reach back to this object, or neither could ever
     // be collected.
@@ -291,6 +330,7 @@ class Connection {
           spinMicros,
           watchEventLoop: IS_NODE,
           ...tls,
+          ...near,
         },
         onAnswers,
       )
@@ -302,14 +342,29 @@ class Connection {
 
   /** Starts native operation `name` with `args`; answers its Promise. */
   call(name, ...args) {
+    const shared = SHARED_READS.has(name) ? `${name}\0${args[0]}` : undefined
+    if (shared !== undefined) {
+      const reading = this.#reading.get(shared)
+      if (reading !== undefined) return new Promise((resolve, reject) => reading.followers.push({ resolve, reject }))
+    }
     const id = ++this.#lastId
     const kind = OPERATIONS[name]
-    const answer = new Promise((resolve, reject) => this.#calls.set(id, { resolve, reject, kind }))
+    const call = { resolve: null, reject: null, kind, followers: undefined, reading: undefined, shared }
+    const answer = new Promise((resolve, reject) => {
+      call.resolve = resolve
+      call.reject = reject
+    })
+    this.#calls.set(id, call)
     try {
       this.#native[name](id, ...args)
     } catch (error) {
       this.#calls.delete(id)
       throw error
+    }
+    if (shared !== undefined) {
+      call.followers = []
+      call.reading = this.#reading
+      this.#reading.set(shared, call)
     }
     if (!this.#flushing) {
       this.#flushing = true
@@ -321,6 +376,12 @@ class Connection {
       if (answers !== null) settle(this.#calls, answers, this.#whenDrained)
     }
     return answer
+  }
+
+  /** `{ entries, bytes }` the near cache holds, or undefined without one. */
+  nearCacheSize() {
+    const size = this.#native.nearCacheSize
+    return size === null ? undefined : { entries: size[0], bytes: size[1] }
   }
 
   /** Refuses later calls; resolves once the calls in flight are answered. */
@@ -355,6 +416,7 @@ const CONNECTION_OPTIONS = [
   'commandTimeoutMs',
   'spinMicros',
   'tls',
+  'nearCache',
 ]
 
 /**
@@ -572,6 +634,7 @@ function redisAdapter(options) {
   if (stores.cache !== false) adapter.cacheStore = new RedisCacheStore(shared)
   if (waitUntil) adapter.waitUntil = waitUntil
   adapter.close = () => redis.close()
+  adapter.nearCacheSize = () => redis.nearCacheSize()
   return adapter
 }
 

@@ -36,14 +36,19 @@ async function load(port, path, headers, duration = DURATION_S) {
   return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99 }
 }
 
-function e2eCase(name, path, target) {
+/**
+ * One gateway route under load: our stores (`ours`: "ours" or "ours-near"),
+ * Stoma's, and stores that do nothing (the ceiling: what a request costs
+ * without a store), each in its own server process, one after another.
+ */
+function e2eCase(name, path, target, ours = 'ours') {
   return {
     name,
     target,
     async run() {
       const prefix = `bench-e2e-${process.pid}-${Date.now()}:`
       const runs = {}
-      for (const which of ['ours', 'stoma']) {
+      for (const which of [ours, 'stoma', 'none']) {
         const server = await startServer(which, `${prefix}${which}:`)
         try {
           await load(server.port, path, { 'x-client': 'warm' }, 2) // warm up caches and JIT
@@ -52,13 +57,16 @@ function e2eCase(name, path, target) {
           await server.stop()
         }
       }
-      await deleteRedisKeys(prefix) // what both gateways cached
+      await deleteRedisKeys(prefix) // what the gateways cached
+      const share = (rps) => `${Math.round((100 * rps) / runs.none.rps)}%`
       return {
-        ours: runs.ours.rps,
+        ours: runs[ours].rps,
         theirs: runs.stoma.rps,
-        ratio: runs.ours.rps / runs.stoma.rps,
+        ratio: runs[ours].rps / runs.stoma.rps,
         unit: 'req',
-        detail: `p50/p99 ${runs.ours.p50}/${runs.ours.p99} ms vs ${runs.stoma.p50}/${runs.stoma.p99} ms`,
+        detail:
+          `no-store ceiling ${Math.round(runs.none.rps)} req/s: ours ${share(runs[ours].rps)}, Stoma ${share(runs.stoma.rps)}; ` +
+          `p50/p99 ${runs[ours].p50}/${runs[ours].p99} ms vs ${runs.stoma.p50}/${runs.stoma.p99} ms`,
       }
     },
   }
@@ -68,5 +76,11 @@ export default function e2eCases() {
   return [
     e2eCase(`e2e: gateway rateLimit on Redis, ${CONNECTIONS} connections`, '/limited', 1.5),
     e2eCase(`e2e: gateway cache HIT 64 KiB on Redis, ${CONNECTIONS} connections`, '/cached'),
+    e2eCase(
+      `e2e: gateway cache HIT 64 KiB on Redis, nearCache, ${CONNECTIONS} connections`,
+      '/cached',
+      undefined,
+      'ours-near',
+    ),
   ]
 }

@@ -9,10 +9,10 @@ import { deleteRedisKeys } from '../../scripts/cleanup.mjs'
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 
-async function adapters(stoma) {
+async function adapters(stoma, options = {}) {
   const prefix = `bench:${process.pid}:${Date.now()}:`
   const client = new Redis(url)
-  const ours = redisAdapter({ url, prefix: `${prefix}ours:` })
+  const ours = redisAdapter({ url, prefix: `${prefix}ours:`, ...options })
   const theirs = stoma.redisAdapter({ client, prefix: `${prefix}stoma:` })
   return {
     ours,
@@ -55,6 +55,20 @@ export default function redisCases() {
       },
     },
     cacheCase('redis: cache put+get 64 KiB', { adapters, bytes: 64 * 1024, target: 10 }),
+    {
+      name: 'redis: cache get hit 64 KiB, nearCache',
+      target: 20,
+      samples: 5,
+      async setup({ stoma }) {
+        const { ours, theirs, teardown } = await adapters(stoma, { nearCache: true })
+        const body = new Uint8Array(64 * 1024).map((_, i) => (i * 7) % 256)
+        for (const store of [ours.cacheStore, theirs.cacheStore]) await store.put('page', new Response(body), 300)
+        const read = (store) => async () => {
+          await (await store.get('page')).arrayBuffer()
+        }
+        return { ours: read(ours.cacheStore), theirs: read(theirs.cacheStore), teardown }
+      },
+    },
     cacheCase('redis: cache put+get 1 MiB', { adapters, bytes: 1024 * 1024, target: 30 }),
   ]
 }

@@ -40,8 +40,15 @@ pub struct Job {
   pub asking: bool,
   /// Calls that may run with others as one command (see [`coalesce`]).
   pub group: Option<Group>,
+  /// Set for a near-cache read: the server is asked to track its key
+  /// (`CLIENT CACHING yes` goes first), and if it cannot be (it is sent
+  /// after `ASKING`) this runs, so its answer is not kept.
+  pub untracked: Option<Box<dyn FnOnce() + Send>>,
   /// The ids of the calls merged into this one, answered with it.
   pub also: Vec<f64>,
+  /// Made by the store itself, not by a JS call: nothing is answered (a
+  /// near cache's read that follows a write).
+  pub silent: bool,
 }
 
 /// What makes calls mergeable: calls whose effects add up — n increments of
@@ -77,7 +84,9 @@ impl Job {
       retries: 0,
       asking: false,
       group: None,
+      untracked: None,
       also: Vec::new(),
+      silent: false,
     }
   }
 
@@ -89,6 +98,9 @@ impl Job {
   /// This call's failure (and that of every call merged into it):
   /// `<store>: <cause>`.
   pub fn failed(self, cause: &str) -> Vec<(f64, Reply)> {
+    if self.silent {
+      return Vec::new();
+    }
     let message = format!("{}: {cause}", self.store);
     self
       .ids()

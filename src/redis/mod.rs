@@ -40,6 +40,7 @@
 mod cluster;
 mod event_loop;
 mod job;
+mod near_cache;
 mod pipeline;
 mod refusal;
 mod replies;
@@ -67,9 +68,10 @@ use crate::envelope::StoredResponse;
 use crate::errors::{guard, guard_async};
 use event_loop::EventLoop;
 use job::{merge_counted, Group, Job, Reload};
+use near_cache::{Copy, Lookup, NearCache, Ticket};
 use replies::{Batch, Replies, Reply};
 use route::{Deployment, Login, Route};
-use scripts::{CIRCUIT, RATE_LIMIT};
+use scripts::{CIRCUIT, RATE_LIMIT, READ};
 use setup::{Greeting, Role, Tls};
 use wire::Settings;
 
@@ -116,12 +118,73 @@ fn hit_of(answer: RedisResult<Value>) -> RedisResult<(f64, f64)> {
 /// A circuit script's answer: the state's code, then `failureCount,
 /// successCount, lastFailureTime, lastStateChange`.
 fn snapshot_of(answer: RedisResult<Value>) -> RedisResult<(u8, [f64; 4])> {
+  snapshot_and_expiry(answer).map(|(state, numbers, _)| (state, numbers))
+}
+
+/// A circuit script's answer, with the key's expiry when the script gives
+/// it ("get": epoch ms, -1 none, -2 no key).
+fn snapshot_and_expiry(answer: RedisResult<Value>) -> RedisResult<(u8, [f64; 4], Option<i64>)> {
+  let mut fields: Vec<Value> = FromRedisValue::from_redis_value(answer?)?;
+  let expiry = match fields.len() {
+    6 => Some(i64::from_redis_value(fields.pop().expect("six fields"))?),
+    _ => None,
+  };
   let (state, failures, successes, last_failure, last_change): (String, i64, i64, i64, i64) =
-    FromRedisValue::from_redis_value(answer?)?;
+    FromRedisValue::from_redis_value(Value::Array(fields))?;
   // A state the script does not know reads as closed.
   let state = CircuitState::from_name(&state).unwrap_or(CircuitState::Closed);
   let numbers = [failures, successes, last_failure, last_change].map(|n| n as f64);
-  Ok((state.code(), numbers))
+  Ok((state.code(), numbers, expiry))
+}
+
+/// A key's expiry as a script reports it (epoch ms; -1 none), as a near
+/// cache keeps it.
+fn expiry(at: i64) -> Option<i64> {
+  (at >= 0).then_some(at)
+}
+
+/// A near cache's part in one call: the cache, the key, the call's ticket.
+#[derive(Clone)]
+struct Near {
+  cache: Arc<NearCache>,
+  key: Box<[u8]>,
+  ticket: Ticket,
+}
+
+impl Near {
+  fn keep(&self, copy: Copy, expires_at: Option<i64>) {
+    self.cache.keep(&self.key, self.ticket, copy, expires_at);
+  }
+
+  fn forget(&self) {
+    self.cache.forget(&self.key, self.ticket);
+  }
+
+  /// For a read: run if the server will not track it, so it is not kept.
+  fn untracked(&self) -> Box<dyn FnOnce() + Send> {
+    let near = self.clone();
+    Box::new(move || near.forget())
+  }
+}
+
+/// The answer to `getState` from a circuit's copy.
+fn snapshot_reply(copy: Copy) -> Reply {
+  match copy {
+    Copy::Snapshot(state, numbers) => Reply::Snapshot { state, numbers },
+    // An unknown circuit reads as fresh and closed, changed now.
+    _ => Reply::Snapshot {
+      state: CircuitState::Closed.code(),
+      numbers: [0.0, 0.0, 0.0, now_ms() as f64],
+    },
+  }
+}
+
+/// The answer to a cache `get` from an entry's copy.
+fn cached_reply(copy: Copy) -> Reply {
+  match copy {
+    Copy::Response(hit) => Reply::Cached(Some(hit)),
+    _ => Reply::Cached(None),
+  }
 }
 
 /// Increments of one key in one window, merged: the script adds them all and
@@ -153,12 +216,47 @@ fn spread_snapshots(answer: RedisResult<Value>, ids: &[f64], counted: usize) -> 
   Ok(Reply::Many(snapshots.collect()))
 }
 
+/// Reads of one key that answer nobody (see `refresh_copy`), merged: the
+/// last one is enough — its ticket is the key's latest.
+fn merge_reads(mut calls: Vec<Job>) -> Job {
+  let mut last = calls.pop().expect("calls to merge");
+  last.group = None;
+  last
+}
+
 fn merge_failures(calls: Vec<Job>) -> Job {
   merge_counted(calls, |answer, ids| spread_snapshots(answer, ids, 0))
 }
 
 fn merge_successes(calls: Vec<Job>) -> Job {
   merge_counted(calls, |answer, ids| spread_snapshots(answer, ids, 1))
+}
+
+/// The answer to a cache read of `raw` (an envelope, or nothing), its copy
+/// kept in the near cache when one is reading (until the given expiry). A
+/// large envelope is decoded off the I/O thread.
+fn envelope_reply(raw: Option<Vec<u8>>, near: Option<(Near, Option<i64>)>) -> Reply {
+  let large = raw
+    .as_ref()
+    .is_some_and(|raw| raw.len() > INLINE_ENVELOPE_BYTES);
+  let finish = move || {
+    let hit = raw
+      .and_then(|raw| StoredResponse::from_envelope(&raw))
+      .map(|hit| Arc::new((hit.status, hit.joined_headers(), hit.body)));
+    if let Some((near, expires_at)) = near {
+      match &hit {
+        Some(hit) => near.keep(Copy::Response(Arc::clone(hit)), expires_at),
+        // Garbage under the key reads as a miss, kept until it changes.
+        None => near.keep(Copy::Absent, None),
+      }
+    }
+    Reply::Cached(hit)
+  };
+  if large {
+    Reply::Later(Box::new(finish))
+  } else {
+    finish()
+  }
 }
 
 /// Options from `lib/redis.js`, already validated there.
@@ -195,6 +293,10 @@ pub struct NativeRedisOptions {
   pub tls_key: Option<Uint8Array>,
   /// The name servers' certificates must carry, when not their host's.
   pub tls_servername: Option<String>,
+  /// Keep a near cache of at most this many entries and bytes (both set,
+  /// or neither: no near cache).
+  pub near_cache_max_entries: Option<f64>,
+  pub near_cache_max_bytes: Option<f64>,
 }
 
 /// A JS duration in milliseconds as a `Duration` of at least 1 ms.
@@ -216,6 +318,10 @@ pub struct NativeRedisConnection {
   command_timeout: Duration,
   /// The JS thread's event loop, when it can tell us it has other work.
   event_loop: Option<EventLoop>,
+  /// Copies of cache entries and circuits (the `nearCache` option).
+  near: Option<Arc<NearCache>>,
+  /// Calls answered from the near cache, returned by the next flush.
+  ready: std::sync::Mutex<Vec<(f64, Reply)>>,
 }
 
 #[napi]
@@ -255,6 +361,16 @@ impl NativeRedisConnection {
         password: options.password.as_deref(),
         db: options.db.map(i64::from),
       };
+      let near = match (options.near_cache_max_entries, options.near_cache_max_bytes) {
+        (Some(entries), Some(bytes)) => {
+          Some(Arc::new(NearCache::new(entries as usize, bytes as usize)))
+        }
+        _ => None,
+      };
+      let mut setup = vec![RATE_LIMIT.load(), CIRCUIT.load()];
+      if near.is_some() {
+        setup.push(READ.load());
+      }
       let settings = Settings {
         connect_timeout: millis(options.connect_timeout_ms),
         command_timeout: millis(options.command_timeout_ms),
@@ -267,8 +383,10 @@ impl NativeRedisConnection {
         // need no retry (a failure to load is not fatal: see `Reload`).
         greeting: Greeting {
           role: Role::Any,
-          setup: vec![RATE_LIMIT.load(), CIRCUIT.load()],
+          tracking: near.is_some(),
+          setup,
         },
+        near: near.clone(),
       };
       let command_timeout = settings.command_timeout;
       let trust = crate::tls::Trust {
@@ -294,6 +412,8 @@ impl NativeRedisConnection {
         } else {
           None
         },
+        near,
+        ready: std::sync::Mutex::new(Vec::new()),
       })
     })
   }
@@ -326,6 +446,41 @@ impl NativeRedisConnection {
     self.route.submit(job);
   }
 
+  /// Answers call `id` with `reply` at the next flush, without asking Redis
+  /// (a near-cache hit).
+  fn answer_now(&self, env: &Env, id: f64, reply: Reply) {
+    self.replies.hold(env);
+    crate::errors::lock(&self.ready).push((id, reply));
+  }
+
+  /// For a read of `key`: its live copy (`Err`), or the near cache's part
+  /// in reading it (`Ok(None)` when there is no near cache).
+  fn near_read(&self, key: &str) -> std::result::Result<Option<Near>, Copy> {
+    let Some(cache) = &self.near else {
+      return Ok(None);
+    };
+    match cache.lookup(key.as_bytes(), now_ms()) {
+      Lookup::Hit(copy) => Err(copy),
+      Lookup::Miss(ticket) => Ok(Some(Near {
+        cache: Arc::clone(cache),
+        key: key.as_bytes().into(),
+        ticket,
+      })),
+    }
+  }
+
+  /// For a write of `key`: the copy is dropped now (later reads must not
+  /// see it) and the write's answer may replace it.
+  fn near_write(&self, key: &str) -> Option<Near> {
+    let cache = self.near.as_ref()?;
+    cache.invalidate(key.as_bytes());
+    Some(Near {
+      cache: Arc::clone(cache),
+      key: key.as_bytes().into(),
+      ticket: cache.writing(key.as_bytes()),
+    })
+  }
+
   /// Sends the calls queued since the last flush and answers those whose
   /// replies came while it polled (see `wire::flush`); `null` when none did.
   /// The others arrive through `settle`, or a later flush takes them (see
@@ -334,7 +489,8 @@ impl NativeRedisConnection {
   #[napi(ts_return_type = "[Float64Array, ...unknown[]] | null")]
   pub fn flush(&self, env: &Env, spin: bool, defer: bool) -> Result<Option<Batch>> {
     guard(ADAPTER, || {
-      let answers = self.route.flush(spin, defer, self.event_loop.as_ref());
+      let mut answers = std::mem::take(&mut *crate::errors::lock(&self.ready));
+      answers.extend(self.route.flush(spin, defer, self.event_loop.as_ref()));
       Ok(self.collected(env, answers))
     })
   }
@@ -446,32 +602,36 @@ impl NativeRedisConnection {
   pub fn circuit_reset(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CIRCUIT_STORE, || {
       let key = self.key("cb", &key);
+      let near = self.near_write(&key);
+      let refresh = near.is_some();
       let delete = |key| command("DEL", key);
-      let job = self.job(id, CIRCUIT_STORE, key, delete, |answer| {
+      let job = self.job(id, CIRCUIT_STORE, key.clone(), delete, move |answer| {
+        if let Some(near) = near {
+          near.forget();
+        }
         answer.map(|_| Reply::Done)
       });
       self.send(env, job);
+      if refresh {
+        self.refresh_copy(key);
+      }
       Ok(())
     })
   }
 
   fn circuit(&self, env: &Env, id: f64, key: String, op: &str, to: &str) {
-    let call = |key| {
-      let mut command = CIRCUIT.call(key);
-      command
-        .arg(op)
-        .arg(now_ms())
-        .arg(to)
-        .arg(CIRCUIT_TTL_SECONDS)
-        .arg(1);
-      command
+    let key = self.key("cb", &key);
+    let reading = op == "get";
+    let near = if reading {
+      match self.near_read(&key) {
+        Err(copy) => return self.answer_now(env, id, snapshot_reply(copy)),
+        Ok(near) => near,
+      }
+    } else {
+      self.near_write(&key)
     };
-    let decode: Decoder = |answer| {
-      let (state, numbers) = snapshot_of(answer)?;
-      Ok(Reply::Snapshot { state, numbers })
-    };
-    let mut job = self.job(id, CIRCUIT_STORE, self.key("cb", &key), call, decode);
-    job.reload = Some(&*CIRCUIT as &dyn Reload);
+    let refresh = near.is_some() && !reading;
+    let mut job = self.circuit_job(id, key.clone(), op, to, near);
     job.group = match op {
       "failure" => Some(Group {
         merge: merge_failures,
@@ -484,6 +644,62 @@ impl NativeRedisConnection {
       _ => None,
     };
     self.send(env, job);
+    if refresh {
+      self.refresh_copy(key);
+    }
+  }
+
+  /// A call running the circuit script's `op` on `key`, its answer kept in
+  /// (or, for a write, dropped from) the near cache when there is one.
+  fn circuit_job(&self, id: f64, key: String, op: &str, to: &str, near: Option<Near>) -> Job {
+    let untracked = near.as_ref().filter(|_| op == "get").map(Near::untracked);
+    let call = |key| {
+      let mut command = CIRCUIT.call(key);
+      command
+        .arg(op)
+        .arg(now_ms())
+        .arg(to)
+        .arg(CIRCUIT_TTL_SECONDS)
+        .arg(1);
+      command
+    };
+    let decode = move |answer| {
+      let read = snapshot_and_expiry(answer);
+      if let Some(near) = near {
+        match &read {
+          // A read: the key's expiry came with it (-2: no such circuit).
+          Ok((_, _, Some(-2))) => near.keep(Copy::Absent, None),
+          Ok((state, numbers, Some(at))) => {
+            near.keep(Copy::Snapshot(*state, *numbers), expiry(*at))
+          }
+          // A write: the server no longer tracks the key for us (a write
+          // ends its tracking), so nothing of it may be kept.
+          Ok((_, _, None)) | Err(_) => near.forget(),
+        }
+      }
+      let (state, numbers, _) = read?;
+      Ok(Reply::Snapshot { state, numbers })
+    };
+    let mut job = self.job(id, CIRCUIT_STORE, key, call, decode);
+    job.reload = Some(&*CIRCUIT as &dyn Reload);
+    job.untracked = untracked;
+    job
+  }
+
+  /// After a write of circuit `key`, a tracked read right behind it (same
+  /// connection, same flush): the next `getState` is answered from its copy.
+  /// Answers nobody; the reads of one flush merge into one.
+  fn refresh_copy(&self, key: String) {
+    let Ok(Some(near)) = self.near_read(&key) else {
+      return;
+    };
+    let mut job = self.circuit_job(0.0, key, "get", "", Some(near));
+    job.silent = true;
+    job.group = Some(Group {
+      merge: merge_reads,
+      extra: 0,
+    });
+    self.route.submit(job);
   }
 
   /// Answers the response under `<prefix>cache:<key>`, or `null` when
@@ -491,25 +707,58 @@ impl NativeRedisConnection {
   #[napi]
   pub fn cache_get(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CACHE_STORE, || {
-      let get = |key| command("GET", key);
-      let decode: Decoder = |answer| {
-        let raw: Option<Vec<u8>> = match answer {
-          // Another Redis type under the key is garbage too: a miss.
-          Err(error) if error.code() == Some("WRONGTYPE") => None,
-          answer => FromRedisValue::from_redis_value(answer?)?,
-        };
-        let raw_len = raw.as_ref().map_or(0, Vec::len);
-        let finish = move || {
-          let hit = raw.and_then(|raw| StoredResponse::from_envelope(&raw));
-          Reply::Cached(hit.map(|hit| (hit.status, hit.joined_headers(), hit.body)))
-        };
-        Ok(if raw_len > INLINE_ENVELOPE_BYTES {
-          Reply::Later(Box::new(finish))
-        } else {
-          finish()
-        })
+      let key = self.key("cache", &key);
+      let near = match self.near_read(&key) {
+        Err(copy) => {
+          self.answer_now(env, id, cached_reply(copy));
+          return Ok(());
+        }
+        Ok(near) => near,
       };
-      let job = self.job(id, CACHE_STORE, self.key("cache", &key), get, decode);
+      let job = match near {
+        None => self.job(
+          id,
+          CACHE_STORE,
+          key,
+          |key| command("GET", key),
+          |answer| {
+            let raw: Option<Vec<u8>> = match answer {
+              // Another Redis type under the key is garbage too: a miss.
+              Err(error) if error.code() == Some("WRONGTYPE") => None,
+              answer => FromRedisValue::from_redis_value(answer?)?,
+            };
+            Ok(envelope_reply(raw, None))
+          },
+        ),
+        Some(near) => {
+          let untracked = near.untracked();
+          let read = |key| READ.call(key);
+          let mut job = self.job(id, CACHE_STORE, key, read, move |answer| {
+            let fields: Vec<Value> = match answer {
+              Err(error) if error.code() == Some("WRONGTYPE") => {
+                near.forget();
+                return Ok(Reply::Cached(None));
+              }
+              answer => FromRedisValue::from_redis_value(answer?)?,
+            };
+            let mut fields = fields.into_iter();
+            match (fields.next(), fields.next(), fields.next()) {
+              (Some(Value::Int(1)), Some(raw), Some(at)) => {
+                let raw: Vec<u8> = FromRedisValue::from_redis_value(raw)?;
+                let at: i64 = FromRedisValue::from_redis_value(at)?;
+                Ok(envelope_reply(Some(raw), Some((near, expiry(at)))))
+              }
+              _ => {
+                near.keep(Copy::Absent, None);
+                Ok(Reply::Cached(None))
+              }
+            }
+          });
+          job.reload = Some(&*READ as &dyn Reload);
+          job.untracked = Some(untracked);
+          job
+        }
+      };
       self.send(env, job);
       Ok(())
     })
@@ -540,7 +789,14 @@ impl NativeRedisConnection {
     guard(CACHE_STORE, || {
       let key = self.key("cache", &key);
       let ttl_ms = duration_ms(ttl_ms);
-      let stored: Decoder = |answer| answer.map(|_| Reply::Done);
+      // The copy goes now; the next read fetches what was put.
+      let near = self.near_write(&key);
+      let stored = move |answer: RedisResult<Value>| {
+        if let Some(near) = near {
+          near.forget();
+        }
+        answer.map(|_| Reply::Done)
+      };
       if ttl_ms == 0 {
         let job = self.job(id, CACHE_STORE, key, |key| command("DEL", key), stored);
         self.send(env, job);
@@ -584,12 +840,17 @@ impl NativeRedisConnection {
   #[napi]
   pub fn cache_delete(&self, env: &Env, id: f64, key: String) -> Result<()> {
     guard(CACHE_STORE, || {
+      let key = self.key("cache", &key);
+      let near = self.near_write(&key);
       let delete = |key| command("DEL", key);
-      let decode: Decoder = |answer| {
+      let decode = move |answer: RedisResult<Value>| {
+        if let Some(near) = near {
+          near.forget();
+        }
         let removed: i64 = FromRedisValue::from_redis_value(answer?)?;
         Ok(Reply::Removed(removed > 0))
       };
-      let job = self.job(id, CACHE_STORE, self.key("cache", &key), delete, decode);
+      let job = self.job(id, CACHE_STORE, key, delete, decode);
       self.send(env, job);
       Ok(())
     })
@@ -604,6 +865,14 @@ impl NativeRedisConnection {
   #[napi(getter)]
   pub fn closed(&self) -> bool {
     self.route.is_closed()
+  }
+
+  /// The near cache's copies and the bytes charged for them, or `null`
+  /// without one.
+  #[napi(getter, ts_return_type = "[number, number] | null")]
+  pub fn near_cache_size(&self) -> Option<Vec<u32>> {
+    let (entries, bytes) = self.near.as_ref()?.size();
+    Some(vec![entries as u32, bytes.min(u32::MAX as usize) as u32])
   }
 }
 

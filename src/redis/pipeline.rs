@@ -8,25 +8,29 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 
 use ::redis::{ServerErrorKind, Value};
 
 use super::job::Job;
+use super::near_cache::NearCache;
 use super::resp::{self, Scan};
 use super::socket::Socket;
 
 /// Bytes asked of the socket per read, at least.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// A call written, and whether the answer to an `ASKING` sent before it
-/// comes first.
+/// A call written, and how many answers to commands sent right before it
+/// (`ASKING`, `CLIENT CACHING yes`) come first.
 struct Sent {
   job: Job,
-  asking: bool,
+  prefixes: u8,
 }
 
 #[derive(Default)]
 pub struct Pipeline {
+  /// Where invalidation pushes go (RESP3 connections of a near cache).
+  near: Option<Arc<NearCache>>,
   /// Calls written, in the order their answers will come.
   in_flight: VecDeque<Sent>,
   /// Encoded commands; `unsent[written..]` is still to go.
@@ -39,15 +43,34 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+  pub fn new(near: Option<Arc<NearCache>>) -> Self {
+    Pipeline {
+      near,
+      ..Pipeline::default()
+    }
+  }
+
   /// Encodes `job` for sending and counts it in flight.
-  pub fn enqueue(&mut self, job: Job) {
+  pub fn enqueue(&mut self, mut job: Job) {
+    // The answers (+OK) of these are skipped in `take_replies`.
+    let mut prefixes = 0;
     if job.asking {
-      // Its answer (+OK) is skipped in `take_replies`.
       ::redis::cmd("ASKING").write_packed_command(&mut self.unsent);
+      prefixes += 1;
+      // `CLIENT CACHING yes` cannot precede it too (each clears the
+      // other's effect), so the server will not track this read.
+      if let Some(untracked) = job.untracked.take() {
+        untracked();
+      }
+    } else if job.untracked.is_some() {
+      ::redis::cmd("CLIENT")
+        .arg("CACHING")
+        .arg("yes")
+        .write_packed_command(&mut self.unsent);
+      prefixes += 1;
     }
     job.command.write_packed_command(&mut self.unsent);
-    let asking = job.asking;
-    self.in_flight.push_back(Sent { job, asking });
+    self.in_flight.push_back(Sent { job, prefixes });
   }
 
   pub fn is_idle(&self) -> bool {
@@ -110,7 +133,9 @@ impl Pipeline {
           _ => {}
         }
       }
-      if !self.in_flight.is_empty() {
+      // With nothing in flight only pushes can come, and only a near
+      // cache's connections get them.
+      if !self.in_flight.is_empty() || self.near.is_some() {
         loop {
           if self.inbox.len() - self.filled < READ_CHUNK / 4 {
             self.inbox.resize(self.filled + READ_CHUNK, 0);
@@ -143,12 +168,23 @@ impl Pipeline {
         .map_err(|error| format!("protocol error: {}", error.0))?
       {
         Scan::Complete(length) => {
+          if self.inbox[at] == b'>' {
+            // A RESP3 push (an invalidation), not an answer.
+            let push = resp::decode(&self.inbox[at..at + length])
+              .map_err(|error| format!("protocol error: {error}"))?;
+            at += length;
+            if let Some(near) = &self.near {
+              near.pushed(&push);
+            }
+            continue;
+          }
           let Some(sent) = self.in_flight.front_mut() else {
             return Err("protocol error: an answer to no command".into());
           };
-          if sent.asking {
-            // The answer to the ASKING before it; its own comes next.
-            sent.asking = false;
+          if sent.prefixes > 0 {
+            // The answer to a command sent right before it; its own comes
+            // later.
+            sent.prefixes -= 1;
             at += length;
             continue;
           }
@@ -188,8 +224,13 @@ impl Pipeline {
     Ok(())
   }
 
-  /// Forgets everything sent and read; answers the calls in flight.
+  /// Forgets everything sent and read; answers the calls in flight. A near
+  /// cache empties first: the invalidations the connection would have
+  /// brought are lost with it.
   pub fn clear(&mut self) -> impl Iterator<Item = Job> + '_ {
+    if let Some(near) = &self.near {
+      near.clear();
+    }
     self.unsent.clear();
     self.written = 0;
     self.filled = 0;

@@ -15,6 +15,9 @@ use crate::fastcall::buffer_copy;
 
 use super::CACHE_STORE;
 
+/// A cached response: status, headers joined as `name\0value\0…`, body.
+pub type Cached = (u16, String, Vec<u8>);
+
 /// The answer to one call, on its way back to JS.
 pub enum Reply {
   /// A rate-limit hit: `count, resetAt`.
@@ -29,8 +32,9 @@ pub enum Reply {
     state: u8,
     numbers: [f64; 4],
   },
-  /// A cache answer: a hit's status, joined headers and body, or a miss.
-  Cached(Option<(u16, String, Vec<u8>)>),
+  /// A cache answer: a hit's status, joined headers and body (shared with
+  /// a near cache's copy), or a miss.
+  Cached(Option<Arc<Cached>>),
   Removed(bool),
   Done,
   /// The error message, naming the store and the cause.
@@ -79,11 +83,12 @@ impl ToNapiValue for Batch {
           numbers.extend(values);
         }
         Reply::Cached(None) => numbers.push(0.0),
-        Reply::Cached(Some((status, headers, body))) => {
-          numbers.push(f64::from(status));
-          others.push(unsafe { String::to_napi_value(env, headers)? });
+        Reply::Cached(Some(hit)) => {
+          let (status, headers, body) = &*hit;
+          numbers.push(f64::from(*status));
+          others.push(unsafe { <&str>::to_napi_value(env, headers)? });
           // SAFETY: `to_napi_value` runs on the JS thread with its env.
-          others.push(unsafe { buffer_copy(env, &body)? });
+          others.push(unsafe { buffer_copy(env, body)? });
         }
         Reply::Removed(removed) => numbers.push(if removed { 1.0 } else { 0.0 }),
         Reply::Done => numbers.push(0.0),

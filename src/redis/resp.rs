@@ -52,8 +52,9 @@ pub fn scan(buf: &[u8]) -> Result<Scan, ProtocolError> {
       }
       // Array (or RESP3 set, push): that many values follow.
       b'*' | b'~' | b'>' => remaining += number(header)?.max(0) as u64,
-      // RESP3 map: twice that many.
+      // RESP3 map: twice that many; attributes, then the value they describe.
       b'%' => remaining += 2 * number(header)?.max(0) as u64,
+      b'|' => remaining += 2 * number(header)?.max(0) as u64 + 1,
       other => {
         return Err(ProtocolError(format!(
           "unexpected reply type byte 0x{other:02x}"
@@ -87,6 +88,8 @@ fn decode_common(frame: &[u8], at: &mut usize) -> Option<::redis::Value> {
   Some(match kind {
     b':' => Value::Int(std::str::from_utf8(header).ok()?.parse().ok()?),
     b'+' if header == b"OK" => Value::Okay,
+    // RESP3's null (a near cache's connections speak RESP3).
+    b'_' if header.is_empty() => Value::Nil,
     b'$' => match number(header).ok()? {
       -1 => Value::Nil,
       length => {

@@ -1,6 +1,6 @@
-//! The two Lua scripts the stores run on the server, and how to call them.
+//! The Lua scripts the stores run on the server, and how to call them.
 //!
-//! Both are loaded when a connection opens and run by `EVALSHA`; a call the
+//! They are loaded when a connection opens and run by `EVALSHA`; a call the
 //! server refuses with `NOSCRIPT` (it lost its script cache, e.g. after a
 //! restart) is sent again as `EVAL`, which also loads the script.
 
@@ -55,6 +55,7 @@ impl Reload for Lua {
 
 pub static RATE_LIMIT: LazyLock<Lua> = LazyLock::new(|| Lua::new(RATE_LIMIT_LUA));
 pub static CIRCUIT: LazyLock<Lua> = LazyLock::new(|| Lua::new(CIRCUIT_LUA));
+pub static READ: LazyLock<Lua> = LazyLock::new(|| Lua::new(READ_LUA));
 
 /// A fixed-window counter: the same data as Stoma's script (INCR, and an
 /// expiry set on the first hit) but in milliseconds, so fractional windows
@@ -123,7 +124,8 @@ return { n, expires_at(type(at) == 'table' and at or nil) }
 /// The value is Stoma's JSON, written in Stoma's field order; anything that
 /// does not decode to that shape reads as a fresh closed circuit (decoding
 /// runs under `pcall`, so invalid JSON cannot make the script fail).
-/// Returns { state, failureCount, successCount, lastFailureTime, lastStateChange }.
+/// Returns { state, failureCount, successCount, lastFailureTime, lastStateChange },
+/// and for "get" the key's expiry too (see the end of the script).
 const CIRCUIT_LUA: &str = r#"
 local key, op, now, n = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5]) or 1
 local STATES = { closed = true, open = true, ['half-open'] = true }
@@ -168,12 +170,44 @@ elseif op == 'transition' then
     c.successCount = 0
   end
 end
-if op ~= 'get' then
-  redis.call('SET', key, string.format(
-    '{"state":"%s","failureCount":%d,"successCount":%d,"lastFailureTime":%d,"lastStateChange":%d}',
-    c.state, c.failureCount, c.successCount, c.lastFailureTime, c.lastStateChange), 'EX', ARGV[4])
+if op == 'get' then
+  -- A near cache keeps the copy no longer than the key lives: its expiry
+  -- (epoch ms; -1 none, -2 no key), computed on servers without PEXPIRETIME.
+  local at = redis.pcall('PEXPIRETIME', key)
+  if type(at) ~= 'number' then
+    at = redis.call('PTTL', key)
+    if at >= 0 then
+      local time = redis.call('TIME')
+      at = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + at
+    end
+  end
+  return { c.state, c.failureCount, c.successCount, c.lastFailureTime, c.lastStateChange, at }
 end
+redis.call('SET', key, string.format(
+  '{"state":"%s","failureCount":%d,"successCount":%d,"lastFailureTime":%d,"lastStateChange":%d}',
+  c.state, c.failureCount, c.successCount, c.lastFailureTime, c.lastStateChange), 'EX', ARGV[4])
 return { c.state, c.failureCount, c.successCount, c.lastFailureTime, c.lastStateChange }
+"#;
+
+/// A cache entry and when it expires, for a near cache: `GET` alone cannot
+/// say how long a copy may be kept. KEYS[1]: the entry. Returns { 0 } when
+/// there is none, else { 1, value, expiry in epoch ms (-1: none) }. Another
+/// type under the key fails with WRONGTYPE, as `GET` does.
+const READ_LUA: &str = r#"
+local key = KEYS[1]
+local value = redis.call('GET', key)
+if not value then
+  return { 0 }
+end
+local at = redis.pcall('PEXPIRETIME', key)
+if type(at) ~= 'number' then
+  at = redis.call('PTTL', key)
+  if at >= 0 then
+    local time = redis.call('TIME')
+    at = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + at
+  end
+end
+return { 1, value, at }
 "#;
 
 #[cfg(test)]
@@ -184,6 +218,7 @@ mod tests {
   fn the_scripts_have_stable_hashes() {
     assert_eq!(RATE_LIMIT.sha.len(), 40);
     assert_ne!(RATE_LIMIT.sha, CIRCUIT.sha);
+    assert_ne!(READ.sha, CIRCUIT.sha);
   }
 
   #[test]

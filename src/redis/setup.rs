@@ -153,6 +153,9 @@ impl Endpoint {
 pub struct Greeting {
   /// What the server must be.
   pub role: Role,
+  /// Speak RESP3 and have the server track the keys read after
+  /// `CLIENT CACHING yes`, for a near cache (Redis 6 or later).
+  pub tracking: bool,
   /// Commands whose failure is not fatal, such as loading the scripts the
   /// calls will run (a call that finds its script missing resends it).
   pub setup: Vec<Cmd>,
@@ -272,6 +275,15 @@ pub async fn open(endpoint: &Endpoint, greeting: &Greeting) -> Result<Socket, St
   let mut stream = connect(endpoint).await?;
   let mut commands = credentials(&endpoint.info);
   let checked = commands.len();
+  if greeting.tracking {
+    commands.push(::redis::cmd("HELLO").arg(3).clone());
+    commands.push(
+      ::redis::cmd("CLIENT")
+        .arg(&["TRACKING", "ON", "OPTIN", "NOLOOP"])
+        .clone(),
+    );
+  }
+  let tracking = commands.len();
   let question = greeting.role.question();
   commands.extend(question.iter().cloned());
   commands.extend(greeting.setup.iter().cloned());
@@ -282,10 +294,15 @@ pub async fn open(endpoint: &Endpoint, greeting: &Greeting) -> Result<Socket, St
       .extract_error()
       .map_err(|error| error.to_string())?;
   }
+  for answer in &answers[checked..tracking] {
+    answer.clone().extract_error().map_err(|error| {
+      format!("nearCache needs Redis 6 or later (RESP3 and CLIENT TRACKING): {error}")
+    })?;
+  }
   if question.is_some() {
     if let Some(refusal) = greeting
       .role
-      .refusal(&answers[checked], &endpoint.address())
+      .refusal(&answers[tracking], &endpoint.address())
     {
       return Err(refusal);
     }

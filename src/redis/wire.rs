@@ -32,6 +32,7 @@ use tokio::io::Interest;
 
 use super::event_loop::EventLoop;
 use super::job::{coalesce, fail_all, Job};
+use super::near_cache::NearCache;
 use super::pipeline::Pipeline;
 use super::refusal::{self, Refusal};
 use super::replies::{finish_elsewhere, Replies, Reply};
@@ -72,6 +73,9 @@ pub struct Settings {
   /// The base spin (zero: never poll).
   pub spin: Duration,
   pub greeting: Greeting,
+  /// The near cache the connections' invalidations go to, if any (their
+  /// greeting then turns tracking on).
+  pub near: Option<Arc<NearCache>>,
 }
 
 /// Where a wire connects.
@@ -213,7 +217,7 @@ impl Wire {
         closed: false,
         queued: Vec::new(),
         waiting: Vec::new(),
-        pipe: Pipeline::default(),
+        pipe: Pipeline::new(settings.near.clone()),
         watched: false,
         js_collects: false,
         spin: Spin::new(settings.spin),
@@ -369,9 +373,16 @@ impl Wire {
     })
   }
 
-  /// Makes sure a watcher waits for what is still in flight.
+  /// Makes sure a watcher waits for what is still in flight — and, with a
+  /// near cache, for invalidations while nothing is.
   fn watch_if_needed(self: &Arc<Self>, state: &mut State, socket: &Arc<Socket>) {
-    if state.pipe.is_idle() {
+    // Answers in flight are the JS thread's to collect when it said so; an
+    // idle connection is listened to only for a near cache's invalidations.
+    let wanted = match state.pipe.is_idle() {
+      true => self.settings.near.is_some(),
+      false => !state.js_collects,
+    };
+    if !wanted {
       return;
     }
     if state.watched {
@@ -399,6 +410,11 @@ impl Wire {
         continue;
       }
       let (id, store, also) = (job.id, job.store, job.also);
+      if job.silent {
+        // Only its side effects matter (see `Job::silent`).
+        let _ = guard(store, || Ok((job.decode)(value.extract_error())));
+        continue;
+      }
       let decoded = guard(store, || Ok((job.decode)(value.extract_error())));
       let reply = match decoded {
         Ok(Ok(Reply::Later(finish))) => {
@@ -519,14 +535,20 @@ impl Wire {
         if state.generation != generation || !matches!(state.link, Link::Up(_)) {
           return;
         }
-        // Nothing left to wait for, or the JS thread collects the answers
-        // itself (a busy Node loop): stop listening, so that the I/O thread
-        // is not woken for answers the JS thread takes.
-        let Some(oldest) = state.pipe.oldest().filter(|_| !state.js_collects) else {
-          state.watched = false;
-          return self.close_if_drained(&mut state);
+        // The JS thread collects the answers itself (a busy Node loop), or
+        // nothing is left to wait for: stop listening, so that the I/O
+        // thread is not woken for answers the JS thread takes. With a near
+        // cache, an idle connection is listened to all the same: its
+        // invalidations must be read as they come.
+        let listening = self.settings.near.is_some() && !state.closed;
+        let deadline = match state.pipe.oldest() {
+          Some(oldest) if !state.js_collects => Some(oldest.deadline),
+          None if listening => None,
+          _ => {
+            state.watched = false;
+            return self.close_if_drained(&mut state);
+          }
         };
-        let deadline = oldest.deadline;
         let interest = if state.pipe.has_unsent(&socket) {
           Interest::READABLE | Interest::WRITABLE
         } else {
@@ -534,10 +556,16 @@ impl Wire {
         };
         (interest, deadline)
       };
+      let expiry = async {
+        match deadline {
+          Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+          None => std::future::pending().await,
+        }
+      };
       let ready = tokio::select! {
         ready = watcher.ready(interest) => ready,
         () = self.wake.notified() => continue,
-        () = tokio::time::sleep_until(deadline.into()) => {
+        () = expiry => {
           return self.give_up(generation, &self.no_answer());
         }
       };
@@ -756,9 +784,7 @@ impl Flushing<'_> {
           state.spin.record(took, answered_all);
         }
         state.js_collects = self.leave_to_js || partial;
-        if !state.js_collects {
-          self.wire.watch_if_needed(&mut state, &self.socket);
-        }
+        self.wire.watch_if_needed(&mut state, &self.socket);
         self.wire.close_if_drained(&mut state);
       }
     }
