@@ -53,54 +53,17 @@ export function makeCertificates(names = ['DNS:localhost']) {
     '-subj',
     '/CN=stoma-native test CA',
   )
-  openssl('req', ...ecKey, '-keyout', file('server.key'), '-out', file('server.csr'), '-subj', '/CN=localhost')
-  writeFileSync(file('ext.cnf'), `subjectAltName=${names.join(',')}\n`)
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    file('server.csr'),
-    '-CA',
-    file('ca.pem'),
-    '-CAkey',
-    file('ca.key'),
-    '-CAcreateserial',
-    '-out',
-    file('server.pem'),
-    '-days',
-    '2',
-    '-extfile',
-    file('ext.cnf'),
-  )
-  // A client certificate from the same CA, for servers that ask for one.
-  openssl(
-    'req',
-    ...ecKey,
-    '-keyout',
-    file('client.key'),
-    '-out',
-    file('client.csr'),
-    '-subj',
-    '/CN=stoma-native client',
-  )
-  writeFileSync(file('client.cnf'), 'extendedKeyUsage=clientAuth\n')
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    file('client.csr'),
-    '-CA',
-    file('ca.pem'),
-    '-CAkey',
-    file('ca.key'),
-    '-CAcreateserial',
-    '-out',
-    file('client.pem'),
-    '-days',
-    '2',
-    '-extfile',
-    file('client.cnf'),
-  )
+  // A key and a certificate the CA signs for `name` with `extensions`.
+  const issue = (name, subject, extensions) => {
+    openssl('req', ...ecKey, '-keyout', file(`${name}.key`), '-out', file(`${name}.csr`), '-subj', subject)
+    writeFileSync(file(`${name}.cnf`), `${extensions}\n`)
+    const ca = ['-CA', file('ca.pem'), '-CAkey', file('ca.key'), '-CAcreateserial']
+    const out = ['-out', file(`${name}.pem`), '-days', '2', '-extfile', file(`${name}.cnf`)]
+    openssl('x509', '-req', '-in', file(`${name}.csr`), ...ca, ...out)
+  }
+  issue('server', '/CN=localhost', `subjectAltName=${names.join(',')}`)
+  // And one for the client side, for servers that ask for one.
+  issue('client', '/CN=stoma-native client', 'extendedKeyUsage=clientAuth')
   return {
     dir,
     ca: readFileSync(file('ca.pem'), 'utf8'),

@@ -19,6 +19,22 @@ export function incrementCase(name, { adapters, concurrency, target }) {
   }
 }
 
+/** Circuit `recordFailure` over 16 circuits with `concurrency` callers in flight. */
+export function circuitCase(name, { adapters, concurrency }) {
+  return {
+    name,
+    concurrency,
+    async setup({ stoma }) {
+      const { ours, theirs, teardown } = await adapters(stoma)
+      return {
+        ours: (i) => ours.circuitBreakerStore.recordFailure(`upstream:${i % 16}`),
+        theirs: (i) => theirs.circuitBreakerStore.recordFailure(`upstream:${i % 16}`),
+        teardown,
+      }
+    },
+  }
+}
+
 /** A cache put of `bytes` bytes, then a get whose body is read in full. */
 export function cacheCase(name, { adapters, bytes, target }) {
   const body = new Uint8Array(bytes).map((_, i) => (i * 7) % 256)

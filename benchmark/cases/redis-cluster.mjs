@@ -4,7 +4,7 @@
 import Redis from 'ioredis'
 import { redisAdapter } from 'stoma-native'
 import { startCluster } from '../../__test__/support/redis-servers.mjs'
-import { incrementCase } from './network.mjs'
+import { circuitCase, incrementCase } from './network.mjs'
 
 async function adapters(stoma) {
   const cluster = await startCluster()
@@ -27,17 +27,6 @@ export default function redisClusterCases() {
   return [
     incrementCase('redis cluster: rate-limit increment, sequential', { adapters, concurrency: 1, target: 1.5 }),
     incrementCase('redis cluster: rate-limit increment, 64 in flight', { adapters, concurrency: 64, target: 1.5 }),
-    {
-      name: 'redis cluster: circuit recordFailure, 64 in flight',
-      concurrency: 64,
-      async setup({ stoma }) {
-        const { ours, theirs, teardown } = await adapters(stoma)
-        return {
-          ours: (i) => ours.circuitBreakerStore.recordFailure(`upstream:${i % 16}`),
-          theirs: (i) => theirs.circuitBreakerStore.recordFailure(`upstream:${i % 16}`),
-          teardown,
-        }
-      },
-    },
+    circuitCase('redis cluster: circuit recordFailure, 64 in flight', { adapters, concurrency: 64 }),
   ]
 }

@@ -4,7 +4,7 @@
 // under its own key prefix.
 import Redis from 'ioredis'
 import { redisAdapter } from 'stoma-native'
-import { cacheCase, incrementCase } from './network.mjs'
+import { cacheCase, circuitCase, incrementCase } from './network.mjs'
 import { deleteRedisKeys } from '../../scripts/cleanup.mjs'
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -42,18 +42,7 @@ export default function redisCases() {
         }
       },
     },
-    {
-      name: 'redis: circuit recordFailure, 64 in flight',
-      concurrency: 64,
-      async setup({ stoma }) {
-        const { ours, theirs, teardown } = await adapters(stoma)
-        return {
-          ours: (i) => ours.circuitBreakerStore.recordFailure(`upstream:${i % 16}`),
-          theirs: (i) => theirs.circuitBreakerStore.recordFailure(`upstream:${i % 16}`),
-          teardown,
-        }
-      },
-    },
+    circuitCase('redis: circuit recordFailure, 64 in flight', { adapters, concurrency: 64 }),
     cacheCase('redis: cache put+get 64 KiB', { adapters, bytes: 64 * 1024, target: 10 }),
     {
       name: 'redis: cache get hit 64 KiB, nearCache',
