@@ -4,13 +4,10 @@
 // in flight. While down every call rejects within its timeout + 500 ms, no
 // rejection goes unhandled, the process lives, and calls succeed again
 // within a bounded time of the restart.
-import { execFileSync, spawnSync } from 'node:child_process'
-import { chmodSync, chownSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { once } from 'node:events'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { postgresAdapter, redisAdapter } from '../../index.mjs'
+import { PG_BIN, startCluster } from '../support/postgres-servers.mjs'
 import { sleep } from '../support/processes.mjs'
 import { sparePort, startRedisAt } from '../support/redis-servers.mjs'
 
@@ -131,61 +128,17 @@ describe('reliability: Redis killed under load and restarted', () => {
 
 // ---- PostgreSQL on a private cluster ----
 
-const PG_BIN = ['/usr/lib/postgresql/15/bin', '/usr/local/bin'].find(
-  (dir) => spawnSync(`${dir}/pg_ctl`, ['--version']).status === 0,
-)
-const asRoot = process.getuid?.() === 0
-
-/** Runs a PostgreSQL binary, as the postgres OS user when we are root. */
-function pgRun(binary, args, options = {}) {
-  const command = asRoot
-    ? ['runuser', ['-u', 'postgres', '--', `${PG_BIN}/${binary}`, ...args]]
-    : [`${PG_BIN}/${binary}`, args]
-  return execFileSync(command[0], command[1], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000, ...options })
-}
-
 describe.skipIf(!PG_BIN)(
   'reliability: PostgreSQL (private cluster) killed under load and restarted',
   () => {
     const statementTimeoutMs = 500
     const connectTimeoutMs = 500
-    let dir,
-      data,
-      port,
-      adapter,
-      startedCluster = false
-
-    const start = () => {
-      pgRun('pg_ctl', [
-        '-D',
-        data,
-        '-l',
-        join(dir, 'log'),
-        '-w',
-        '-t',
-        '30',
-        '-o',
-        `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40`,
-        'start',
-      ])
-      startedCluster = true
-    }
-    const stopImmediate = () => pgRun('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop'])
+    let cluster, adapter
 
     beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), 'stoma-pg-'))
-      chmodSync(dir, 0o700)
-      if (asRoot) {
-        const uid = Number(execFileSync('id', ['-u', 'postgres']).toString())
-        const gid = Number(execFileSync('id', ['-g', 'postgres']).toString())
-        chownSync(dir, uid, gid)
-      }
-      data = join(dir, 'data')
-      pgRun('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'])
-      port = await sparePort()
-      start()
+      cluster = await startCluster({ settings: { max_connections: 40 } })
       adapter = postgresAdapter({
-        url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+        url: cluster.url,
         statementTimeoutMs,
         connectTimeoutMs,
         poolSize: 4,
@@ -196,12 +149,7 @@ describe.skipIf(!PG_BIN)(
 
     afterAll(async () => {
       await adapter?.close()
-      if (startedCluster) {
-        try {
-          pgRun('pg_ctl', ['-D', data, '-m', 'immediate', 'stop'])
-        } catch {}
-      }
-      if (dir) rmSync(dir, { recursive: true, force: true })
+      cluster?.stop()
     })
 
     it('rejects within the timeouts + 500 ms while down, succeeds again shortly after the restart', async () => {
@@ -216,10 +164,10 @@ describe.skipIf(!PG_BIN)(
       await sleep(300)
       work.phase = 'down'
       const killedAt = Date.now()
-      stopImmediate() // the postmaster and every backend die at once (SIGQUIT), no shutdown checkpoint
+      cluster.stopImmediate() // the postmaster and every backend die at once (SIGQUIT), no shutdown checkpoint
       await sleep(1000)
       const restartBegan = Date.now()
-      start() // crash recovery, then accepting connections (pg_ctl -w waits for that)
+      cluster.start() // crash recovery, then accepting connections (pg_ctl -w waits for that)
       const startMs = Date.now() - restartBegan
       const restarted = Date.now()
       work.phase = 'restarted'
