@@ -172,21 +172,25 @@ export declare class TestAdapter implements MemoryGatewayAdapter {
 
 export declare function createTestAdapter(options?: Omit<MemoryAdapterOptions, 'waitUntil'>): TestAdapter
 
-export interface PostgresStoreOptions {
+/**
+ * A PostgreSQL client from npm — node-postgres (`pg`) `Pool` or `Client`, or a postgres.js `sql`
+ * (`postgres(url)` / `postgres({ … })`) — connected or not. Only where it points is read (host and
+ * port or socket, user, password, database, startup options such as `search_path`, TLS); it is never
+ * used for queries. A password given as a function, a custom stream or socket, or `ssl` with
+ * `rejectUnauthorized: false` cannot be honoured: pass `url` (and `tls: { ca }`) instead.
+ */
+export type PostgresClientLike = object
+
+/** What every PostgreSQL store takes besides where the database is. */
+export interface PostgresCommonOptions {
   /**
-   * Connection string (`postgres://user:pass@host:port/db` or `key=value`
-   * form). Default: `process.env.DATABASE_URL`, then
-   * `postgres://postgres@127.0.0.1:5432/postgres`. Its `sslmode` says whether TLS is used:
-   * `require` (certificate and name checked; `verify-ca` / `verify-full` mean the same), `prefer` (TLS if the server offers it, else
-   * plaintext) or `disable`; without one, the `tls` option does (default: no TLS).
+   * TLS (`sslmode=require` unless the url sets an sslmode): `true`, or settings as Node's
+   * `tls.connect()` names them: `ca` (PEM certificates trusted instead of Mozilla's roots), `cert` +
+   * `key` (a client certificate, for servers that ask for one), `servername` (the name the server's
+   * certificate must carry, when not its host's). A certificate presented is always checked, with the
+   * server name. Beside `client`, it replaces the client's own `ssl` settings.
    */
-  url?: string
-  /**
-   * TLS (`sslmode=require` unless the url sets an sslmode): `true`, or `{ ca }` to trust these PEM
-   * certificates instead of Mozilla's roots. A certificate presented is always checked, with the
-   * server name.
-   */
-  tls?: boolean | { ca?: string | Uint8Array }
+  tls?: boolean | TlsOptions
   /** Table name prefix, matching /^[A-Za-z_][A-Za-z0-9_]{0,40}$/ (default `"stoma_"`). */
   tablePrefix?: string
   /**
@@ -210,6 +214,27 @@ export interface PostgresStoreOptions {
   synchronousCommit?: boolean
 }
 
+/** Where the database is: a connection string (`url`), or Stoma's way, a client (`client`). */
+export type PostgresStoreOptions = PostgresCommonOptions &
+  (
+    | {
+        /**
+         * Connection string (`postgres://user:pass@host:port/db` or `key=value`
+         * form). Default: `process.env.DATABASE_URL`, then
+         * `postgres://postgres@127.0.0.1:5432/postgres`. Its `sslmode` says whether TLS is used:
+         * `require` (certificate and name checked; `verify-ca` / `verify-full` mean the same), `prefer` (TLS if the server offers it, else
+         * plaintext) or `disable`; without one, the `tls` option does (default: no TLS).
+         */
+        url?: string
+        client?: never
+      }
+    | {
+        /** Stoma's way: the client whose settings say where PostgreSQL is (see `PostgresClientLike`). */
+        client: PostgresClientLike
+        url?: never
+      }
+  )
+
 /** Which stores an adapter creates (all by default). */
 export interface PostgresStoresOption {
   rateLimit?: boolean
@@ -217,8 +242,7 @@ export interface PostgresStoresOption {
   cache?: boolean
 }
 
-export interface PostgresAdapterOptions<S extends PostgresStoresOption = PostgresStoresOption>
-  extends PostgresStoreOptions {
+export type PostgresAdapterOptions<S extends PostgresStoresOption = PostgresStoresOption> = PostgresStoreOptions & {
   stores?: S
   waitUntil?: (promise: Promise<unknown>) => void
 }
@@ -226,6 +250,11 @@ export interface PostgresAdapterOptions<S extends PostgresStoresOption = Postgre
 /** Fixed-window counters in `<tablePrefix>rate_limits`, one atomic upsert per hit. */
 export declare class PostgresRateLimitStore implements RateLimitStore {
   constructor(options?: PostgresStoreOptions)
+  /**
+   * Stoma's shape: its own connections to where `client` points, on `table`, the full table name
+   * (default `"stoma_rate_limits"`), which must end in `rate_limits`: what comes before is the table prefix.
+   */
+  constructor(client: PostgresClientLike, table?: string)
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
   /** Delete expired windows; resolves to how many were deleted. */
   cleanup(): Promise<number>
@@ -237,6 +266,11 @@ export declare class PostgresRateLimitStore implements RateLimitStore {
 /** Circuit state in `<tablePrefix>circuit_breakers`; every update one atomic statement. */
 export declare class PostgresCircuitBreakerStore implements CircuitBreakerStore {
   constructor(options?: PostgresStoreOptions)
+  /**
+   * Stoma's shape: its own connections to where `client` points, on `table`, the full table name
+   * (default `"stoma_circuit_breakers"`), which must end in `circuit_breakers`: what comes before is the table prefix.
+   */
+  constructor(client: PostgresClientLike, table?: string)
   getState(key: string): Promise<CircuitBreakerSnapshot>
   recordSuccess(key: string): Promise<CircuitBreakerSnapshot>
   recordFailure(key: string): Promise<CircuitBreakerSnapshot>
@@ -249,6 +283,11 @@ export declare class PostgresCircuitBreakerStore implements CircuitBreakerStore 
 /** Responses in `<tablePrefix>cache` (status, JSONB headers, base64 body), as Stoma stores them. */
 export declare class PostgresCacheStore implements CacheStore {
   constructor(options?: PostgresStoreOptions)
+  /**
+   * Stoma's shape: its own connections to where `client` points, on `table`, the full table name
+   * (default `"stoma_cache"`), which must end in `cache`: what comes before is the table prefix.
+   */
+  constructor(client: PostgresClientLike, table?: string)
   get(key: string): Promise<Response | null>
   put(key: string, response: Response, ttlSeconds: number): Promise<void>
   delete(key: string): Promise<boolean>

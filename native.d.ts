@@ -197,6 +197,14 @@ export interface NativePostgresOptions {
   useTls: boolean
   /** PEM certificates to trust instead of Mozilla's roots. */
   tlsCa?: Uint8Array
+  /**
+   * A PEM client certificate chain and its key, for servers that ask for
+   * one (mutual TLS).
+   */
+  tlsCert?: Uint8Array
+  tlsKey?: Uint8Array
+  /** The name the server's certificate must carry, when not its host's. */
+  tlsServername?: string
   tablePrefix: string
   poolSize: number
   connectTimeoutMs: number

@@ -65,7 +65,32 @@ const present: PostgresCircuitBreakerStore = pgNoCache.circuitBreakerStore
 const lifecycle: Promise<void>[] = [pg.ensureSchema(), pg.close()]
 const sql: string = POSTGRES_SCHEMA_SQL + postgresSchemaSql('y_')
 
-export { pgAdapter, pgRateLimit, pgCircuits, pgCache, cleaned, absent, present, lifecycle, sql }
+// Stoma's ways in: a pg Pool / Client or a postgres.js sql as `client`, and
+// the store constructors' (client, table); TLS with a client certificate.
+declare const pgPool: object
+declare const postgresJs: (strings: TemplateStringsArray) => Promise<unknown>
+const pgFromClient: CacheStore = postgresAdapter({
+  client: pgPool,
+  tablePrefix: 'x_',
+  tls: { ca: 'PEM', cert: 'PEM', key: 'PEM', servername: 'db.internal' },
+}).cacheStore
+const pgStomaShaped: RateLimitStore = new PostgresRateLimitStore(postgresJs, 'x_rate_limits')
+// @ts-expect-error the client says where PostgreSQL is
+postgresAdapter({ client: pgPool, url: 'postgres://localhost/db' })
+
+export {
+  pgAdapter,
+  pgRateLimit,
+  pgCircuits,
+  pgCache,
+  cleaned,
+  absent,
+  present,
+  lifecycle,
+  sql,
+  pgFromClient,
+  pgStomaShaped,
+}
 // Redis: every store is a Stoma store; the adapter's store slots follow `stores`.
 const redisStores: [RateLimitStore, CircuitBreakerStore, CacheStore] = [
   new RedisRateLimitStore({ url: 'redis://127.0.0.1:6379', prefix: 'app:' }),

@@ -4,12 +4,26 @@
 // call (so it works through PgBouncer and other poolers in transaction
 // mode); writes that queue up behind a busy connection go together in one
 // transaction, sharing one disk flush. They read and write the same tables
-// as Stoma's postgresAdapter. Bad arguments reject with TypeError/RangeError;
-// database failures reject with an Error naming the store and the cause.
+// as Stoma's postgresAdapter and take Stoma's shapes: `postgresAdapter({
+// client })` with a pg Pool or Client or a postgres.js sql (whose settings
+// lib/postgres-client.js reads; the client itself is never used), and the
+// stores' `(client, table)`. Bad arguments, unknown option keys included,
+// throw TypeError/RangeError; database failures reject with an Error naming
+// the store and the cause.
 
 const native = require('./native.js')
-const { checkKey, checkSeconds, positiveInteger, optionsObject, describe, tlsOption } = require('./validate.js')
+const {
+  checkKey,
+  checkSeconds,
+  checkKnownKeys,
+  positiveInteger,
+  optionsObject,
+  describe,
+  tlsOption,
+} = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
+const { checkWaitUntil } = require('./adapters.js')
+const { clientOptions, isClient } = require('./postgres-client.js')
 
 const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
 const DEFAULT_PREFIX = 'stoma_'
@@ -65,8 +79,39 @@ function postgresSchemaSql(tablePrefix = DEFAULT_PREFIX) {
 /** The DDL for the default `stoma_` tables: the same text as Stoma's. */
 const POSTGRES_SCHEMA_SQL = postgresSchemaSql(DEFAULT_PREFIX)
 
+/** What every store (and so the adapter) takes. */
+const STORE_OPTIONS = [
+  'url',
+  'client',
+  'tls',
+  'tablePrefix',
+  'poolSize',
+  'connectTimeoutMs',
+  'statementTimeoutMs',
+  'synchronousCommit',
+  'cleanupIntervalMs',
+]
+const ADAPTER_OPTIONS = [...STORE_OPTIONS, 'stores', 'waitUntil']
+const STORE_FLAGS = ['rateLimit', 'circuitBreaker', 'cache']
+
+/**
+ * The options with a Stoma user's `client` read into where it points (see
+ * lib/postgres-client.js). The client says where PostgreSQL is, so url may
+ * not be given beside it; `tls`, if given, replaces the client's own TLS
+ * settings.
+ */
+function withClient(who, opts) {
+  if (opts.client === undefined) return opts
+  if (opts.url !== undefined) {
+    throw new TypeError(`${who}: client already says where PostgreSQL is; pass either client or url`)
+  }
+  const fromClient = clientOptions(who, opts.client, { readTls: opts.tls === undefined })
+  return { ...opts, url: fromClient.url, tls: opts.tls ?? fromClient.tls }
+}
+
 /** Opens the native pool described by `opts` (connecting lazily). */
-function openPool(who, opts, cleans) {
+function openPool(who, options, cleans) {
+  const opts = withClient(who, options)
   const url = opts.url ?? (process.env.DATABASE_URL || DEFAULT_URL)
   if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
   const cleanupIntervalMs = positiveInteger(who, opts.cleanupIntervalMs, 'cleanupIntervalMs', undefined)
@@ -74,11 +119,9 @@ function openPool(who, opts, cleans) {
   if (typeof synchronousCommit !== 'boolean') {
     throw new TypeError(`${who}: synchronousCommit must be a boolean, got ${describe(synchronousCommit)}`)
   }
-  const { useTls, tlsCa } = tlsOption(who, opts.tls)
   const settings = {
     url,
-    useTls,
-    tlsCa,
+    ...tlsOption(who, opts.tls),
     tablePrefix: checkTablePrefix(who, opts.tablePrefix ?? DEFAULT_PREFIX),
     poolSize: positiveInteger(who, opts.poolSize, 'poolSize', DEFAULT_POOL_SIZE),
     connectTimeoutMs: positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS),
@@ -96,10 +139,43 @@ function openPool(who, opts, cleans) {
   try {
     return new native.NativePostgres(settings)
   } catch (error) {
-    // A url or tls.ca the native side cannot use.
+    // A url, or a tls.ca, tls.cert, tls.key or tls.servername, the native
+    // side cannot use.
     if (error?.code === 'InvalidArg') throw new TypeError(error.message)
     throw error
   }
+}
+
+/**
+ * A store's options from either shape: ours (`{ url | client, tablePrefix,
+ * … }`, unknown keys refused) or Stoma's `(client, table)`, whose full table
+ * name ends in the store's own (`stoma_rate_limits` → tablePrefix `stoma_`).
+ */
+function storeOptions(store, table, options, tableName) {
+  if (isClient(options)) {
+    if (tableName === undefined) return { client: options }
+    const shape = `new ${store}(client, '${DEFAULT_PREFIX}${table}') or new ${store}({ client, tablePrefix: '${DEFAULT_PREFIX}' })`
+    if (typeof tableName !== 'string' || !tableName.endsWith(table)) {
+      throw new TypeError(
+        `${store}: the table must be named <tablePrefix>${table}, got ${describe(tableName)}; pass ${shape}`,
+      )
+    }
+    const tablePrefix = tableName.slice(0, -table.length)
+    if (!TABLE_PREFIX.test(tablePrefix)) {
+      throw new RangeError(
+        `${store}: the table must be named <tablePrefix>${table} with tablePrefix matching ${TABLE_PREFIX}, got ${describe(tableName)}`,
+      )
+    }
+    return { client: options, tablePrefix }
+  }
+  if (tableName !== undefined) {
+    throw new TypeError(
+      `${store}: takes an options object ({ url, tablePrefix, … }) or Stoma's (client, table), got ${describe(options)} and a second argument`,
+    )
+  }
+  const opts = optionsObject(store, options)
+  if (opts[SHARED] === undefined) checkKnownKeys(store, opts, STORE_OPTIONS)
+  return opts
 }
 
 /**
@@ -112,8 +188,8 @@ class Handle {
   #owned
   #closed = false
 
-  constructor(who, options, cleans) {
-    const opts = optionsObject(who, options)
+  /** `opts` as `storeOptions()` answers them. */
+  constructor(who, opts, cleans) {
     this.#who = who
     this.#owned = opts[SHARED] === undefined
     this.#pool = this.#owned ? openPool(who, opts, cleans) : opts[SHARED]
@@ -144,8 +220,13 @@ class Handle {
 class PostgresRateLimitStore {
   #handle
 
-  constructor(options) {
-    this.#handle = new Handle('PostgresRateLimitStore', options, { rateLimit: true })
+  /** `options`, or Stoma's `(client, '<tablePrefix>rate_limits')`. */
+  constructor(options, table) {
+    this.#handle = new Handle(
+      'PostgresRateLimitStore',
+      storeOptions('PostgresRateLimitStore', 'rate_limits', options, table),
+      { rateLimit: true },
+    )
   }
 
   increment(key, windowSeconds) {
@@ -186,8 +267,13 @@ class PostgresRateLimitStore {
 class PostgresCircuitBreakerStore {
   #handle
 
-  constructor(options) {
-    this.#handle = new Handle('PostgresCircuitBreakerStore', options, {})
+  /** `options`, or Stoma's `(client, '<tablePrefix>circuit_breakers')`. */
+  constructor(options, table) {
+    this.#handle = new Handle(
+      'PostgresCircuitBreakerStore',
+      storeOptions('PostgresCircuitBreakerStore', 'circuit_breakers', options, table),
+      {},
+    )
   }
 
   #run(key, call) {
@@ -251,8 +337,11 @@ class PostgresCircuitBreakerStore {
 class PostgresCacheStore {
   #handle
 
-  constructor(options) {
-    this.#handle = new Handle('PostgresCacheStore', options, { cache: true })
+  /** `options`, or Stoma's `(client, '<tablePrefix>cache')`. */
+  constructor(options, table) {
+    this.#handle = new Handle('PostgresCacheStore', storeOptions('PostgresCacheStore', 'cache', options, table), {
+      cache: true,
+    })
   }
 
   get(key) {
@@ -318,15 +407,20 @@ class PostgresCacheStore {
 function postgresAdapter(options) {
   const who = 'postgresAdapter'
   const opts = optionsObject(who, options)
+  checkKnownKeys(who, opts, ADAPTER_OPTIONS)
   const stores = optionsObject(who, opts.stores, 'stores')
+  checkKnownKeys(who, stores, STORE_FLAGS, 'stores')
+  for (const name of STORE_FLAGS) {
+    if (stores[name] !== undefined && typeof stores[name] !== 'boolean') {
+      throw new TypeError(`${who}: stores.${name} must be a boolean, got ${describe(stores[name])}`)
+    }
+  }
   const enabled = {
     rateLimit: stores.rateLimit !== false,
     circuitBreaker: stores.circuitBreaker !== false,
     cache: stores.cache !== false,
   }
-  if (opts.waitUntil !== undefined && typeof opts.waitUntil !== 'function') {
-    throw new TypeError(`${who}: waitUntil must be a function, got ${describe(opts.waitUntil)}`)
-  }
+  checkWaitUntil(who, opts.waitUntil)
   const pool = openPool(who, opts, enabled)
   const shared = { [SHARED]: pool }
   const adapter = {}

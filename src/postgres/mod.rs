@@ -9,7 +9,8 @@
 //! cache parts into `Response`s and builds the adapter.
 //!
 //! The url is read by [`params`]; TLS (the url's `sslmode`, or the `tls`
-//! option) goes through rustls with the settings of [`crate::tls`].
+//! option) goes through rustls with the settings of [`crate::tls`] (see
+//! [`tls`]).
 //!
 //! Times are the caller's wall clock in epoch milliseconds, as in Stoma's
 //! adapter, so a fleet mixing both agrees on every window and expiry.
@@ -19,6 +20,7 @@ mod cleanup;
 mod params;
 mod pool;
 mod sql;
+mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,11 +30,9 @@ use napi::{Env, Result};
 use napi_derive::napi;
 use tokio::task::AbortHandle;
 use tokio_postgres::config::SslMode;
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_postgres::Row;
 
 use crate::fastcall::CopiedBuffer;
-use crate::tls;
-use tokio_postgres::Row;
 
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
@@ -62,6 +62,12 @@ pub struct NativePostgresOptions {
   pub use_tls: bool,
   /// PEM certificates to trust instead of Mozilla's roots.
   pub tls_ca: Option<Uint8Array>,
+  /// A PEM client certificate chain and its key, for servers that ask for
+  /// one (mutual TLS).
+  pub tls_cert: Option<Uint8Array>,
+  pub tls_key: Option<Uint8Array>,
+  /// The name the server's certificate must carry, when not its host's.
+  pub tls_servername: Option<String>,
   pub table_prefix: String,
   pub pool_size: u32,
   pub connect_timeout_ms: f64,
@@ -123,9 +129,13 @@ impl NativePostgres {
       let tls = match config.get_ssl_mode() {
         SslMode::Disable => None,
         _ => Some(
-          tls::client_config(&tls::Trust {
-            ca: options.tls_ca.as_deref(),
-            ..tls::Trust::default()
+          tls::Tls::new(tls::Settings {
+            trust: crate::tls::Trust {
+              ca: options.tls_ca.as_deref(),
+              cert: options.tls_cert.as_deref(),
+              key: options.tls_key.as_deref(),
+            },
+            servername: options.tls_servername,
           })
           .map_err(|reason| option_error(ADAPTER, reason))?,
         ),
@@ -133,7 +143,7 @@ impl NativePostgres {
       let pool = Arc::new(Pool::new(
         PoolOptions {
           config,
-          tls: tls.map(|config| MakeRustlsConnect::new((*config).clone())),
+          tls,
           size: options.pool_size.max(1) as usize,
           connect_timeout,
           statement_timeout: millis(options.statement_timeout_ms),

@@ -40,17 +40,17 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::TlsStream;
 use tokio_postgres::{Client, Config, Connection, NoTls, Row, Socket};
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::batch::{self, Answer, Call, Lane};
 use super::sql::{Statements, Stmt, Tables};
+use super::tls::Tls;
 use crate::errors::{lock, store_error};
 
 /// How the pool was asked to behave.
 pub struct PoolOptions {
   pub config: Config,
   /// How to make TLS sessions, unless the config's `sslmode` is `disable`.
-  pub tls: Option<MakeRustlsConnect>,
+  pub tls: Option<Tls>,
   pub size: usize,
   pub connect_timeout: Duration,
   pub statement_timeout: Duration,
