@@ -71,6 +71,8 @@ describe('postgresAdapter({ client }) reads where the client points', () => {
       return client
     },
     'postgres.js postgres(url)': () => postgres(urlOf(SECOND)),
+    'postgres.js with two hosts, the first down': () =>
+      postgres({ host: ['127.0.0.1', login.host], port: [1, login.port], username: login.user, database: SECOND }),
     'postgres.js postgres({ … }), connected': async () => {
       const sql = postgres({ host: login.host, port: login.port, username: login.user, database: SECOND })
       await sql`SELECT 1`
