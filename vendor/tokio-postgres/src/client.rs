@@ -240,6 +240,21 @@ impl Client {
         prepare::prepare(&self.inner, query, parameter_types).await
     }
 
+    /// Like `prepare_typed`, but the statement is prepared under `name`, which
+    /// the caller keeps unique on the connection (and, behind a pooler that
+    /// shares server connections, among all its clients). It is closed, like
+    /// any other, when the last copy of the returned `Statement` is dropped.
+    ///
+    /// (stoma-native: not in the published crate; see STOMA.md.)
+    pub async fn prepare_typed_named(
+        &self,
+        name: &str,
+        query: &str,
+        parameter_types: &[Type],
+    ) -> Result<Statement, Error> {
+        prepare::prepare_named(&self.inner, name.to_string(), query, parameter_types).await
+    }
+
     /// Executes a statement, returning a vector of the resulting rows.
     ///
     /// A statement may contain parameters, specified by `$n`, where `n` is the index of the parameter of the list
