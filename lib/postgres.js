@@ -1,9 +1,9 @@
 'use strict'
 // The PostgreSQL stores: thin JS shells over `src/postgres/`, which keeps a
-// small pool of connections on tokio and runs one unnamed statement per
-// call (so it works through PgBouncer and other poolers in transaction
-// mode); writes that queue up behind a busy connection go together in one
-// transaction, sharing one disk flush. They read and write the same tables
+// small pool of connections on tokio and runs one statement per call,
+// prepared once per connection (or unnamed, once a pooler in transaction
+// mode such as PgBouncer shows itself); writes that queue up behind a busy
+// connection go together in one transaction, sharing one disk flush. They read and write the same tables
 // as Stoma's postgresAdapter and take Stoma's shapes: `postgresAdapter({
 // client })` with a pg Pool or Client or a postgres.js sql (whose settings
 // lib/postgres-client.js reads; the client itself is never used), and the

@@ -33,13 +33,14 @@ export function ensurePgbouncer() {
 
 /**
  * Starts PgBouncer (`pool_mode = transaction`, `poolSize` server connections
- * at most) in front of DATABASE_URL's server; resolves once it accepts
- * connections with `{ url, pid, stop() }`, `url` reaching the same user and
- * database through it. `settings` adds lines to its [pgbouncer] section.
+ * at most) in front of `databaseUrl`'s server (DATABASE_URL's by default);
+ * resolves once it accepts connections with `{ url, pid, stop() }`, `url`
+ * reaching the same user and database through it. `settings` adds lines to
+ * its [pgbouncer] section.
  */
-export async function startPgbouncer({ poolSize = 5, settings = {} } = {}) {
+export async function startPgbouncer({ poolSize = 5, settings = {}, databaseUrl = DATABASE_URL } = {}) {
   ensurePgbouncer()
-  const target = new URL(DATABASE_URL)
+  const target = new URL(databaseUrl)
   const user = decodeURIComponent(target.username || 'postgres')
   const port = await sparePort()
   const dir = mkdtempSync(join(tmpdir(), 'stoma-pgbouncer-'))

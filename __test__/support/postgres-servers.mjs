@@ -3,7 +3,7 @@
 // spare loopback port, with their own settings and pg_hba.conf. Each is
 // stopped by stop(), and when the test process exits even if a test failed.
 import { execFileSync, spawnSync } from 'node:child_process'
-import { chmodSync, chownSync, copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { sparePort } from './redis-servers.mjs'
@@ -40,7 +40,8 @@ process.on('exit', () => {
  * are added as `-c name=value`; `hba` replaces pg_hba.conf's lines; `files`
  * (name → path) are copied into the data directory, readable by the server
  * only, for settings such as ssl_cert_file to name. Resolves with
- * `{ port, url, start(), stopImmediate(), stop() }`.
+ * `{ port, url, log(), start(), stopImmediate(), stop() }`, `log()` being
+ * the server's log so far.
  */
 export async function startCluster({ settings = {}, hba, files = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'stoma-pg-'))
@@ -69,6 +70,7 @@ export async function startCluster({ settings = {}, hba, files = {} } = {}) {
   const cluster = {
     port,
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    log: () => readFileSync(join(dir, 'log'), 'utf8'),
     start() {
       pgRun('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-t', '30', '-o', options, 'start'])
       started = true

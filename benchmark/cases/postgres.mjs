@@ -1,6 +1,7 @@
-// PostgreSQL stores: ours (tokio-postgres, pool of 4, unnamed statements,
-// pipelined) against Stoma's postgresAdapter on a pg Pool (max 10), same
-// database, same tables layout (each side under its own table prefix), both
+// PostgreSQL stores: ours (tokio-postgres, pool of 4, named statements,
+// pipelined; behind PgBouncer 1.18 they switch to unnamed ones) against
+// Stoma's postgresAdapter on a pg Pool (max 10), same database, same tables
+// layout (each side under its own table prefix), both
 // with the server's durable commits: straight to the server, and both through
 // one PgBouncer in transaction pooling mode that the cases start and stop.
 import pg from 'pg'

@@ -48,24 +48,21 @@
 //! sends a whole group before awaiting any of it ([`send_now`]), so nothing
 //! else can slip between a group's `BEGIN` and `COMMIT`.
 //!
-//! Poolers. Every statement goes unnamed, its text and parameter types with
-//! it (tokio-postgres's `query_typed`: Parse, Bind, Describe, Execute, Sync
-//! in one message, one round trip), as node-postgres sends them. Behind a
-//! pooler in transaction mode (PgBouncer, Supabase's, Neon's pooled urls)
-//! each transaction may run on another server connection, where a statement
-//! prepared by name on an earlier one does not exist — or one of the same
-//! name prepared by another client does, and would run in its place. A
-//! pooler cannot be detected, so nothing here depends on what an earlier
-//! transaction left on the server connection, even straight to the server.
-//! The price: the server parses and plans each statement anew, about twice
-//! its CPU per call (on a direct connection, about a quarter fewer calls a
-//! second at 64 in flight than with named statements).
+//! Statements. Each call is sent by the name its statement was prepared
+//! under on this connection (Bind, Execute, Sync: one round trip), the
+//! statement prepared the first time the connection needs it — before
+//! anything of its group is sent, so a group still goes out whole. Behind a
+//! pooler that does not keep named statements the pool switches to unnamed
+//! ones (text and parameter types with each call, tokio-postgres's
+//! `query_typed`, as node-postgres sends them), resending only calls that
+//! ran nothing: see `prepared.rs`.
 //!
-//! A group's `BEGIN … COMMIT` is one transaction, which the pooler keeps on
-//! one server connection; pipelined statements outside it each end in their
-//! own Sync, and PgBouncer keeps the server connection until it has answered
-//! every Sync it was sent. (`synchronousCommit: false` travels inside each
-//! write statement, for its own transaction only: see `sql.rs`.)
+//! A group's `BEGIN … COMMIT` is one transaction, which a pooler in
+//! transaction mode keeps on one server connection; pipelined statements
+//! outside it each end in their own Sync, and PgBouncer keeps the server
+//! connection until it has answered every Sync it was sent.
+//! (`synchronousCommit: false` travels inside each write statement, for its
+//! own transaction only: see `sql.rs`.)
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -77,8 +74,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{Client, Row, Statement};
 
+use super::prepared::{statement_missing, Naming, Prepared};
 use super::sql::{Statements, Stmt};
 use crate::errors::lock;
 
@@ -161,18 +159,23 @@ pub enum Answer {
 pub type Outcome = Result<Answer, Arc<tokio_postgres::Error>>;
 
 /// One connection as its calls see it: the client they are sent on, the
-/// statement texts, and its queue (see the module docs).
+/// statement texts, how the pool sends them and those prepared on this
+/// connection, and its queue (see the module docs).
 pub struct Lane {
   client: Client,
   statements: Arc<Statements>,
+  naming: Arc<Naming>,
+  prepared: Prepared,
   state: Mutex<LaneState>,
 }
 
 impl Lane {
-  pub fn new(client: Client, statements: Arc<Statements>) -> Self {
+  pub fn new(client: Client, statements: Arc<Statements>, naming: Arc<Naming>) -> Self {
     Lane {
       client,
       statements,
+      naming,
+      prepared: Prepared::default(),
       state: Mutex::default(),
     }
   }
@@ -180,6 +183,20 @@ impl Lane {
   /// Whether the connection broke (or was closed).
   pub fn is_closed(&self) -> bool {
     self.client.is_closed()
+  }
+
+  /// `call` with the statement it goes by on this connection (see
+  /// [`Job`]); a statement that cannot be prepared is the call's answer.
+  async fn job(&self, call: Call) -> Result<Job, Arc<tokio_postgres::Error>> {
+    let statement = match call.stmt() {
+      Some(stmt) => self
+        .prepared
+        .get(&self.client, &self.statements, &self.naming, stmt)
+        .await
+        .map_err(Arc::new)?,
+      None => None,
+    };
+    Ok(Job { call, statement })
   }
 }
 
@@ -216,7 +233,10 @@ pub async fn run(lane: &Arc<Lane>, call: Call, limit: Duration) -> Option<Outcom
   match queued {
     Ok(call) => {
       let _turn = Turn(lane.clone());
-      Some(execute(lane, &call).await)
+      Some(match lane.job(call).await {
+        Ok(job) => job.send(lane).await,
+        Err(error) => Err(error),
+      })
     }
     Err(answer) => answer.await.ok(),
   }
@@ -267,25 +287,36 @@ async fn drain(turn: Turn) {
   }
 }
 
-/// Sends `call` and collects its answer; the request goes out on the first
-/// poll.
-async fn execute(lane: &Lane, call: &Call) -> Outcome {
+/// Sends `call` — by `statement`'s name, or unnamed without one — and
+/// collects its answer; the request goes out on the first poll.
+async fn execute(lane: &Lane, call: &Call, statement: Option<&Statement>) -> Outcome {
   let client = &lane.client;
   let answer = match call {
     Call::Statement { stmt, key, params } => {
-      let types = stmt.param_types();
-      debug_assert_eq!(usize::from(key.is_some()) + params.len(), types.len());
-      let values: Vec<(&(dyn ToSql + Sync), Type)> = key
+      let values = key
         .iter()
         .map(|k| k as &(dyn ToSql + Sync))
-        .chain(params.iter().map(|p| &**p as &(dyn ToSql + Sync)))
-        .zip(types.iter().cloned())
-        .collect();
-      let text = lane.statements.text(*stmt);
-      if stmt.returns_rows() {
-        client.query_typed(text, &values).await.map(Answer::Rows)
-      } else {
-        client.execute_typed(text, &values).await.map(Answer::Count)
+        .chain(params.iter().map(|p| &**p as &(dyn ToSql + Sync)));
+      match (statement, stmt.returns_rows()) {
+        (Some(statement), true) => client
+          .query(statement, &values.collect::<Vec<_>>())
+          .await
+          .map(Answer::Rows),
+        (Some(statement), false) => client
+          .execute(statement, &values.collect::<Vec<_>>())
+          .await
+          .map(Answer::Count),
+        (None, returns_rows) => {
+          let types = stmt.param_types();
+          debug_assert_eq!(usize::from(key.is_some()) + params.len(), types.len());
+          let typed: Vec<(&(dyn ToSql + Sync), Type)> = values.zip(types.iter().cloned()).collect();
+          let text = lane.statements.text(*stmt);
+          if returns_rows {
+            client.query_typed(text, &typed).await.map(Answer::Rows)
+          } else {
+            client.execute_typed(text, &typed).await.map(Answer::Count)
+          }
+        }
       }
     }
     Call::Script(sql) => client.batch_execute(sql).await.map(|()| Answer::Count(0)),
@@ -293,33 +324,83 @@ async fn execute(lane: &Lane, call: &Call) -> Outcome {
   answer.map_err(Arc::new)
 }
 
-/// Sends `call` now (see [`send_now`]); the answer comes when awaited.
-fn send<'a>(lane: &'a Lane, call: &'a Call) -> Sent<impl Future<Output = Outcome> + 'a> {
-  send_now(execute(lane, call))
+/// A call ready to send: with the statement prepared for it on this
+/// connection, or `None` to send it unnamed (also every script).
+struct Job {
+  call: Call,
+  statement: Option<Statement>,
+}
+
+impl Job {
+  /// Sends the call now (see [`send_now`]) as its own transaction; the
+  /// answer comes when awaited. If the server did not know its named
+  /// statement, nothing of it ran: the pool switches to unnamed statements
+  /// and the call goes again, unnamed, when awaited (see `prepared.rs`).
+  fn send<'a>(&'a self, lane: &'a Lane) -> Sent<impl Future<Output = Outcome> + 'a> {
+    send_now(async move {
+      match execute(lane, &self.call, self.statement.as_ref()).await {
+        Err(error) if self.statement.is_some() && statement_missing(&error) => {
+          lane.naming.switch_to_unnamed();
+          execute(lane, &self.call, None).await
+        }
+        outcome => outcome,
+      }
+    })
+  }
+
+  /// Sends the call now inside a group's transaction, never again: a
+  /// refusal there rolls the whole transaction back, and `send_group` sends
+  /// each of its writes again on its own.
+  fn send_in_transaction<'a>(&'a self, lane: &'a Lane) -> Sent<impl Future<Output = Outcome> + 'a> {
+    send_now(execute(lane, &self.call, self.statement.as_ref()))
+  }
 }
 
 type Reply = oneshot::Sender<Outcome>;
 type Calls = Vec<(Call, Reply)>;
 
+/// Each call as a [`Job`], with its reply; a call whose statement cannot be
+/// prepared is answered with that error here. Statements not yet prepared
+/// on this connection are prepared now, before anything is sent.
+async fn jobs(lane: &Lane, calls: Calls) -> Vec<(Job, Reply)> {
+  let mut jobs = Vec::with_capacity(calls.len());
+  for (call, reply) in calls {
+    match lane.job(call).await {
+      Ok(job) => jobs.push((job, reply)),
+      Err(error) => {
+        let _ = reply.send(Err(error));
+      }
+    }
+  }
+  jobs
+}
+
 /// Sends one group (see the module docs).
 async fn send_group(lane: &Lane, group: Vec<Waiting>) {
-  let (mut writes, mut others): (Calls, Calls) = group
+  let calls = group
     .into_iter()
     .map(|Waiting { call, reply, .. }| (call, reply))
-    .partition(|(call, _)| call.row().is_some());
+    .collect();
+  let (mut writes, mut others): (Vec<_>, Vec<_>) = jobs(lane, calls)
+    .await
+    .into_iter()
+    .partition(|(job, _)| job.call.row().is_some());
   if writes.len() < 2 {
     others.append(&mut writes);
     return one_by_one(lane, others).await;
   }
-  writes.sort_by(|(a, _), (b, _)| a.row().cmp(&b.row()));
-  let (others, other_replies): (Vec<Call>, Vec<Reply>) = others.into_iter().unzip();
-  let (writes, write_replies): (Vec<Call>, Vec<Reply>) = writes.into_iter().unzip();
+  writes.sort_by(|(a, _), (b, _)| a.call.row().cmp(&b.call.row()));
+  let (others, other_replies): (Vec<Job>, Vec<Reply>) = others.into_iter().unzip();
+  let (writes, write_replies): (Vec<Job>, Vec<Reply>) = writes.into_iter().unzip();
 
   // Send everything now, in this order; then collect the answers in the
   // same order, which is the order they arrive in.
-  let others_sent: Vec<_> = others.iter().map(|call| send(lane, call)).collect();
+  let others_sent: Vec<_> = others.iter().map(|job| job.send(lane)).collect();
   let begin = send_now(lane.client.batch_execute("BEGIN"));
-  let writes_sent: Vec<_> = writes.iter().map(|call| send(lane, call)).collect();
+  let writes_sent: Vec<_> = writes
+    .iter()
+    .map(|job| job.send_in_transaction(lane))
+    .collect();
   let commit = send_now(lane.client.batch_execute("COMMIT"));
 
   for (sent, reply) in others_sent.into_iter().zip(other_replies) {
@@ -334,16 +415,29 @@ async fn send_group(lane: &Lane, group: Vec<Waiting>) {
 
   // An error from the server inside the transaction (or on COMMIT) means it
   // was rolled back: none of its writes happened, so each runs again alone
-  // and only a bad one fails. Anything else — success, or the connection
-  // lost — is final: a write is never sent twice.
+  // and only a bad one fails — or, if the server did not know a named
+  // statement, each goes again unnamed, the pool having switched. Anything
+  // else — success, or the connection lost — is final: a write is never
+  // sent twice.
   let refused = |error: &tokio_postgres::Error| error.as_db_error().is_some();
+  if outcomes
+    .iter()
+    .any(|o| o.as_ref().is_err_and(|e| statement_missing(e)))
+  {
+    lane.naming.switch_to_unnamed();
+  }
   let rolled_back = begun.is_ok()
     && (outcomes
       .iter()
       .any(|o| o.as_ref().is_err_and(|e| refused(e)))
       || committed.as_ref().is_err_and(refused));
   if rolled_back {
-    return one_by_one(lane, writes.into_iter().zip(write_replies).collect()).await;
+    let calls = writes
+      .into_iter()
+      .map(|job| job.call)
+      .zip(write_replies)
+      .collect();
+    return one_by_one(lane, jobs(lane, calls).await).await;
   }
   let failure = begun.err().or(committed.err()).map(Arc::new);
   for (outcome, reply) in outcomes.into_iter().zip(write_replies) {
@@ -357,9 +451,9 @@ async fn send_group(lane: &Lane, group: Vec<Waiting>) {
 
 /// Sends each call as its own statement, all pipelined, and answers each as
 /// its result arrives.
-async fn one_by_one(lane: &Lane, calls: Calls) {
-  let (calls, replies): (Vec<Call>, Vec<Reply>) = calls.into_iter().unzip();
-  let sent: Vec<_> = calls.iter().map(|call| send(lane, call)).collect();
+async fn one_by_one(lane: &Lane, jobs: Vec<(Job, Reply)>) {
+  let (jobs, replies): (Vec<Job>, Vec<Reply>) = jobs.into_iter().unzip();
+  let sent: Vec<_> = jobs.iter().map(|job| job.send(lane)).collect();
   for (sent, reply) in sent.into_iter().zip(replies) {
     let _ = reply.send(sent.await);
   }

@@ -19,6 +19,7 @@ mod batch;
 mod cleanup;
 mod params;
 mod pool;
+mod prepared;
 mod sql;
 mod tls;
 

@@ -18,9 +18,10 @@
 //!   while the pool has room, else joins the one with the fewest calls, so
 //!   concurrent readers spread over several server processes.
 //!
-//! A connection keeps no state on the server between transactions (no
-//! prepared statement, no session setting; see `batch.rs` and `sql.rs`), so
-//! the pool works the same through a pooler in transaction mode. Nothing
+//! A connection's calls go by the statements it prepared, until the pool
+//! finds a pooler in front and sends them unnamed (see `prepared.rs`); no
+//! session setting is ever made (see `sql.rs`), so the pool works through a
+//! pooler in transaction mode too. Nothing
 //! connects until the first call, and a connection that broke (the server
 //! restarted, the network dropped) is replaced by a later call, so a store
 //! recovers by itself once the database is back. A call waits at most
@@ -42,6 +43,7 @@ use tokio_postgres::tls::TlsStream;
 use tokio_postgres::{Client, Config, Connection, NoTls, Row, Socket};
 
 use super::batch::{self, Answer, Call, Lane};
+use super::prepared::Naming;
 use super::sql::{Statements, Stmt, Tables};
 use super::tls::Tls;
 use crate::errors::{lock, store_error};
@@ -120,6 +122,8 @@ pub struct Pool {
   target: String,
   tables: Tables,
   statements: Arc<Statements>,
+  /// Named statements, or unnamed once a pooler showed itself.
+  naming: Arc<Naming>,
   slots: Box<[Slot]>,
   closed: AtomicBool,
 }
@@ -130,6 +134,7 @@ impl Pool {
     let slots = (0..options.size.max(1)).map(|_| Slot::default()).collect();
     Pool {
       statements: Arc::new(Statements::new(&tables, options.synchronous_commit)),
+      naming: Arc::default(),
       tables,
       target,
       slots,
@@ -367,7 +372,11 @@ impl Pool {
       )
     })?;
     let conn = Arc::new(Conn {
-      lane: Arc::new(Lane::new(client, self.statements.clone())),
+      lane: Arc::new(Lane::new(
+        client,
+        self.statements.clone(),
+        self.naming.clone(),
+      )),
       in_flight: AtomicUsize::new(0),
     });
     *lock(&slot.live) = Some(conn.clone());

@@ -14,10 +14,10 @@
 //! or `EXCLUDED`); Stoma's `transition()` leaves one unqualified and fails
 //! with `column reference "failure_count" is ambiguous`.
 //!
-//! Every statement is sent unnamed, its text and parameter types with each
-//! call ([`Stmt::param_types`]; see `batch.rs` for why), so each is one
-//! round trip and nothing is left on the server connection for a pooler to
-//! hand to someone else.
+//! Every statement declares its parameter types ([`Stmt::param_types`]):
+//! prepared by name once per connection, or, behind a pooler that does not
+//! keep named statements, sent unnamed with its text on every call (see
+//! `prepared.rs`), it means the same either way.
 //!
 //! With `synchronousCommit: false`, each write turns `synchronous_commit`
 //! off for its own transaction (`set_config(…, true)`, the same as `SET
