@@ -290,10 +290,4 @@ module.exports = {
   MemoryCircuitBreakerStore,
   MemoryCacheStore,
   BOUNDS,
-  DEFAULTS: {
-    rateLimitMaxKeys: DEFAULT_RATE_LIMIT_KEYS,
-    circuitBreakerMaxKeys: DEFAULT_CIRCUIT_KEYS,
-    cacheMaxEntries: DEFAULT_CACHE_ENTRIES,
-    cacheMaxBytes: DEFAULT_CACHE_BYTES,
-  },
 }

@@ -20,6 +20,8 @@ const {
   optionsObject,
   describe,
   tlsOption,
+  checkCircuitState,
+  storeFlags,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
@@ -33,8 +35,6 @@ const DEFAULT_STATEMENT_TIMEOUT_MS = 1000
 
 // Table names are pasted into SQL, so the prefix must be a plain identifier.
 const TABLE_PREFIX = /^[A-Za-z_][A-Za-z0-9_]{0,40}$/
-
-const CIRCUIT_STATES = ['closed', 'open', 'half-open']
 
 // PostgreSQL text cannot hold NUL, and a key is a primary key whose btree
 // entry holds at most ~2.7 kB; refuse such keys before a round trip.
@@ -92,7 +92,6 @@ const STORE_OPTIONS = [
   'cleanupIntervalMs',
 ]
 const ADAPTER_OPTIONS = [...STORE_OPTIONS, 'stores', 'waitUntil']
-const STORE_FLAGS = ['rateLimit', 'circuitBreaker', 'cache']
 
 /**
  * The options with a Stoma user's `client` read into where it points (see
@@ -299,16 +298,7 @@ class PostgresCircuitBreakerStore {
 
   transition(key, to) {
     return this.#run(key, (pool) => {
-      if (typeof to !== 'string') {
-        throw new TypeError(
-          `PostgresCircuitBreakerStore: to must be a string ("closed", "open" or "half-open"), got ${describe(to)}`,
-        )
-      }
-      if (!CIRCUIT_STATES.includes(to)) {
-        throw new RangeError(
-          `PostgresCircuitBreakerStore: to must be "closed", "open" or "half-open", got ${describe(to)}`,
-        )
-      }
+      checkCircuitState('PostgresCircuitBreakerStore', to)
       return pool.circuitTransition(key, to)
     })
   }
@@ -408,18 +398,7 @@ function postgresAdapter(options) {
   const who = 'postgresAdapter'
   const opts = optionsObject(who, options)
   checkKnownKeys(who, opts, ADAPTER_OPTIONS)
-  const stores = optionsObject(who, opts.stores, 'stores')
-  checkKnownKeys(who, stores, STORE_FLAGS, 'stores')
-  for (const name of STORE_FLAGS) {
-    if (stores[name] !== undefined && typeof stores[name] !== 'boolean') {
-      throw new TypeError(`${who}: stores.${name} must be a boolean, got ${describe(stores[name])}`)
-    }
-  }
-  const enabled = {
-    rateLimit: stores.rateLimit !== false,
-    circuitBreaker: stores.circuitBreaker !== false,
-    cache: stores.cache !== false,
-  }
+  const enabled = storeFlags(who, opts.stores)
   checkWaitUntil(who, opts.waitUntil)
   const pool = openPool(who, opts, enabled)
   const shared = { [SHARED]: pool }
@@ -443,11 +422,4 @@ module.exports = {
   PostgresRateLimitStore,
   PostgresCircuitBreakerStore,
   PostgresCacheStore,
-  DEFAULTS: {
-    url: DEFAULT_URL,
-    tablePrefix: DEFAULT_PREFIX,
-    poolSize: DEFAULT_POOL_SIZE,
-    connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
-    statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
-  },
 }

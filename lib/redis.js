@@ -16,6 +16,7 @@ const {
   checkKnownKeys,
   describe,
   tlsOption,
+  storeFlags,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
@@ -603,17 +604,6 @@ class RedisCacheStore {
   }
 }
 
-function checkStoreFlags(flags) {
-  const stores = optionsObject('redisAdapter', flags, 'stores')
-  checkKnownKeys('redisAdapter', stores, ['rateLimit', 'circuitBreaker', 'cache'], 'stores')
-  for (const name of ['rateLimit', 'circuitBreaker', 'cache']) {
-    if (stores[name] !== undefined && typeof stores[name] !== 'boolean') {
-      throw new TypeError(`redisAdapter: stores.${name} must be a boolean, got ${describe(stores[name])}`)
-    }
-  }
-  return stores
-}
-
 /**
  * A GatewayAdapter whose stores live in Redis and share one connection,
  * interchangeable with Stoma's `redisAdapter` on the same server and prefix.
@@ -624,14 +614,14 @@ function checkStoreFlags(flags) {
 function redisAdapter(options) {
   const opts = optionsObject('redisAdapter', options)
   checkKnownKeys('redisAdapter', opts, [...CONNECTION_OPTIONS, 'stores', 'waitUntil'])
-  const stores = checkStoreFlags(opts.stores)
+  const stores = storeFlags('redisAdapter', opts.stores)
   const waitUntil = checkWaitUntil('redisAdapter', opts.waitUntil)
   const redis = new Connection('redisAdapter', withClient('redisAdapter', opts))
   const shared = { [SHARED_CONNECTION]: redis }
   const adapter = {}
-  if (stores.rateLimit !== false) adapter.rateLimitStore = new RedisRateLimitStore(shared)
-  if (stores.circuitBreaker !== false) adapter.circuitBreakerStore = new RedisCircuitBreakerStore(shared)
-  if (stores.cache !== false) adapter.cacheStore = new RedisCacheStore(shared)
+  if (stores.rateLimit) adapter.rateLimitStore = new RedisRateLimitStore(shared)
+  if (stores.circuitBreaker) adapter.circuitBreakerStore = new RedisCircuitBreakerStore(shared)
+  if (stores.cache) adapter.cacheStore = new RedisCacheStore(shared)
   if (waitUntil) adapter.waitUntil = waitUntil
   adapter.close = () => redis.close()
   adapter.nearCacheSize = () => redis.nearCacheSize()

@@ -112,6 +112,26 @@ function checkCircuitState(store, to) {
   }
 }
 
+/**
+ * An adapter's `stores` option: which of its three stores to build, each
+ * `true` unless set to `false`.
+ */
+function storeFlags(who, value) {
+  const stores = optionsObject(who, value, 'stores')
+  const names = ['rateLimit', 'circuitBreaker', 'cache']
+  checkKnownKeys(who, stores, names, 'stores')
+  for (const name of names) {
+    if (stores[name] !== undefined && typeof stores[name] !== 'boolean') {
+      throw new TypeError(`${who}: stores.${name} must be a boolean, got ${describe(stores[name])}`)
+    }
+  }
+  return {
+    rateLimit: stores.rateLimit !== false,
+    circuitBreaker: stores.circuitBreaker !== false,
+    cache: stores.cache !== false,
+  }
+}
+
 /** PEM text given as a string, bytes, or an array of those (as Node's `tls` takes it), as bytes. */
 function pemBytes(who, value, name) {
   if (value === undefined) return undefined
@@ -164,4 +184,5 @@ module.exports = {
   checkName,
   optionalName,
   checkCircuitState,
+  storeFlags,
 }
