@@ -278,4 +278,42 @@ describe('redisAdapter({ client }) over TLS with a client certificate', () => {
       await wrongName.close()
     }
   })
+  it("refuses a client's certificate checking turned off, unless tls is given beside it", async () => {
+    const off = {
+      ioredis: new Redis({
+        host: '127.0.0.1',
+        port: server.port,
+        tls: { rejectUnauthorized: false },
+        lazyConnect: true,
+      }),
+      'ioredis cluster': new Redis.Cluster([{ host: '127.0.0.1', port: server.port }], {
+        redisOptions: { tls: { rejectUnauthorized: false } },
+        lazyConnect: true,
+      }),
+      'node-redis v6': createClient6({
+        socket: { host: '127.0.0.1', port: server.port, tls: true, rejectUnauthorized: false },
+      }),
+    }
+    for (const [name, client] of Object.entries(off)) {
+      expect(() => redisAdapter({ client }), name).toThrow(TypeError)
+      expect(() => redisAdapter({ client }), name).toThrow(
+        /^redisAdapter: the client's (tls|redisOptions\.tls|socket)\.rejectUnauthorized is false, which turns certificate checking off; .*pass the server's CA as tls: \{ ca \}/,
+      )
+      expect(() => new RedisRateLimitStore(client, 'p:'), name).toThrow(/^RedisRateLimitStore: the client's/)
+    }
+    // tls beside client replaces the client's settings, which are then not read.
+    const prefix = newPrefix()
+    const adapter = redisAdapter({
+      client: off.ioredis,
+      prefix,
+      tls: { ca: tls.ca, cert: tls.clientCert, key: tls.clientKey, servername: 'redis.test' },
+    })
+    try {
+      expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
+    } finally {
+      await adapter.close()
+    }
+    const identity = new Redis({ port: server.port, tls: { checkServerIdentity: () => undefined }, lazyConnect: true })
+    expect(() => redisAdapter({ client: identity })).toThrow(/tls.checkServerIdentity cannot be honoured/)
+  })
 })

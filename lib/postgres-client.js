@@ -9,6 +9,7 @@
 // default server.
 
 const { describe } = require('./validate.js')
+const { clientTls } = require('./client-tls.js')
 
 const PASS_URL = 'pass url (postgres://user:password@host:port/database) instead of client'
 
@@ -18,41 +19,6 @@ function conninfo(settings) {
     .filter(([, value]) => value !== undefined && value !== null && value !== '')
     .map(([key, value]) => `${key}='${String(value).replace(/[\\']/g, '\\$&')}'`)
     .join(' ')
-}
-
-/**
- * The TLS settings of a client's `ssl` object as our `tls` option (Node's
- * `tls.connect()` names in both). What would weaken or bypass the checks we
- * always make, or that we cannot read, is refused; tuning such as
- * `minVersion` or `ciphers` is left to rustls's safe defaults.
- */
-function tlsOfObject(who, ssl) {
-  if (ssl.rejectUnauthorized === false) {
-    throw new TypeError(
-      `${who}: the client's ssl.rejectUnauthorized is false, which turns certificate checking off; ` +
-        "stoma-native always checks the server's certificate and name: pass the server's CA as tls: { ca } " +
-        "(beside client, tls replaces the client's ssl settings)",
-    )
-  }
-  if (ssl.checkServerIdentity !== undefined) {
-    throw new TypeError(
-      `${who}: the client's ssl.checkServerIdentity cannot be honoured: stoma-native always checks the server's name ` +
-        '(tls.servername, beside client, sets the name to check)',
-    )
-  }
-  for (const name of ['pfx', 'passphrase', 'secureContext']) {
-    if (ssl[name] !== undefined) {
-      throw new TypeError(
-        `${who}: the client's ssl.${name} cannot be read; pass tls: { ca, cert, key } (PEM, the key unencrypted) beside client`,
-      )
-    }
-  }
-  const picked = {}
-  // ssl.key may be non-enumerable (pg hides it), so each is read by name.
-  for (const name of ['ca', 'cert', 'key', 'servername']) {
-    if (ssl[name] !== undefined && ssl[name] !== null) picked[name] = ssl[name]
-  }
-  return Object.keys(picked).length === 0 ? true : picked
 }
 
 /** A client's password, refused when it is a function (called only at connect time). */
@@ -106,7 +72,7 @@ function pgOptions(who, client, readTls) {
   })
   if (!readTls || !params.ssl) return { url }
   // pg treats any other truthy ssl (true, 'true', {}) as TLS with the checks on.
-  return { url, tls: typeof params.ssl === 'object' ? tlsOfObject(who, params.ssl) : true }
+  return { url, tls: typeof params.ssl === 'object' ? clientTls(who, params.ssl, 'ssl') : true }
 }
 
 /**
@@ -171,7 +137,7 @@ function postgresJsOptions(who, o, readTls) {
   // always checks the certificate and the name (postgres.js checks neither
   // for 'require' and 'allow': pass the server's CA as tls: { ca } if it is
   // not publicly trusted).
-  return { url, tls: typeof ssl === 'object' ? tlsOfObject(who, ssl) : true }
+  return { url, tls: typeof ssl === 'object' ? clientTls(who, ssl, 'ssl') : true }
 }
 
 const isPostgresJs = (client) =>

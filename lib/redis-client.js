@@ -7,6 +7,7 @@
 // send a command through the client itself.
 
 const { describe } = require('./validate.js')
+const { clientTls } = require('./client-tls.js')
 
 /** `redis://host:port` (`rediss://` with `tls`), an IPv6 host in brackets. */
 function hostUrl(host, port, tls) {
@@ -17,13 +18,13 @@ function hostUrl(host, port, tls) {
 /** A unix socket's url (the database travels in the `db` option). */
 const socketUrl = (path) => `unix://${path}`
 
-/** A client's TLS settings as our `tls` option: true, or the fields we read. */
-function tlsOf(tls) {
-  if (!tls) return undefined
-  if (tls === true) return true
-  const picked = {}
-  for (const name of ['ca', 'cert', 'key', 'servername']) if (tls[name] !== undefined) picked[name] = tls[name]
-  return Object.keys(picked).length === 0 ? true : picked
+/**
+ * A client's TLS settings as our `tls` option: undefined without TLS, or
+ * when the caller gave its own `tls` (`read.tls` false), which replaces them.
+ */
+function tlsOf(read, settings, field) {
+  if (!settings || !read.tls) return undefined
+  return settings === true ? true : clientTls(read.who, settings, field)
 }
 
 /** Drops the undefined fields, so they do not count as options given. */
@@ -35,7 +36,7 @@ function defined(options) {
 const credential = (value) => (value === '' || value === null ? undefined : value)
 
 /** ioredis `new Redis(…)`: one server, a unix socket, or sentinels and a name. */
-function ioredisOptions(o) {
+function ioredisOptions(read, o) {
   const login = { username: credential(o.username), password: credential(o.password), db: o.db || undefined }
   if (Array.isArray(o.sentinels) && o.sentinels.length > 0) {
     const sentinelTls = Boolean(o.enableTLSForSentinelMode || o.sentinelTLS)
@@ -47,17 +48,21 @@ function ioredisOptions(o) {
         password: credential(o.sentinelPassword),
       }),
       ...login,
-      tls: tlsOf(o.tls),
+      tls: tlsOf(read, o.tls, 'tls'),
     })
   }
   if (o.path) return defined({ url: socketUrl(o.path), ...login })
-  return defined({ url: hostUrl(o.host ?? 'localhost', o.port ?? 6379, false), ...login, tls: tlsOf(o.tls) })
+  return defined({
+    url: hostUrl(o.host ?? 'localhost', o.port ?? 6379, false),
+    ...login,
+    tls: tlsOf(read, o.tls, 'tls'),
+  })
 }
 
 /** ioredis `new Redis.Cluster(startupNodes, { redisOptions })`. */
-function ioredisClusterOptions(client) {
+function ioredisClusterOptions(read, client) {
   const redisOptions = client.options?.redisOptions ?? {}
-  const tls = tlsOf(redisOptions.tls)
+  const tls = tlsOf(read, redisOptions.tls, 'redisOptions.tls')
   const nodes = client.startupNodes.map((node) => {
     if (typeof node === 'number') return hostUrl('localhost', node, false)
     if (typeof node === 'string') return node.includes('://') ? node : `redis://${node}`
@@ -72,14 +77,14 @@ function ioredisClusterOptions(client) {
 }
 
 /** node-redis `createClient({ url, socket, username, password, database })`. */
-function nodeRedisOptions(o) {
+function nodeRedisOptions(read, o) {
   const socket = o.socket ?? {}
   const login = { username: credential(o.username), password: credential(o.password), db: o.database || undefined }
   if (socket.path) return defined({ url: socketUrl(socket.path), ...login })
   return defined({
     url: hostUrl(socket.host ?? 'localhost', socket.port ?? 6379, false),
     ...login,
-    tls: socket.tls ? tlsOf(socket) : undefined,
+    tls: socket.tls ? tlsOf(read, socket, 'socket') : undefined,
   })
 }
 
@@ -88,7 +93,7 @@ function nodeRedisOptions(o) {
  * them readable; v4 hides them, so only a connected v4 cluster can be read,
  * through the primaries it found.
  */
-function nodeRedisClusterOptions(who, client) {
+function nodeRedisClusterOptions(read, client) {
   // v5 and v6 keep them as `_options`.
   const options = client._options ?? client.options
   if (options?.rootNodes) {
@@ -101,18 +106,18 @@ function nodeRedisClusterOptions(who, client) {
       cluster: { nodes },
       username: credential(defaults.username),
       password: credential(defaults.password),
-      tls: socket.tls ? tlsOf(socket) : undefined,
+      tls: socket.tls ? tlsOf(read, socket, 'socket') : undefined,
     })
   }
   const primaries = client.masters ?? []
   const first = primaries.find((primary) => primary.client?.options)?.client?.options
   if (primaries.length === 0 || !first) {
     throw new TypeError(
-      `${who}: cannot read where this node-redis v4 cluster points before it is connected; ` +
+      `${read.who}: cannot read where this node-redis v4 cluster points before it is connected; ` +
         `await client.connect() first, or pass cluster: { nodes: ['redis://host:port', …] } instead of client`,
     )
   }
-  const { url: _url, ...login } = nodeRedisOptions(first)
+  const { url: _url, ...login } = nodeRedisOptions(read, first)
   return defined({
     cluster: { nodes: primaries.map((primary) => hostUrl(primary.host, primary.port, false)) },
     ...login,
@@ -120,24 +125,26 @@ function nodeRedisClusterOptions(who, client) {
 }
 
 /**
- * Our options for `client`, or a TypeError saying what to pass instead
- * when it is not a client we can read.
+ * Our options for `client` (its `tls` too, unless `readTls` is false because
+ * the caller gave its own), or a TypeError saying what to pass instead when
+ * it is not a client we can read.
  */
-function clientOptions(who, client) {
+function clientOptions(who, client, { readTls = true } = {}) {
+  const read = { who, tls: readTls }
   if (client !== null && typeof client === 'object') {
-    if (Array.isArray(client.startupNodes) && client.options) return ioredisClusterOptions(client)
+    if (Array.isArray(client.startupNodes) && client.options) return ioredisClusterOptions(read, client)
     if (client.options && 'lazyConnect' in client.options && 'retryStrategy' in client.options) {
-      return ioredisOptions(client.options)
+      return ioredisOptions(read, client.options)
     }
     if ('masters' in client && 'nodeByAddress' in client) {
-      return nodeRedisClusterOptions(who, client)
+      return nodeRedisClusterOptions(read, client)
     }
     if (
       client.options &&
       ('socket' in client.options || 'url' in client.options) &&
       typeof client.connect === 'function'
     ) {
-      return nodeRedisOptions(client.options)
+      return nodeRedisOptions(read, client.options)
     }
   }
   throw new TypeError(

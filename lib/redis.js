@@ -437,7 +437,7 @@ function withClient(who, opts) {
   if (clashing.length > 0) {
     throw new TypeError(`${who}: client already says where Redis is; pass either client or ${clashing.join(', ')}`)
   }
-  const fromClient = clientOptions(who, opts.client)
+  const fromClient = clientOptions(who, opts.client, { readTls: opts.tls === undefined })
   return { ...fromClient, ...opts, tls: opts.tls ?? fromClient.tls }
 }
 
