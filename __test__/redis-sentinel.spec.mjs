@@ -88,8 +88,11 @@ describe('redis sentinel', () => {
       const replication = await deployment.cli(before, ['INFO', 'replication'])
       const behind =
         Number(/master_repl_offset:(\d+)/.exec(replication)[1]) - Number(/slave0:.*offset=(\d+)/.exec(replication)[1])
-      await deployment.cli(deployment.watchers[0].port, ['SENTINEL', 'FAILOVER', 'mymaster'])
+      // Only the sentinel leading a failover announces the promotion; the
+      // last one leads here, so the adapter must listen to every sentinel.
       const started = Date.now()
+      await deployment.cli(deployment.watchers.at(-1).port, ['SENTINEL', 'FAILOVER', 'mymaster'])
+      const perSecond = work.outcomes.filter((o) => o.ok && o.at > started - 1000 && o.at <= started).length
       let after = before
       while (after === before && Date.now() - started < 15_000) {
         await sleep(50)
@@ -111,14 +114,18 @@ describe('redis sentinel', () => {
       const twice = counts.length - new Set(counts).size
       console.log(
         `switchover: ${succeeded.length} calls ok, ${failed.length} failed (${failed[0]?.message ?? ''}); ` +
-          `the replica was ${behind} bytes behind when it began; ${twice} counts were handed out twice`,
+          `the replica was ${behind} bytes behind when it began; ${twice} counts were handed out twice ` +
+          `(${perSecond} calls a second before it)`,
       )
       expect(work.outcomes.length - quiet).toBeGreaterThan(100)
-      // Leaving the old primary as soon as the promotion starts, nothing it
-      // acknowledges is lost but what it answered in that instant (at most
-      // the calls in flight): waiting for +switch-master lost ~0.5 s of
-      // counts here, handed out again by the new primary.
-      expect(twice).toBeLessThanOrEqual(16)
+      // Leaving the old primary as soon as the promotion starts, what it
+      // acknowledged and the new primary hands out again is at most the
+      // calls in flight then, and what replication had not carried over
+      // when the replica was promoted (~0.1 s after the announcement; none
+      // on a quiet machine). Waiting for +switch-master lost ~0.5 s of
+      // counts here; missing the announcement, as listening to one
+      // sentinel did, up to 1.5 s.
+      expect(twice).toBeLessThanOrEqual(Math.max(16, Math.round(perSecond / 10)))
       // Every failure is one in flight on the old primary when it was left.
       expect(
         failed.every((o) => /^RedisRateLimitStore: Redis at .*: the primary moved to .* \(failover\)$/.test(o.message)),

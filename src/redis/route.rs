@@ -9,7 +9,7 @@ use super::job::Job;
 use super::replies::{Replies, Reply};
 use super::sentinel::{self, Sentinels};
 use super::setup::{Endpoint, Role, Tls};
-use super::wire::{self, Settings, Target, Wire, IO};
+use super::wire::{self, Settings, Target, Wire};
 
 /// Where an adapter's data lives, as its options say.
 pub enum Deployment<'a> {
@@ -119,7 +119,7 @@ impl Route {
           None,
         );
         wire.connect_in_background();
-        IO.spawn(sentinel::follow(sentinels, Arc::downgrade(&wire)));
+        sentinel::follow(&sentinels, &wire);
         Ok(Route::One(wire))
       }
     }

@@ -7,7 +7,8 @@
 //! asking again — when:
 //!
 //! - its connection is lost (the primary died);
-//! - a sentinel starts promoting a replica ([`follow`]): the wire stops
+//! - a sentinel starts promoting a replica ([`follow`] listens to all of
+//!   them: only the one leading the failover says so): the wire stops
 //!   writing to the old primary at once and connects to the replica as soon
 //!   as it is a primary. In a failover that leaves the old primary running
 //!   (a switchover, `SENTINEL FAILOVER`) it stays a primary until the
@@ -26,10 +27,10 @@ use ::redis::Value;
 use super::setup::{self, Endpoint, Greeting, Subscription};
 use super::slots::Node;
 use super::socket::Socket;
-use super::wire::Wire;
+use super::wire::{Wire, IO};
 use crate::errors::lock;
 
-/// How long to wait before trying the next sentinel after losing one.
+/// How long to wait before subscribing to a sentinel again after losing it.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(500);
 
 /// How long a replica being promoted is taken for the primary without the
@@ -201,15 +202,23 @@ fn primary_of(answer: &Value) -> Option<Node> {
   })
 }
 
-/// Listens to the sentinels, one at a time, for failovers of the primary
-/// and moves `wire` along; ends when the wire is closed or dropped.
-pub async fn follow(sentinels: Arc<Sentinels>, wire: Weak<Wire>) {
+/// Listens to every sentinel for failovers of the primary and moves `wire`
+/// along: only the sentinel leading a failover announces the promotion, and
+/// any of them may lead. Each listener ends when the wire is closed or
+/// dropped. (Events heard from several sentinels move the wire once: a
+/// connection already at the new primary is kept.)
+pub fn follow(sentinels: &Arc<Sentinels>, wire: &Arc<Wire>) {
+  for index in 0..sentinels.nodes.len() {
+    IO.spawn(listen(Arc::clone(sentinels), index, Arc::downgrade(wire)));
+  }
+}
+
+/// Listens to sentinel `index`, subscribing again whenever it is lost.
+async fn listen(sentinels: Arc<Sentinels>, index: usize, wire: Weak<Wire>) {
   let alive = || wire.upgrade().filter(|wire| !wire.is_closed());
   let channels = [SWITCH_MASTER, PROMOTING, ABORTED];
-  for sentinel in sentinels.nodes.iter().cycle() {
-    if alive().is_none() {
-      return;
-    }
+  let sentinel = &sentinels.nodes[index];
+  while alive().is_some() {
     let subscribed =
       tokio::time::timeout(sentinels.timeout, Subscription::open(sentinel, &channels)).await;
     if let Ok(Ok(mut subscription)) = subscribed {
