@@ -21,13 +21,43 @@ process.on('exit', () => {
   for (const child of started) child.kill('SIGKILL')
 })
 
-/** A TCP port nothing listens on right now. */
+/**
+ * A free loopback port for a test server. Each test process hands out
+ * ports from its own block below the kernel's ephemeral range (32768 and
+ * up here), so neither a port another test file picks nor the local port
+ * of an outgoing connection can take it between picking and binding; a
+ * cluster node's bus port (the port + 10000) stays below that range too.
+ * A port something already listens on is skipped.
+ */
 export async function sparePort() {
-  const probe = net.createServer().listen(0, '127.0.0.1')
-  await once(probe, 'listening')
-  const { port } = probe.address()
-  await new Promise((resolve) => probe.close(resolve))
-  return port
+  for (;;) {
+    const port = PORTS.first + (PORTS.next++ % PORTS.size)
+    if ((await bindable(port)) && (await bindable(port + 10_000))) return port
+  }
+}
+
+// vitest numbers its workers 1, 2, …; a script run alone has no number.
+const PORT_BLOCKS = 20
+const PORTS = {
+  first: 12_000 + ((Number(process.env.VITEST_POOL_ID) || process.pid) % PORT_BLOCKS) * 500,
+  size: 500,
+  // Where a worker's next test file starts, so it does not reuse at once
+  // the ports of the file before.
+  next: Math.floor(Math.random() * 500),
+}
+
+/** Whether a server can listen on `port` of 127.0.0.1 now. */
+async function bindable(port) {
+  const probe = net.createServer()
+  try {
+    probe.listen(port, '127.0.0.1')
+    await once(probe, 'listening')
+    return true
+  } catch {
+    return false
+  } finally {
+    await new Promise((resolve) => probe.close(() => resolve()))
+  }
 }
 
 /**
@@ -117,7 +147,9 @@ async function startServer(port, args, options = {}) {
   for (let i = 0; i < 400; i++) {
     if (child.exitCode !== null) throw new Error(`redis-server on port ${port} exited (${child.exitCode})`)
     try {
-      if ((await cli(port, ['PING'], options)).includes('PONG')) return child
+      // The server answering must be this child, not one that took the port first.
+      const info = await cli(port, ['INFO', 'server'], options)
+      if (Number(/process_id:(\d+)/.exec(info)?.[1]) === child.pid) return child
     } catch {}
     await sleep(25)
   }
