@@ -12,6 +12,7 @@ import { redisAdapter as stomaRedisAdapter } from '@homegrower-club/stoma/adapte
 import Redis from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { redisAdapter } from '../index.mjs'
+import { load } from './support/load.mjs'
 import { runNode } from './support/processes.mjs'
 import { storeContract } from './support/store-contract.mjs'
 import { makeCertificates, sleep, startCluster } from './support/redis-servers.mjs'
@@ -20,31 +21,6 @@ const run = promisify(execFile)
 
 let prefixes = 0
 const newPrefix = () => `stoma-native-cluster-test:${process.pid}:${++prefixes}:`
-
-/**
- * Runs `workers` loops of `call(n)` until stop(); records each outcome with
- * the time it finished and what it answered.
- */
-function load(call, workers = 32) {
-  const state = { stop: false, outcomes: [], calls: 0 }
-  const loops = Array.from({ length: workers }, async () => {
-    while (!state.stop) {
-      const n = state.calls++
-      try {
-        const value = await call(n)
-        state.outcomes.push({ n, ok: true, at: Date.now(), value })
-      } catch (error) {
-        state.outcomes.push({ n, ok: false, at: Date.now(), message: error.message })
-        await sleep(2)
-      }
-    }
-  })
-  state.done = () => {
-    state.stop = true
-    return Promise.all(loops)
-  }
-  return state
-}
 
 describe('redis cluster', () => {
   let cluster
@@ -269,7 +245,7 @@ describe('redis cluster', () => {
     const adapter = redisAdapter({ cluster: { nodes: [seed] }, prefix })
     try {
       const keys = Array.from({ length: 400 }, (_, i) => `r${i}`)
-      const work = load((n) => adapter.rateLimitStore.increment(keys[n % keys.length], 120))
+      const work = load((n) => adapter.rateLimitStore.increment(keys[n % keys.length], 120), { pauseMs: 2 })
       await sleep(300)
       const layout = await cluster.layout()
       const [from, to] = layout.filter((n) => n.primary && n.slots.length > 0)
@@ -330,7 +306,7 @@ describe('redis cluster', () => {
       const victimKeys = byPort.get(victim).map(name)
       const otherKeys = others.flatMap((port) => byPort.get(port)).map(name)
       const all = [...victimKeys.map((key) => ({ key, victim: true })), ...otherKeys.map((key) => ({ key }))]
-      const work = load((n) => adapter.rateLimitStore.increment(all[n % all.length].key, 120))
+      const work = load((n) => adapter.rateLimitStore.increment(all[n % all.length].key, 120), { pauseMs: 2 })
       await sleep(500)
       const killedAt = Date.now()
       await cluster.kill(victim)

@@ -8,6 +8,7 @@ import { once } from 'node:events'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { postgresAdapter, redisAdapter } from '../../index.mjs'
 import { PG_BIN, startCluster } from '../support/postgres-servers.mjs'
+import { load } from '../support/load.mjs'
 import { sleep } from '../support/processes.mjs'
 import { sparePort, startRedisAt } from '../support/redis-servers.mjs'
 
@@ -18,38 +19,6 @@ afterAll(() => {
   process.off('unhandledRejection', onUnhandled)
   expect(unhandled).toEqual([])
 })
-
-/**
- * Runs `workers` loops of `call()` until stop(); records each outcome with
- * its duration and the phase it started in.
- */
-function load(call, workers = 32) {
-  const state = { phase: 'up', stop: false, outcomes: [] }
-  const loops = Array.from({ length: workers }, async () => {
-    while (!state.stop) {
-      const phase = state.phase
-      const started = performance.now()
-      try {
-        await call()
-        state.outcomes.push({ phase, ok: true, ms: performance.now() - started, at: Date.now() })
-      } catch (error) {
-        state.outcomes.push({
-          phase,
-          ok: false,
-          ms: performance.now() - started,
-          at: Date.now(),
-          message: error.message,
-        })
-        await sleep(5)
-      }
-    }
-  })
-  state.done = () => {
-    state.stop = true
-    return Promise.all(loops)
-  }
-  return state
-}
 
 /** Polls `call` until it succeeds; resolves with the ms it took. */
 async function firstSuccess(call, limitMs) {
@@ -87,13 +56,14 @@ describe('reliability: Redis killed under load and restarted', () => {
 
   it('rejects within commandTimeoutMs + 500 ms while down, succeeds within 1 s of the restart', async () => {
     const { rateLimitStore, circuitBreakerStore, cacheStore } = adapter
-    let i = 0
-    const work = load(() => {
-      const n = i++
-      if (n % 3 === 0) return rateLimitStore.increment(`k${n % 50}`, 60)
-      if (n % 3 === 1) return circuitBreakerStore.recordFailure(`c${n % 10}`)
-      return cacheStore.put(`p${n % 20}`, new Response('x'), 60)
-    })
+    const work = load(
+      (n) => {
+        if (n % 3 === 0) return rateLimitStore.increment(`k${n % 50}`, 60)
+        if (n % 3 === 1) return circuitBreakerStore.recordFailure(`c${n % 10}`)
+        return cacheStore.put(`p${n % 20}`, new Response('x'), 60)
+      },
+      { phase: 'up' },
+    )
     await sleep(300)
     work.phase = 'down'
     const killedAt = Date.now()
@@ -154,13 +124,14 @@ describe.skipIf(!PG_BIN)(
 
     it('rejects within the timeouts + 500 ms while down, succeeds again shortly after the restart', async () => {
       const { rateLimitStore, circuitBreakerStore, cacheStore } = adapter
-      let i = 0
-      const work = load(() => {
-        const n = i++
-        if (n % 3 === 0) return rateLimitStore.increment(`k${n % 50}`, 60)
-        if (n % 3 === 1) return circuitBreakerStore.recordFailure(`c${n % 10}`)
-        return cacheStore.get(`p${n % 20}`)
-      })
+      const work = load(
+        (n) => {
+          if (n % 3 === 0) return rateLimitStore.increment(`k${n % 50}`, 60)
+          if (n % 3 === 1) return circuitBreakerStore.recordFailure(`c${n % 10}`)
+          return cacheStore.get(`p${n % 20}`)
+        },
+        { phase: 'up' },
+      )
       await sleep(300)
       work.phase = 'down'
       const killedAt = Date.now()

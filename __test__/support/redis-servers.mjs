@@ -25,14 +25,13 @@ process.on('exit', () => {
  * A free loopback port for a test server. Each test process hands out
  * ports from its own block below the kernel's ephemeral range (32768 and
  * up here), so neither a port another test file picks nor the local port
- * of an outgoing connection can take it between picking and binding; a
- * cluster node's bus port (the port + 10000) stays below that range too.
- * A port something already listens on is skipped.
+ * of an outgoing connection can take it between picking and binding. A
+ * port something already listens on is skipped.
  */
 export async function sparePort() {
   for (;;) {
     const port = PORTS.first + (PORTS.next++ % PORTS.size)
-    if ((await bindable(port)) && (await bindable(port + 10_000))) return port
+    if (await bindable(port)) return port
   }
 }
 
@@ -104,6 +103,9 @@ export function makeCertificates(names = ['DNS:localhost']) {
     clientKey: readFileSync(file('client.key'), 'utf8'),
   }
 }
+
+/** redis-server arguments for a test server: loopback only, nothing written to disk. */
+const PRIVATE = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']
 
 /** The redis-server arguments to listen on `port`, over TLS with `tls`. */
 function listenArgs(port, tls) {
@@ -183,12 +185,7 @@ export function startRedisAt(port, { tls, clientAuth = false, password } = {}) {
   const args = [
     ...listenArgs(port, tls),
     ...(tls ? ['--tls-auth-clients', clientAuth ? 'yes' : 'no'] : []),
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
+    ...PRIVATE,
     ...(password ? ['--requirepass', password] : []),
   ]
   return startServer(port, args, { tls: tls && { ...tls, client: clientAuth }, password })
@@ -222,8 +219,6 @@ export async function startCluster({ primaries = 3, replicas = 1, password, tls,
   const nodeArgs = (node) => [
     ...listenArgs(node.port, tls),
     ...(tls ? ['--tls-cluster', 'yes', '--tls-replication', 'yes', '--tls-auth-clients', 'no'] : []),
-    '--bind',
-    '127.0.0.1',
     '--cluster-enabled',
     'yes',
     '--cluster-port',
@@ -234,10 +229,7 @@ export async function startCluster({ primaries = 3, replicas = 1, password, tls,
     String(nodeTimeoutMs),
     '--dir',
     dir,
-    '--save',
-    '',
-    '--appendonly',
-    'no',
+    ...PRIVATE,
     ...(password ? ['--requirepass', password, '--masterauth', password] : []),
   ]
   const cluster = {
@@ -356,12 +348,7 @@ export async function startSentinels({
   const primary = data[0]
   const dataArgs = (node) => [
     ...listenArgs(node.port),
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
+    ...PRIVATE,
     '--dir',
     dir,
     ...(password ? ['--requirepass', password, '--masterauth', password] : []),
