@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use ::redis::{ServerErrorKind, Value};
 
+use super::slots::SLOTS;
+
 pub enum Refusal {
   /// The slot is served by another node now (MOVED): update the slot map
   /// and send it there.
@@ -26,9 +28,11 @@ impl Refusal {
     let Value::ServerError(error) = value else {
       return None;
     };
+    // A slot past the last one is not a redirection we can follow.
     let redirect = || {
       let (slot, to) = error.details()?.split_once(' ')?;
-      Some((slot.parse().ok()?, to.to_owned()))
+      let slot: u16 = slot.parse().ok()?;
+      (usize::from(slot) < SLOTS).then(|| (slot, to.to_owned()))
     };
     Some(match error.kind()? {
       ServerErrorKind::Moved => {
@@ -77,6 +81,8 @@ mod tests {
       Some(Refusal::Ask { to }) if to == "redis-2.example:6379"
     ));
     assert!(refusal(b"-MOVED nonsense\r\n").is_none());
+    assert!(refusal(b"-MOVED 16384 127.0.0.1:6381\r\n").is_none());
+    assert!(refusal(b"-ASK 20000 127.0.0.1:6381\r\n").is_none());
   }
 
   #[test]
