@@ -228,6 +228,27 @@ describe('redis: asking the server only what it must', () => {
     }
   })
 
+  it("a read asked for after this connection's write sees the write, not a read sent before it", async () => {
+    for (const nearCache of [false, true]) {
+      const adapter = redisAdapter({ url: `redis://127.0.0.1:${port}`, prefix: newPrefix(), nearCache })
+      try {
+        const { circuitBreakerStore: circuits, cacheStore: cache } = adapter
+        const [before, , after] = await Promise.all([
+          circuits.getState('c'),
+          circuits.recordFailure('c'),
+          circuits.getState('c'),
+        ])
+        expect([before.failureCount, after.failureCount], `nearCache ${nearCache}`).toEqual([0, 1])
+        await cache.put('p', new Response('one'), 60)
+        const [old, , gone] = await Promise.all([cache.get('p'), cache.delete('p'), cache.get('p')])
+        expect(await old.text(), `nearCache ${nearCache}`).toBe('one')
+        expect(gone, `nearCache ${nearCache}`).toBeNull()
+      } finally {
+        await adapter.close()
+      }
+    }
+  })
+
   it('refuses bad nearCache options, naming them', () => {
     const url = `redis://127.0.0.1:${port}`
     expect(() => redisAdapter({ url, nearCache: { maxEntries: 0 } })).toThrow(RangeError)

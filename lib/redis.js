@@ -199,7 +199,8 @@ function settle(calls, batch, whenDrained) {
     const call = calls.get(Math.abs(id))
     calls.delete(Math.abs(id))
     const followers = call.followers
-    if (followers !== undefined) call.reading.delete(call.shared)
+    // A write may have replaced this read as the one to join (see READ_AFTER_WRITE).
+    if (followers !== undefined && call.reading.get(call.shared) === call) call.reading.delete(call.shared)
     if (id < 0) {
       const error = new Error(batch[other++])
       call.reject(error)
@@ -254,6 +255,18 @@ function settle(calls, batch, whenDrained) {
 // while the same read is in flight waits for that read's answer instead of
 // asking Redis again. The answer may be at most that one round trip old.
 const SHARED_READS = new Set(['cacheGet', 'circuitGet'])
+
+// The shared read each write makes out of date: a read asked for after a
+// write of its key must not join one sent before it, or this connection's
+// own write would be missing from its answer.
+const READ_AFTER_WRITE = {
+  circuitRecordSuccess: 'circuitGet',
+  circuitRecordFailure: 'circuitGet',
+  circuitTransition: 'circuitGet',
+  circuitReset: 'circuitGet',
+  cachePut: 'cacheGet',
+  cacheDelete: 'cacheGet',
+}
 
 /**
  * One native connection and its calls in flight. A native operation takes
@@ -347,6 +360,8 @@ class Connection {
     if (shared !== undefined) {
       const reading = this.#reading.get(shared)
       if (reading !== undefined) return new Promise((resolve, reject) => reading.followers.push({ resolve, reject }))
+    } else if (this.#reading.size > 0 && name in READ_AFTER_WRITE) {
+      this.#reading.delete(`${READ_AFTER_WRITE[name]}\0${args[0]}`)
     }
     const id = ++this.#lastId
     const kind = OPERATIONS[name]
