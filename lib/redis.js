@@ -120,6 +120,8 @@ function deployment(who, opts) {
       sentinelNodes: urlList(who, sentinel.nodes, 'sentinel.nodes', 'redis://host:26379'),
       sentinelUsername: optionalString(who, sentinel.username, 'sentinel.username'),
       sentinelPassword: optionalString(who, sentinel.password, 'sentinel.password'),
+      // Without it, sentinels whose urls are rediss:// use the `tls` option's settings.
+      sentinelTls: sentinel.tls === undefined ? undefined : tlsOption(who, sentinel.tls, 'sentinel.tls'),
     }
   }
   const url = opts.url ?? (process.env.REDIS_URL || DEFAULT_URL)

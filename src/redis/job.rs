@@ -42,7 +42,7 @@ pub struct Job {
   pub group: Option<Group>,
   /// Set for a near-cache read: the server is asked to track its key
   /// (`CLIENT CACHING yes` goes first), and if it cannot be (it is sent
-  /// after `ASKING`) this runs, so its answer is not kept.
+  /// after `ASKING`) or the call fails, this runs, so nothing of it is kept.
   pub untracked: Option<Box<dyn FnOnce() + Send>>,
   /// The ids of the calls merged into this one, answered with it.
   pub also: Vec<f64>,
@@ -97,7 +97,11 @@ impl Job {
 
   /// This call's failure (and that of every call merged into it):
   /// `<store>: <cause>`.
-  pub fn failed(self, cause: &str) -> Vec<(f64, Reply)> {
+  pub fn failed(mut self, cause: &str) -> Vec<(f64, Reply)> {
+    // A near-cache read that failed will not be answered: its ticket goes.
+    if let Some(untracked) = self.untracked.take() {
+      untracked();
+    }
     if self.silent {
       return Vec::new();
     }

@@ -74,6 +74,12 @@ struct Inner {
   /// The latest ticket taken for each key read or written now.
   tickets: HashMap<Box<[u8]>, u64>,
   next_ticket: u64,
+  /// Tickets held at most: a call that ends without its answer being kept
+  /// or forgotten (it failed before an answer came, or was merged with
+  /// others) leaves its ticket behind, so past this many all are voided at
+  /// once. That is always safe: a voided ticket only means an answer is
+  /// not kept.
+  max_tickets: usize,
 }
 
 /// A read's (or write's) ticket: its answer may be kept unless its key, or
@@ -98,6 +104,7 @@ impl NearCache {
         bytes: 0,
         tickets: HashMap::new(),
         next_ticket: 1,
+        max_tickets: max_entries.saturating_mul(2).max(1024),
       }),
       max_entries: NonZeroUsize::new(max_entries.max(1)).expect("at least one"),
       max_bytes,
@@ -206,6 +213,9 @@ impl NearCache {
 
 impl Inner {
   fn ticket(&mut self, key: &[u8]) -> Ticket {
+    if self.tickets.len() >= self.max_tickets {
+      self.tickets.clear();
+    }
     let ticket = self.next_ticket;
     self.next_ticket += 1;
     self.tickets.insert(key.into(), ticket);
@@ -239,6 +249,20 @@ mod tests {
       Lookup::Miss(ticket) => ticket,
       Lookup::Hit(_) => panic!("expected a miss"),
     }
+  }
+
+  #[test]
+  fn tickets_left_behind_are_bounded() {
+    let cache = NearCache::new(10, 1 << 20);
+    // Reads that never end (their calls failed), over many keys.
+    for n in 0..100_000u32 {
+      ticket(&cache, &n.to_be_bytes());
+    }
+    assert!(lock(&cache.inner).tickets.len() <= 1024);
+    // Voiding them costs at most a copy not kept.
+    let read = ticket(&cache, b"k");
+    cache.keep(b"k", read, snapshot(1.0), None);
+    assert_eq!(hit(&cache, b"k"), Some(1.0));
   }
 
   #[test]
