@@ -484,11 +484,19 @@ impl Wire {
   }
 
   /// Drops the connection to a primary that moved (to `to`, when known: a
-  /// connection already there is kept), so the next call asks the
-  /// sentinels where it is. Calls in flight fail: they may have run.
+  /// connection already there is kept), or the attempt to open one, so the
+  /// next call asks the sentinels where it is. Calls in flight fail: they
+  /// may have run.
   pub fn relocate(self: &Arc<Self>, to: Option<&str>) {
     let failed = {
       let mut state = lock(&self.state);
+      // An attempt under way may have asked where the primary was before
+      // it moved, and reach the old one (which still says it is a primary
+      // in a switchover): start again, asking now.
+      if matches!(state.link, Link::Connecting) && !state.closed {
+        self.start_connecting(&mut state);
+        return;
+      }
       let address = self.address();
       if !matches!(state.link, Link::Up(_)) || to.is_some_and(|to| *address == *to) {
         return;
