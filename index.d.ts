@@ -401,6 +401,11 @@ export interface RedisSentinelOptions {
   username?: string
   /** The sentinels' password (`requirepass` on the sentinels), over the urls'. */
   password?: string
+  /**
+   * The sentinels' own TLS settings. Without it, sentinels whose urls are `rediss://` speak TLS with
+   * the adapter's `tls` certificates.
+   */
+  tls?: boolean | TlsOptions
 }
 
 /** One server (`url`), a Redis Cluster (`cluster`), or a primary behind sentinels (`sentinel`). */

@@ -230,6 +230,11 @@ export interface NativeRedisOptions {
   sentinelUsername?: string
   sentinelPassword?: string
   /**
+   * The sentinels' own TLS settings (otherwise those of the `tls` fields,
+   * for sentinels whose urls are `rediss://`).
+   */
+  sentinelTls?: NativeTlsOptions
+  /**
    * Credentials and database of the servers holding the data, over their
    * urls'.
    */
@@ -258,6 +263,18 @@ export interface NativeRedisOptions {
    */
   nearCacheMaxEntries?: number
   nearCacheMaxBytes?: number
+}
+
+/**
+ * A `tls` option as `lib/validate.js`'s tlsOption reads it (the fields
+ * of [`NativeRedisOptions`] of the same names).
+ */
+export interface NativeTlsOptions {
+  useTls: boolean
+  tlsCa?: Uint8Array
+  tlsCert?: Uint8Array
+  tlsKey?: Uint8Array
+  tlsServername?: string
 }
 
 /** A cache hit: headers joined as `name\0value\0…` (see `lib/response.js`). */

@@ -220,6 +220,71 @@ describe('redisAdapter({ client }) of an ioredis client with sentinels', () => {
   })
 })
 
+describe('redisAdapter({ client }) of an ioredis client with sentinels over TLS', () => {
+  let deployment
+  let dataTls
+  let sentinelTls
+  beforeAll(async () => {
+    // Each side has its own CA and name, so one side's settings fail on the other.
+    dataTls = makeCertificates(['DNS:redis.test', 'IP:127.0.0.1'])
+    sentinelTls = makeCertificates(['DNS:sentinel.test', 'IP:127.0.0.1'])
+    deployment = await startSentinels({ tls: dataTls, sentinelTls })
+  }, 60_000)
+  afterAll(async () => {
+    await deployment?.stop()
+    for (const tls of [dataTls, sentinelTls]) if (tls) rmSync(tls.dir, { recursive: true, force: true })
+  })
+
+  const clientOptions = (extra = {}) => ({
+    sentinels: deployment.watchers.map((s) => ({ host: '127.0.0.1', port: s.port })),
+    name: 'mymaster',
+    sentinelTLS: { ca: sentinelTls.ca, servername: 'sentinel.test' },
+    enableTLSForSentinelMode: true,
+    tls: { ca: dataTls.ca, servername: 'redis.test' },
+    lazyConnect: true,
+    ...extra,
+  })
+
+  it('reads sentinelTLS for the sentinels and tls for the primary, as ioredis does', async () => {
+    // ioredis itself reaches the primary with these settings…
+    const client = new Redis(clientOptions())
+    await client.connect()
+    expect(await client.ping()).toBe('PONG')
+    await client.quit()
+    // …and so do we, through the same client's settings.
+    const prefix = newPrefix()
+    const adapter = redisAdapter({ client: new Redis(clientOptions()), prefix })
+    try {
+      expect((await adapter.rateLimitStore.increment('k', 60)).count).toBe(1)
+      const primary = await deployment.primaryPort()
+      expect((await deployment.cli(primary, ['GET', `${prefix}rl:k`])).trim()).toBe('1')
+    } finally {
+      await adapter.close()
+    }
+    // The data servers' settings do not fit the sentinels: sentinel.tls is needed.
+    const withoutOwn = redisAdapter({
+      sentinel: { name: 'mymaster', nodes: deployment.sentinelUrls().map((url) => url.replace('redis:', 'rediss:')) },
+      tls: { ca: dataTls.ca, servername: 'redis.test' },
+      connectTimeoutMs: 500,
+    })
+    try {
+      await expect(withoutOwn.rateLimitStore.increment('k', 60)).rejects.toThrow(/no sentinel named the primary/)
+    } finally {
+      await withoutOwn.close()
+    }
+  })
+
+  it('refuses sentinelTLS that turns certificate checking off, and a misspelt sentinel.tls key', () => {
+    const client = new Redis(clientOptions({ sentinelTLS: { ca: sentinelTls.ca, rejectUnauthorized: false } }))
+    expect(() => redisAdapter({ client })).toThrow(
+      /^redisAdapter: the client's sentinelTLS\.rejectUnauthorized is false, which turns certificate checking off/,
+    )
+    expect(() =>
+      redisAdapter({ sentinel: { name: 'mymaster', nodes: ['redis://h:1'], tls: { ca: 'x', caa: 'y' } } }),
+    ).toThrow(/^redisAdapter: unknown option sentinel\.tls\.caa; the options are ca, cert, key, servername$/)
+  })
+})
+
 describe('redisAdapter({ client }) over TLS with a client certificate', () => {
   let server
   let tls

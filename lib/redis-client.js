@@ -39,16 +39,21 @@ const credential = (value) => (value === '' || value === null ? undefined : valu
 function ioredisOptions(read, o) {
   const login = { username: credential(o.username), password: credential(o.password), db: o.db || undefined }
   if (Array.isArray(o.sentinels) && o.sentinels.length > 0) {
-    const sentinelTls = Boolean(o.enableTLSForSentinelMode || o.sentinelTLS)
+    // As ioredis reads them: the sentinels speak TLS with `sentinelTLS`'s
+    // settings when it is given; the primary with `tls`'s only when
+    // `enableTLSForSentinelMode` says so.
+    // (A `tls` beside client replaces the primary's settings, not these.)
+    const sentinelTls = tlsOf({ ...read, tls: true }, o.sentinelTLS, 'sentinelTLS')
     return defined({
       sentinel: defined({
         name: o.name,
-        nodes: o.sentinels.map((s) => hostUrl(s.host ?? 'localhost', s.port ?? 26379, sentinelTls)),
+        nodes: o.sentinels.map((s) => hostUrl(s.host ?? 'localhost', s.port ?? 26379, Boolean(o.sentinelTLS))),
         username: credential(o.sentinelUsername),
         password: credential(o.sentinelPassword),
+        tls: sentinelTls,
       }),
       ...login,
-      tls: tlsOf(read, o.tls, 'tls'),
+      tls: o.enableTLSForSentinelMode ? tlsOf(read, o.tls, 'tls') : undefined,
     })
   }
   if (o.path) return defined({ url: socketUrl(o.path), ...login })

@@ -87,7 +87,8 @@ function nestedOptions(who, value, name, known, shape) {
  * Where an adapter's data lives, from its options: one server (`url`, by
  * default `REDIS_URL` or the local server), a Redis Cluster
  * (`cluster: { nodes }`, seed urls from which the rest is discovered), or a
- * primary watched by sentinels (`sentinel: { name, nodes }`). `username`,
+ * primary watched by sentinels (`sentinel: { name, nodes, username,
+ * password, tls }`, the last three the sentinels' own). `username`,
  * `password` and `db` are the data servers' (over what urls say).
  */
 function deployment(who, opts) {
@@ -108,7 +109,8 @@ function deployment(who, opts) {
   }
   if (opts.sentinel !== undefined) {
     const shape = "{ name, nodes: ['redis://host:26379', …] }"
-    const sentinel = nestedOptions(who, opts.sentinel, 'sentinel', ['name', 'nodes', 'username', 'password'], shape)
+    const keys = ['name', 'nodes', 'username', 'password', 'tls']
+    const sentinel = nestedOptions(who, opts.sentinel, 'sentinel', keys, shape)
     if (typeof sentinel.name !== 'string' || sentinel.name === '') {
       throw new TypeError(
         `${who}: sentinel.name must be the primary's name (a non-empty string), got ${describe(sentinel.name)}`,
@@ -309,7 +311,10 @@ class Connection {
     if (this.#spins++ === 0) nextTurn(this.#newTurn)
     const answers = this.#native.flush(this.#spins <= SPINS_PER_TURN, defer)
     if (answers !== null) settle(this.#calls, answers, this.#whenDrained)
-    if (!this.#checking && this.#calls.size > 0 && this.#native.awaiting) {
+    // Not only while calls wait: with a near cache, the read that follows a
+    // circuit write answers nobody, and the invalidations behind it must
+    // still be read.
+    if (!this.#checking && this.#native.awaiting) {
       this.#checking = true
       nextTurn(this.#check)
     }

@@ -150,23 +150,24 @@ function pemBytes(who, value, name) {
  * `{ ca, cert, key, servername }` — PEM certificates (strings or bytes)
  * trusted instead of Mozilla's roots, a client certificate and its key for
  * servers that ask for one, and the name the server's certificate must
- * carry when not its host's, as with Node's `tls.connect()`.
+ * carry when not its host's, as with Node's `tls.connect()`. `name` is the
+ * option's name in messages (`sentinel.tls` for the sentinels' own).
  */
-function tlsOption(who, tls) {
+function tlsOption(who, tls, name = 'tls') {
   if (tls === undefined || tls === false) return { useTls: false }
   if (tls === true) return { useTls: true }
   if (tls === null || typeof tls !== 'object') {
-    throw new TypeError(`${who}: tls must be a boolean or { ca, cert, key, servername }, got ${describe(tls)}`)
+    throw new TypeError(`${who}: ${name} must be a boolean or { ca, cert, key, servername }, got ${describe(tls)}`)
   }
-  checkKnownKeys(who, tls, ['ca', 'cert', 'key', 'servername'], 'tls')
+  checkKnownKeys(who, tls, ['ca', 'cert', 'key', 'servername'], name)
   if (tls.servername !== undefined && (typeof tls.servername !== 'string' || tls.servername === '')) {
-    throw new TypeError(`${who}: tls.servername must be a host name, got ${describe(tls.servername)}`)
+    throw new TypeError(`${who}: ${name}.servername must be a host name, got ${describe(tls.servername)}`)
   }
   return {
     useTls: true,
-    tlsCa: pemBytes(who, tls.ca, 'tls.ca'),
-    tlsCert: pemBytes(who, tls.cert, 'tls.cert'),
-    tlsKey: pemBytes(who, tls.key, 'tls.key'),
+    tlsCa: pemBytes(who, tls.ca, `${name}.ca`),
+    tlsCert: pemBytes(who, tls.cert, `${name}.cert`),
+    tlsKey: pemBytes(who, tls.key, `${name}.key`),
     tlsServername: tls.servername,
   }
 }

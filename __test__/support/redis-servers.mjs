@@ -327,7 +327,8 @@ export async function startCluster({ primaries = 3, replicas = 1, password, tls,
  * A primary, `replicas` replicas and `sentinels` sentinels
  * (`redis-server --sentinel`) monitoring it as `name`, with
  * down-after-milliseconds `downAfterMs`; optionally a `password` on the data
- * servers and `sentinelPassword` on the sentinels. Resolves once every
+ * servers and `sentinelPassword` on the sentinels, and TLS on both, each
+ * with its own certificates (`tls` and `sentinelTls`, see makeCertificates). Resolves once every
  * sentinel knows the primary and its replicas.
  */
 export async function startSentinels({
@@ -337,17 +338,25 @@ export async function startSentinels({
   password,
   sentinelPassword,
   downAfterMs = 1000,
+  tls,
+  sentinelTls,
 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'stoma-native-sentinel-'))
-  const dataOptions = { password }
-  const sentinelOptions = { password: sentinelPassword }
+  const dataOptions = { password, tls }
+  const sentinelOptions = { password: sentinelPassword, tls: sentinelTls }
+  // A sentinel's outgoing connections are all TLS or none.
+  if (Boolean(tls) !== Boolean(sentinelTls))
+    throw new Error('startSentinels: pass both tls and sentinelTls, or neither')
+  const bothCas = join(dir, 'both-cas.pem')
+  if (tls) writeFileSync(bothCas, `${tls.ca}\n${sentinelTls.ca}`)
   const data = []
   for (let i = 0; i <= replicas; i++) data.push({ port: await sparePort() })
   const watchers = []
   for (let i = 0; i < sentinels; i++) watchers.push({ port: await sparePort() })
   const primary = data[0]
   const dataArgs = (node) => [
-    ...listenArgs(node.port),
+    ...listenArgs(node.port, tls),
+    ...(tls ? ['--tls-replication', 'yes', '--tls-auth-clients', 'no'] : []),
     ...PRIVATE,
     '--dir',
     dir,
@@ -415,7 +424,19 @@ export async function startSentinels({
       writeFileSync(
         file,
         [
-          `port ${sentinel.port}`,
+          ...(sentinelTls
+            ? [
+                'port 0',
+                `tls-port ${sentinel.port}`,
+                `tls-cert-file ${sentinelTls.certFile}`,
+                `tls-key-file ${sentinelTls.keyFile}`,
+                'tls-auth-clients no',
+                // Outgoing connections, to the data servers and to each
+                // other, speak TLS too, trusting both CAs.
+                'tls-replication yes',
+                `tls-ca-cert-file ${bothCas}`,
+              ]
+            : [`port ${sentinel.port}`]),
           'bind 127.0.0.1',
           `dir ${dir}`,
           `sentinel monitor ${name} 127.0.0.1 ${primary.port} ${Math.floor(sentinels / 2) + 1}`,

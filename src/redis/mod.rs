@@ -259,6 +259,34 @@ fn envelope_reply(raw: Option<Vec<u8>>, near: Option<(Near, Option<i64>)>) -> Re
   }
 }
 
+/// A `tls` option as `lib/validate.js`'s tlsOption reads it (the fields
+/// of [`NativeRedisOptions`] of the same names).
+#[napi(object)]
+pub struct NativeTlsOptions {
+  pub use_tls: bool,
+  pub tls_ca: Option<Uint8Array>,
+  pub tls_cert: Option<Uint8Array>,
+  pub tls_key: Option<Uint8Array>,
+  pub tls_servername: Option<String>,
+}
+
+/// The TLS settings given by a `tls` option's fields.
+fn tls_settings(
+  use_tls: bool,
+  ca: Option<&[u8]>,
+  cert: Option<&[u8]>,
+  key: Option<&[u8]>,
+  servername: Option<&String>,
+) -> Result<Tls> {
+  let trust = crate::tls::Trust { ca, cert, key };
+  Ok(Tls {
+    wanted: use_tls,
+    config: crate::tls::client_config(&trust)
+      .map_err(|error| Error::new(Status::InvalidArg, error))?,
+    server_name: servername.cloned(),
+  })
+}
+
 /// Options from `lib/redis.js`, already validated there.
 #[napi(object)]
 pub struct NativeRedisOptions {
@@ -272,6 +300,9 @@ pub struct NativeRedisOptions {
   /// The sentinels' own credentials, over their urls'.
   pub sentinel_username: Option<String>,
   pub sentinel_password: Option<String>,
+  /// The sentinels' own TLS settings (otherwise those of the `tls` fields,
+  /// for sentinels whose urls are `rediss://`).
+  pub sentinel_tls: Option<NativeTlsOptions>,
   /// Credentials and database of the servers holding the data, over their
   /// urls'.
   pub username: Option<String>,
@@ -341,6 +372,16 @@ impl NativeRedisConnection {
     guard(ADAPTER, || {
       let replies = Arc::new(Replies::new(settle)?);
       let spin_micros = options.spin_micros;
+      let sentinel_tls = match &options.sentinel_tls {
+        Some(own) => Some(tls_settings(
+          own.use_tls,
+          own.tls_ca.as_deref(),
+          own.tls_cert.as_deref(),
+          own.tls_key.as_deref(),
+          own.tls_servername.as_ref(),
+        )?),
+        None => None,
+      };
       let deployment = match (
         &options.url,
         &options.cluster_nodes,
@@ -352,6 +393,7 @@ impl NativeRedisConnection {
           nodes,
           username: options.sentinel_username.as_deref(),
           password: options.sentinel_password.as_deref(),
+          tls: sentinel_tls.as_ref(),
         },
         (Some(url), None, None) => Deployment::Server { url },
         (None, None, None) => return Err(Error::new(Status::InvalidArg, "url: missing")),
@@ -389,17 +431,13 @@ impl NativeRedisConnection {
         near: near.clone(),
       };
       let command_timeout = settings.command_timeout;
-      let trust = crate::tls::Trust {
-        ca: options.tls_ca.as_deref(),
-        cert: options.tls_cert.as_deref(),
-        key: options.tls_key.as_deref(),
-      };
-      let tls = Tls {
-        wanted: options.use_tls,
-        config: crate::tls::client_config(&trust)
-          .map_err(|error| Error::new(Status::InvalidArg, error))?,
-        server_name: options.tls_servername.clone(),
-      };
+      let tls = tls_settings(
+        options.use_tls,
+        options.tls_ca.as_deref(),
+        options.tls_cert.as_deref(),
+        options.tls_key.as_deref(),
+        options.tls_servername.as_ref(),
+      )?;
       let route = Route::open(&deployment, &login, &tls, settings, Arc::clone(&replies))
         .map_err(|error| Error::new(Status::InvalidArg, error))?;
       Ok(NativeRedisConnection {

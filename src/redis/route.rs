@@ -17,13 +17,14 @@ pub enum Deployment<'a> {
   Server { url: &'a str },
   /// A Redis Cluster, reached through these seed urls.
   Cluster { nodes: &'a [String] },
-  /// A primary the sentinels at these urls know by `name`; `username` and
-  /// `password` are the sentinels' own (over their urls').
+  /// A primary the sentinels at these urls know by `name`; `username`,
+  /// `password` (over their urls') and `tls` are the sentinels' own.
   Sentinel {
     name: &'a str,
     nodes: &'a [String],
     username: Option<&'a str>,
     password: Option<&'a str>,
+    tls: Option<&'a Tls>,
   },
 }
 
@@ -83,17 +84,20 @@ impl Route {
         nodes,
         username,
         password,
+        tls: own_tls,
       } => {
-        // Sentinels speak TLS when their urls say so; the primary when the
-        // `tls` option does.
-        let sentinel_tls = Tls {
+        // Sentinels speak TLS when `sentinel.tls` or their urls say so
+        // (with the `tls` option's certificates, without their own); the
+        // primary when the `tls` option does.
+        let borrowed = Tls {
           wanted: false,
           config: Arc::clone(&tls.config),
           server_name: None,
         };
+        let sentinel_tls = own_tls.unwrap_or(&borrowed);
         let mut sentinels = Vec::with_capacity(nodes.len());
         for (index, url) in nodes.iter().enumerate() {
-          let endpoint = Endpoint::parse(url, &sentinel_tls)
+          let endpoint = Endpoint::parse(url, sentinel_tls)
             .ok()
             .filter(|endpoint| endpoint.host().is_some())
             .ok_or_else(|| format!("sentinel.nodes[{index}]: not a redis://host:port url"))?;
