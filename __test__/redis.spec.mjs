@@ -419,6 +419,11 @@ describe('redis: adapter options and lifecycle', () => {
     expect(() => redisAdapter('redis://x')).toThrow(TypeError)
     expect(() => redisAdapter({ spinMicros: -1 })).toThrow(RangeError)
     expect(() => redisAdapter({ spinMicros: '5' })).toThrow(/spinMicros must be a number/)
+    // Past what the option can mean, refused rather than truncated.
+    expect(() => redisAdapter({ db: 2 ** 32 + 99 })).toThrow(/^redisAdapter: db must be at most 2147483647, got/)
+    expect(() => redisAdapter({ spinMicros: 1e7 })).toThrow(/^redisAdapter: spinMicros must be at most 1000000/)
+    expect(() => redisAdapter({ commandTimeoutMs: 2 ** 31 })).toThrow(RangeError)
+    expect(() => redisAdapter({ connectTimeoutMs: 2 ** 31 })).toThrow(/connectTimeoutMs must be at most 2147483647/)
   })
 
   it('close() waits for the calls in flight, which all succeed', async () => {

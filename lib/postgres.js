@@ -22,6 +22,7 @@ const {
   tlsOption,
   checkCircuitState,
   storeFlags,
+  MAX_MS,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
@@ -30,6 +31,9 @@ const { clientOptions, isClient } = require('./postgres-client.js')
 const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
 const DEFAULT_PREFIX = 'stoma_'
 const DEFAULT_POOL_SIZE = 4
+// Connections are opened lazily but their slots up front; PostgreSQL's
+// default max_connections is 100.
+const MAX_POOL_SIZE = 1000
 const DEFAULT_CONNECT_TIMEOUT_MS = 2000
 const DEFAULT_STATEMENT_TIMEOUT_MS = 1000
 
@@ -113,7 +117,7 @@ function openPool(who, options, cleans) {
   const opts = withClient(who, options)
   const url = opts.url ?? (process.env.DATABASE_URL || DEFAULT_URL)
   if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
-  const cleanupIntervalMs = positiveInteger(who, opts.cleanupIntervalMs, 'cleanupIntervalMs', undefined)
+  const cleanupIntervalMs = positiveInteger(who, opts.cleanupIntervalMs, 'cleanupIntervalMs', undefined, MAX_MS)
   const synchronousCommit = opts.synchronousCommit ?? true
   if (typeof synchronousCommit !== 'boolean') {
     throw new TypeError(`${who}: synchronousCommit must be a boolean, got ${describe(synchronousCommit)}`)
@@ -122,13 +126,20 @@ function openPool(who, options, cleans) {
     url,
     ...tlsOption(who, opts.tls),
     tablePrefix: checkTablePrefix(who, opts.tablePrefix ?? DEFAULT_PREFIX),
-    poolSize: positiveInteger(who, opts.poolSize, 'poolSize', DEFAULT_POOL_SIZE),
-    connectTimeoutMs: positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS),
+    poolSize: positiveInteger(who, opts.poolSize, 'poolSize', DEFAULT_POOL_SIZE, MAX_POOL_SIZE),
+    connectTimeoutMs: positiveInteger(
+      who,
+      opts.connectTimeoutMs,
+      'connectTimeoutMs',
+      DEFAULT_CONNECT_TIMEOUT_MS,
+      MAX_MS,
+    ),
     statementTimeoutMs: positiveInteger(
       who,
       opts.statementTimeoutMs,
       'statementTimeoutMs',
       DEFAULT_STATEMENT_TIMEOUT_MS,
+      MAX_MS,
     ),
     synchronousCommit,
     cleanupIntervalMs,

@@ -17,6 +17,7 @@ const {
   describe,
   tlsOption,
   storeFlags,
+  MAX_MS,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
@@ -31,6 +32,10 @@ const DEFAULT_COMMAND_TIMEOUT_MS = 1000
 // them to the I/O thread: a local Redis answers well within it (see `Spin`
 // in src/redis/wire.rs).
 const DEFAULT_SPIN_MICROS = 50
+// It blocks the JS thread, so a second is past any use.
+const MAX_SPIN_MICROS = 1_000_000
+// Redis numbers its databases with a C int.
+const MAX_DB = 2 ** 31 - 1
 // A near cache's bounds unless nearCache says otherwise.
 const DEFAULT_NEAR_CACHE = { maxEntries: 10_000, maxBytes: 32 * 1024 * 1024 }
 // Polling flushes allowed before the event loop turns again, so a chain of
@@ -101,7 +106,7 @@ function deployment(who, opts) {
   const login = {
     username: optionalString(who, opts.username, 'username'),
     password: optionalString(who, opts.password, 'password'),
-    db: opts.db === undefined ? undefined : nonNegativeInteger(who, opts.db, 'db'),
+    db: nonNegativeInteger(who, opts.db, 'db', undefined, MAX_DB),
   }
   if (opts.cluster !== undefined) {
     const cluster = nestedOptions(who, opts.cluster, 'cluster', ['nodes'], "{ nodes: ['redis://host:port', …] }")
@@ -330,9 +335,21 @@ class Connection {
     const where = deployment(who, opts)
     const prefix = opts.prefix ?? DEFAULT_PREFIX
     if (typeof prefix !== 'string') throw new TypeError(`${who}: prefix must be a string, got ${describe(prefix)}`)
-    const connectTimeoutMs = positiveInteger(who, opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS)
-    const commandTimeoutMs = positiveInteger(who, opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS)
-    const spinMicros = nonNegativeInteger(who, opts.spinMicros, 'spinMicros', DEFAULT_SPIN_MICROS)
+    const connectTimeoutMs = positiveInteger(
+      who,
+      opts.connectTimeoutMs,
+      'connectTimeoutMs',
+      DEFAULT_CONNECT_TIMEOUT_MS,
+      MAX_MS,
+    )
+    const commandTimeoutMs = positiveInteger(
+      who,
+      opts.commandTimeoutMs,
+      'commandTimeoutMs',
+      DEFAULT_COMMAND_TIMEOUT_MS,
+      MAX_MS,
+    )
+    const spinMicros = nonNegativeInteger(who, opts.spinMicros, 'spinMicros', DEFAULT_SPIN_MICROS, MAX_SPIN_MICROS)
     const tls = tlsOption(who, opts.tls)
     const near = nearCacheOption(who, opts.nearCache)
     // The native side keeps this function (and through it the calls map)

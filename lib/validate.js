@@ -35,8 +35,12 @@ function checkSeconds(store, value, name) {
   }
 }
 
-/** An optional integer option of at least `min` (0 or 1), or `fallback` when absent. */
-function integerAtLeast(min, store, value, name, fallback) {
+/**
+ * An optional integer option from `min` (0 or 1) to `max`, or `fallback`
+ * when absent. `max` is where the value stops making sense or fitting what
+ * reads it, so a typo in the exponent is refused rather than truncated.
+ */
+function integerAtLeast(min, store, value, name, fallback, max) {
   if (value === undefined) return fallback
   if (typeof value !== 'number') {
     throw new TypeError(`${store}: ${name} must be a number, got ${describe(value)}`)
@@ -45,11 +49,17 @@ function integerAtLeast(min, store, value, name, fallback) {
     const wanted = min === 1 ? 'a positive integer' : 'a whole number ≥ 0'
     throw new RangeError(`${store}: ${name} must be ${wanted}, got ${describe(value)}`)
   }
+  if (max !== undefined && value > max) {
+    throw new RangeError(`${store}: ${name} must be at most ${max}, got ${describe(value)}`)
+  }
   return value
 }
 
-const positiveInteger = (store, value, name, fallback) => integerAtLeast(1, store, value, name, fallback)
-const nonNegativeInteger = (store, value, name, fallback) => integerAtLeast(0, store, value, name, fallback)
+const positiveInteger = (store, value, name, fallback, max) => integerAtLeast(1, store, value, name, fallback, max)
+const nonNegativeInteger = (store, value, name, fallback, max) => integerAtLeast(0, store, value, name, fallback, max)
+
+/** The longest timeout or interval taken, in ms: Node's timers' limit (~24.8 days). */
+const MAX_MS = 2 ** 31 - 1
 
 /** An options argument: undefined or a plain object. */
 function optionsObject(store, value, name = 'options') {
@@ -181,6 +191,7 @@ module.exports = {
   checkSeconds,
   positiveInteger,
   nonNegativeInteger,
+  MAX_MS,
   optionsObject,
   checkName,
   optionalName,
