@@ -6,6 +6,7 @@
 // TLS client certificates included. Also Stoma's store constructor shapes
 // and misspelt options.
 import { rmSync } from 'node:fs'
+import { redisAdapter as stomaRedisAdapter } from '@homegrower-club/stoma/adapters/redis'
 import Redis from 'ioredis'
 import { createClient as createClient6, createCluster as createCluster6 } from 'redis'
 import { createClient as createClient4, createCluster as createCluster4 } from 'redis4'
@@ -75,6 +76,32 @@ describe('redisAdapter({ client }) on a plain server', () => {
       }
     })
   }
+
+  it("an ioredis keyPrefix goes before the prefix, as the client puts it before Stoma's keys: one count", async () => {
+    const client = new Redis(`${url}/5`, { keyPrefix: 'app:' })
+    created.push(client)
+    const prefix = newPrefix()
+    const ours = redisAdapter({ client, prefix })
+    const stomas = stomaRedisAdapter({ client, prefix })
+    const there = onDb(5)
+    try {
+      const counts = []
+      for (const adapter of [ours, stomas, ours, stomas])
+        counts.push((await adapter.rateLimitStore.increment('k', 60)).count)
+      expect(counts).toEqual([1, 2, 3, 4])
+      expect(await there.get(`app:${prefix}rl:k`)).toBe('4')
+      expect(await there.exists(`${prefix}rl:k`)).toBe(0)
+    } finally {
+      await ours.close()
+      await there.del(`app:${prefix}rl:k`)
+      there.disconnect()
+    }
+    const natted = new Redis.Cluster([{ host: '127.0.0.1', port: 7000 }], {
+      natMap: { '10.0.0.1:7000': { host: '127.0.0.1', port: 7000 } },
+      lazyConnect: true,
+    })
+    expect(() => redisAdapter({ client: natted })).toThrow(/^redisAdapter: the client's natMap cannot be honoured/)
+  })
 
   it('a client pointing at a server that is down: calls reject, nothing falls back to the default', async () => {
     for (const client of [

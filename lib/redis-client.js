@@ -37,7 +37,13 @@ const credential = (value) => (value === '' || value === null ? undefined : valu
 
 /** ioredis `new Redis(…)`: one server, a unix socket, or sentinels and a name. */
 function ioredisOptions(read, o) {
-  const login = { username: credential(o.username), password: credential(o.password), db: o.db || undefined }
+  const login = {
+    username: credential(o.username),
+    password: credential(o.password),
+    db: o.db || undefined,
+    // ioredis puts it before every key, Stoma's included.
+    keyPrefix: o.keyPrefix || undefined,
+  }
   if (Array.isArray(o.sentinels) && o.sentinels.length > 0) {
     // As ioredis reads them: the sentinels speak TLS with `sentinelTLS`'s
     // settings when it is given; the primary with `tls`'s only when
@@ -67,6 +73,12 @@ function ioredisOptions(read, o) {
 /** ioredis `new Redis.Cluster(startupNodes, { redisOptions })`. */
 function ioredisClusterOptions(read, client) {
   const redisOptions = client.options?.redisOptions ?? {}
+  if (client.options.natMap && Object.keys(client.options.natMap).length > 0) {
+    throw new TypeError(
+      `${read.who}: the client's natMap cannot be honoured: stoma-native connects to the addresses the cluster ` +
+        'announces (cluster-announce-ip / cluster-announce-port on the nodes); pass cluster: { nodes } instead of client',
+    )
+  }
   const tls = tlsOf(read, redisOptions.tls, 'redisOptions.tls')
   const nodes = client.startupNodes.map((node) => {
     if (typeof node === 'number') return hostUrl('localhost', node, false)
@@ -78,6 +90,7 @@ function ioredisClusterOptions(read, client) {
     username: credential(redisOptions.username),
     password: credential(redisOptions.password),
     tls,
+    keyPrefix: client.options.keyPrefix || redisOptions.keyPrefix || undefined,
   })
 }
 

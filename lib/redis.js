@@ -476,8 +476,13 @@ function withClient(who, opts) {
   if (clashing.length > 0) {
     throw new TypeError(`${who}: client already says where Redis is; pass either client or ${clashing.join(', ')}`)
   }
-  const fromClient = clientOptions(who, opts.client, { readTls: opts.tls === undefined })
-  return { ...fromClient, ...opts, tls: opts.tls ?? fromClient.tls }
+  const { keyPrefix, ...fromClient } = clientOptions(who, opts.client, { readTls: opts.tls === undefined })
+  if (keyPrefix !== undefined && opts.prefix !== undefined && typeof opts.prefix !== 'string') {
+    throw new TypeError(`${who}: prefix must be a string, got ${describe(opts.prefix)}`)
+  }
+  // An ioredis keyPrefix goes before ours, where the client would put it.
+  const prefix = keyPrefix === undefined ? opts.prefix : keyPrefix + (opts.prefix ?? DEFAULT_PREFIX)
+  return { ...fromClient, ...opts, prefix, tls: opts.tls ?? fromClient.tls }
 }
 
 /**
