@@ -167,6 +167,15 @@ impl Near {
   }
 }
 
+/// Another Redis type is under the key: `WRONGTYPE`, which Redis before 7
+/// wraps in `ERR Error running script …` when a script meets it.
+fn wrong_type(error: &::redis::RedisError) -> bool {
+  error.code() == Some("WRONGTYPE")
+    || error
+      .detail()
+      .is_some_and(|detail| detail.contains("WRONGTYPE"))
+}
+
 /// The answer to `getState` from a circuit's copy.
 fn snapshot_reply(copy: Copy) -> Reply {
   match copy {
@@ -762,7 +771,7 @@ impl NativeRedisConnection {
           |answer| {
             let raw: Option<Vec<u8>> = match answer {
               // Another Redis type under the key is garbage too: a miss.
-              Err(error) if error.code() == Some("WRONGTYPE") => None,
+              Err(error) if wrong_type(&error) => None,
               answer => FromRedisValue::from_redis_value(answer?)?,
             };
             Ok(envelope_reply(raw, None))
@@ -773,7 +782,7 @@ impl NativeRedisConnection {
           let read = |key| READ.call(key);
           let mut job = self.job(id, CACHE_STORE, key, read, move |answer| {
             let fields: Vec<Value> = match answer {
-              Err(error) if error.code() == Some("WRONGTYPE") => {
+              Err(error) if wrong_type(&error) => {
                 near.forget();
                 return Ok(Reply::Cached(None));
               }
@@ -925,6 +934,18 @@ impl Drop for NativeRedisConnection {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn another_type_under_a_key_is_recognised_from_redis_6_and_7() {
+    let error = |reply: &[u8]| resp::decode(reply).unwrap().extract_error().unwrap_err();
+    assert!(wrong_type(&error(
+      b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+    )));
+    assert!(wrong_type(&error(
+      b"-ERR Error running script (call to f_0b1c): @user_script:1: WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+    )));
+    assert!(!wrong_type(&error(b"-ERR unknown command\r\n")));
+  }
 
   #[test]
   fn keys_follow_stomas_layout() {
