@@ -22,8 +22,9 @@ use crate::errors::{guard, lock, store_error};
 /// that many tiny entries are still bounded by `maxBytes`. Measured by
 /// `__test__/reliability/flood.spec.mjs`: a store full of tiny entries holds
 /// ~275 resident bytes per 64 bytes of key and data (96, the old figure,
-/// let the process hold ~1.7 × maxBytes).
-const ENTRY_OVERHEAD: usize = 224;
+/// let the process hold ~1.7 × maxBytes). The Redis near cache charges the
+/// same, so `maxBytes` means the same there.
+pub const ENTRY_OVERHEAD: usize = 224;
 
 /// One cached response. `data` holds the header string's UTF-8 bytes
 /// followed by the body, so a hit crosses into JS as a single buffer.

@@ -8,6 +8,8 @@
 //! [`release_memory_state`] (see [`Registry`]).
 
 mod cache;
+
+pub(crate) use cache::ENTRY_OVERHEAD;
 mod circuit_breaker;
 mod rate_limit;
 

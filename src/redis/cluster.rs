@@ -29,12 +29,13 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::event_loop::EventLoop;
+use super::io::IO;
 use super::job::{fail_all, Job};
 use super::refusal::{Refusal, MAX_REDIRECTS};
 use super::replies::{Replies, Reply};
 use super::setup::{self, Endpoint};
 use super::slots::{self, key_slot, Node, Range, SLOTS};
-use super::wire::{self, retry_later, Owner, Settings, Target, Wire, IO};
+use super::wire::{self, retry_later, Owner, Settings, Target, Wire, CLOSED};
 use crate::errors::lock;
 
 /// How often the slot map is refreshed when nothing asks for it sooner.
@@ -46,8 +47,6 @@ const REFRESH_GAP: Duration = Duration::from_millis(100);
 
 /// A slot no known primary serves.
 const UNKNOWN: u16 = u16::MAX;
-
-const CLOSED: &str = "the Redis connection was closed";
 
 pub struct Cluster {
   /// The nodes given by the user, and the settings (credentials, TLS) every

@@ -39,6 +39,7 @@
 
 mod cluster;
 mod event_loop;
+mod io;
 mod job;
 mod near_cache;
 mod pipeline;

@@ -30,10 +30,8 @@ use lru::LruCache;
 
 use super::replies::Cached;
 use crate::errors::lock;
-
-/// Bytes charged to an entry on top of its key and value: the map nodes,
-/// the LRU links and the allocations' headers (as the memory cache counts).
-const ENTRY_OVERHEAD: usize = 224;
+// Bytes charged to an entry on top of its key and value, as the memory cache counts.
+use crate::memory::ENTRY_OVERHEAD;
 
 /// What is known about a key.
 #[derive(Clone)]

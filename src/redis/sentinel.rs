@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use ::redis::Value;
 
+use super::io::IO;
 use super::setup::{self, Endpoint, Greeting, Subscription};
 use super::slots::Node;
 use super::socket::Socket;
-use super::wire::{Wire, IO};
 use crate::errors::lock;
 
 /// How long to wait before subscribing to a sentinel again after losing it.
@@ -129,7 +129,7 @@ impl Sentinels {
   }
 
   /// Acts on a sentinel event: moves `wire` to where the primary is going.
-  fn heard(&self, channel: &[u8], payload: &[u8], wire: &Arc<Wire>) {
+  fn heard(&self, channel: &[u8], payload: &[u8], wire: &Arc<impl Follower>) {
     let Some(event) = Event::read(channel, payload, &self.name) else {
       return;
     };
@@ -146,6 +146,16 @@ impl Sentinels {
     };
     wire.relocate(Some(&to.to_string()));
   }
+}
+
+/// The connection to the primary, as sentinel events move it (the
+/// connection knows the sentinels, not the other way round).
+pub trait Follower: Send + Sync {
+  /// Leaves the primary it is connected to, or connecting to, for `to`
+  /// (or wherever the sentinels say, when `None`).
+  fn relocate(self: &Arc<Self>, to: Option<&str>);
+  /// Closed: nothing to follow for any more.
+  fn is_closed(&self) -> bool;
 }
 
 /// A sentinel event about our primary, and the node it points to.
@@ -207,14 +217,14 @@ fn primary_of(answer: &Value) -> Option<Node> {
 /// any of them may lead. Each listener ends when the wire is closed or
 /// dropped. (Events heard from several sentinels move the wire once: a
 /// connection already at the new primary is kept.)
-pub fn follow(sentinels: &Arc<Sentinels>, wire: &Arc<Wire>) {
+pub fn follow<F: Follower + 'static>(sentinels: &Arc<Sentinels>, wire: &Arc<F>) {
   for index in 0..sentinels.nodes.len() {
     IO.spawn(listen(Arc::clone(sentinels), index, Arc::downgrade(wire)));
   }
 }
 
 /// Listens to sentinel `index`, subscribing again whenever it is lost.
-async fn listen(sentinels: Arc<Sentinels>, index: usize, wire: Weak<Wire>) {
+async fn listen<F: Follower>(sentinels: Arc<Sentinels>, index: usize, wire: Weak<F>) {
   let alive = || wire.upgrade().filter(|wire| !wire.is_closed());
   let channels = [SWITCH_MASTER, PROMOTING, ABORTED];
   let sentinel = &sentinels.nodes[index];

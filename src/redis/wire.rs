@@ -24,39 +24,25 @@
 //! a cluster's router — or, for a lone server, the wire's own.
 
 use std::pin::pin;
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ::redis::Value;
 use tokio::io::Interest;
 
 use super::event_loop::EventLoop;
+use super::io::IO;
 use super::job::{coalesce, fail_all, Job};
 use super::near_cache::NearCache;
 use super::pipeline::Pipeline;
 use super::refusal::{self, Refusal};
 use super::replies::{finish_elsewhere, Replies, Reply};
+use super::sentinel::Follower;
 use super::sentinel::Sentinels;
 use super::setup::{self, Endpoint, Greeting};
 use super::socket::Socket;
 use super::spin::{Spin, ENOUGH_ANSWERS};
 use crate::errors::{guard, lock};
-
-/// The thread all Redis I/O of the process waits on: one current-thread
-/// tokio runtime for connection attempts, watchers and their timers. The
-/// thread never ends; it holds nothing that keeps Node running.
-pub static IO: LazyLock<tokio::runtime::Handle> = LazyLock::new(|| {
-  let runtime = tokio::runtime::Builder::new_current_thread()
-    .enable_all()
-    .build()
-    .expect("cannot build the Redis I/O runtime");
-  let handle = runtime.handle().clone();
-  std::thread::Builder::new()
-    .name("stoma-redis-io".into())
-    .spawn(move || runtime.block_on(std::future::pending::<()>()))
-    .expect("cannot start the Redis I/O thread");
-  handle
-});
 
 /// After a failed connection attempt, calls within this pause fail at once
 /// with its cause instead of each trying again: a burst of calls against a
@@ -64,7 +50,7 @@ pub static IO: LazyLock<tokio::runtime::Handle> = LazyLock::new(|| {
 /// reconnects, well within a second of the server coming back.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
-const CLOSED: &str = "the Redis connection was closed";
+pub const CLOSED: &str = "the Redis connection was closed";
 
 /// How every wire of an adapter behaves.
 pub struct Settings {
@@ -799,6 +785,16 @@ impl Flushing<'_> {
     let mut answers = self.wire.answer(self.answered);
     answers.extend(self.failed);
     answers
+  }
+}
+
+impl Follower for Wire {
+  fn relocate(self: &Arc<Self>, to: Option<&str>) {
+    Wire::relocate(self, to);
+  }
+
+  fn is_closed(&self) -> bool {
+    Wire::is_closed(self)
   }
 }
 
