@@ -26,6 +26,12 @@ export declare class NativeMemoryCacheStore {
    * copying them (~40 µs against ~150 µs a round trip).
    */
   get(key: string, out: Float64Array): Buffer | null
+  /**
+   * Returns `{ handle, memory }`, a lane for the `stoma_cache_*` symbols
+   * with room for a key and header string of `bytes` bytes together (see
+   * [`ffi::lane`]).
+   */
+  lane(bytes: number): { handle: number; memory: ArrayBuffer }
   delete(key: string): boolean
   clear(): void
   get size(): number
@@ -48,6 +54,11 @@ export declare class NativeMemoryCircuitBreakerStore {
    * (see [`bound_call`]).
    */
   bindOperations(): { call: (op: number, key: string, to?: number) => void; out: Float64Array }
+  /**
+   * Returns `{ handle, memory }`, a lane for `stoma_circuit_operate` with
+   * room for a key of `keyBytes` bytes (see [`ffi::lane`]).
+   */
+  lane(keyBytes: number): { handle: number; memory: ArrayBuffer }
   reset(key: string): void
   clear(): void
   get size(): number
@@ -63,6 +74,11 @@ export declare class NativeMemoryRateLimitStore {
    * returns the count, writing `resetAt` into `out[0]` (see [`bound_call`]).
    */
   bindIncrement(): { call: (key: string, windowMs: number) => number; out: Float64Array }
+  /**
+   * Returns `{ handle, memory }`, a lane for `stoma_rate_limit_increment`
+   * with room for a key of `keyBytes` bytes (see [`ffi::lane`]).
+   */
+  lane(keyBytes: number): { handle: number; memory: ArrayBuffer }
   /** Number of keys held. */
   get size(): number
   /** Forgets every key (shared by every store of the same name). */

@@ -41,6 +41,7 @@ pub struct Bound<T> {
 }
 
 /// Why a call failed; thrown into JS as the matching error class.
+#[derive(Debug)]
 pub enum CallError {
   Type(String),
   Store(String),

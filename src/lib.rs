@@ -9,6 +9,7 @@
 //! - [`envelope`] — the cache envelope Stoma's Redis and PostgreSQL adapters write.
 //! - [`errors`]   — how failures (including panics) become JS exceptions.
 //! - [`fastcall`] — raw N-API functions for the per-request calls.
+//! - [`ffi`]      — C-ABI symbols for the per-request calls in Bun and Deno.
 //! - [`memory`]   — in-process stores, called synchronously from JS.
 //! - [`postgres`] — PostgreSQL stores on Stoma's tables, over tokio-postgres.
 //! - [`redis`]    — stores in Redis, sharing data with Stoma's JS `redisAdapter`.
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod envelope;
 pub mod errors;
 pub mod fastcall;
+pub mod ffi;
 pub mod memory;
 pub mod postgres;
 pub mod redis;

@@ -7,7 +7,9 @@
 //! - `__forcePanicSpawned`  — a future handed to `Env::spawn_future` (the
 //!   `PromiseRaw` path PostgreSQL's `cachePut` uses) under [`guard_async`];
 //! - `__forcePanicFastcall` — a raw N-API function made by [`bound_call`]
-//!   (the per-request path of every memory store).
+//!   (the per-request path of every memory store);
+//! - `stoma_test_panic`     — a C-ABI symbol called through a lane from
+//!   `__testLane` (the per-request path in Bun and Deno, see [`crate::ffi`]).
 //!
 //! They are not part of the public API (`index.js` does not export them) and
 //! refuse to run unless the environment has `STOMA_NATIVE_TEST_HOOKS=1`, so
@@ -21,6 +23,7 @@ use napi_derive::napi;
 
 use crate::errors::{guard, guard_async, store_error};
 use crate::fastcall::{bound_call, CallError};
+use crate::ffi::{self, Lane};
 
 const HOOK: &str = "stoma-native test hook";
 
@@ -78,6 +81,35 @@ pub fn force_panic_fastcall(env: &Env) -> Result<Object<'static>> {
     }
     std::panic::panic_any(message)
   })
+}
+
+/// Returns `{ handle, memory }`, a lane of `bytes` bytes over nothing, for
+/// `stoma_test_panic`. Made even when the hooks are disabled, so that the
+/// symbol's refusal can be seen too.
+#[napi(js_name = "__testLane", skip_typescript)]
+pub fn test_lane(env: &Env, bytes: u32) -> Result<Object<'static>> {
+  ffi::lane(env, (), bytes as usize)
+}
+
+/// `stoma_test_panic(lane, messageLength)`: panics with the message JS wrote
+/// into the lane (an empty one fails with an ordinary error instead).
+///
+/// # Safety
+/// `lane` must be a lane from `__testLane` that JS still holds, called on the
+/// thread that holds it (see [`ffi::enter`]).
+#[no_mangle]
+pub unsafe extern "C" fn stoma_test_panic(lane: *const Lane<()>, len: u32) -> f64 {
+  // SAFETY: the caller's promise.
+  unsafe {
+    ffi::enter(lane, |lane| {
+      enabled().map_err(|e| CallError::Store(e.reason.clone()))?;
+      let message = lane.key(len)?;
+      if message.is_empty() {
+        return Err(CallError::Store("empty message".into()));
+      }
+      std::panic::panic_any(message.to_string())
+    })
+  }
 }
 
 /// Panics inside an `async fn` with no guard of ours, to show what napi-rs

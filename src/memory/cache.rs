@@ -6,16 +6,18 @@
 //! headers (as one NUL-separated string, in order, duplicates kept) and the
 //! body; the JS layer turns that back into a `Response`.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
-use napi::bindgen_prelude::{BufferSlice, Float64ArraySlice};
+use napi::bindgen_prelude::{BufferSlice, Float64ArraySlice, Object};
 use napi::{Env, Result};
 use napi_derive::napi;
 
 use super::{bound, write_out, Held, Registry};
 use crate::clock::{duration_ms, now_ms};
 use crate::errors::{guard, lock, store_error};
+use crate::ffi::{self, CallError, Lane};
 
 /// Bytes charged per entry on top of its key and data, for the map node,
 /// the LRU links, the shared data's header and the allocator's rounding, so
@@ -151,6 +153,104 @@ impl ResponseLru {
 pub(super) static NAMED: Registry<ResponseLru> = Registry::new();
 const STORE: &str = "MemoryCacheStore";
 
+/// What a cache lane holds: the store's responses, and the hit that
+/// `stoma_cache_get` found until `stoma_cache_take` copies it out (JS
+/// allocates the destination in between, knowing its length).
+pub struct CacheLane {
+  lru: Arc<ResponseLru>,
+  hit: Cell<Option<Arc<Vec<u8>>>>,
+}
+
+/// Answered by `stoma_cache_get` for a miss.
+pub const MISS: f64 = -2.0;
+
+/// `stoma_cache_put(lane, keyLength, headersLength, status, body, bodyLength,
+/// ttlMs)`: `put` (see [`ffi`]) for a key and header string JS wrote one
+/// after the other into the lane, and a body passed by pointer. Answers 0.
+///
+/// # Safety
+/// `lane` must be a lane from `NativeMemoryCacheStore#lane` that JS still
+/// holds, called on the thread that holds it (see [`ffi::enter`]); `body`
+/// must point to `body_len` readable bytes (see [`ffi::passed`]).
+#[no_mangle]
+pub unsafe extern "C" fn stoma_cache_put(
+  lane: *const Lane<CacheLane>,
+  key_len: u32,
+  headers_len: u32,
+  status: u32,
+  body: *const u8,
+  body_len: f64,
+  ttl_ms: f64,
+) -> f64 {
+  // SAFETY: the caller's promise.
+  unsafe {
+    ffi::enter(lane, |lane| {
+      let key = lane.key(key_len)?;
+      let headers = lane.text(key.len(), headers_len as usize, "headers")?;
+      let status = u16::try_from(status)
+        .map_err(|_| CallError::Type(format!("status {status} out of range")))?;
+      let body = ffi::passed(body, body_len)?;
+      lane
+        .state
+        .lru
+        .put(key, status, headers, body, duration_ms(ttl_ms), now_ms());
+      Ok(0.0)
+    })
+  }
+}
+
+/// `stoma_cache_get(lane, keyLength)`: looks the key up; on a hit, holds it
+/// in the lane, writes `[status, headerByteLength]` into slots 0–1 and
+/// answers the byte length of the header string and body together, for
+/// `stoma_cache_take`; on a miss answers [`MISS`].
+///
+/// # Safety
+/// As for `stoma_cache_put`.
+#[no_mangle]
+pub unsafe extern "C" fn stoma_cache_get(lane: *const Lane<CacheLane>, key_len: u32) -> f64 {
+  // SAFETY: the caller's promise.
+  unsafe {
+    ffi::enter(lane, |lane| {
+      let Some(hit) = lane.state.lru.get(lane.key(key_len)?, now_ms()) else {
+        lane.state.hit.set(None);
+        return Ok(MISS);
+      };
+      lane.set(0, hit.status as f64);
+      lane.set(1, hit.headers_len as f64);
+      let len = hit.data.len() as f64;
+      lane.state.hit.set(Some(hit.data));
+      Ok(len)
+    })
+  }
+}
+
+/// `stoma_cache_take(lane, dest, length)`: copies the hit the last
+/// `stoma_cache_get` held into `dest`, which must be exactly its length, and
+/// lets it go. Answers the length.
+///
+/// # Safety
+/// As for `stoma_cache_put`; `dest` must point to `length` writable bytes
+/// (see [`ffi::copy_out`]).
+#[no_mangle]
+pub unsafe extern "C" fn stoma_cache_take(
+  lane: *const Lane<CacheLane>,
+  dest: *mut u8,
+  len: f64,
+) -> f64 {
+  // SAFETY: the caller's promise.
+  unsafe {
+    ffi::enter(lane, |lane| {
+      let data = lane
+        .state
+        .hit
+        .take()
+        .ok_or_else(|| CallError::Store(format!("{STORE}: no hit to take")))?;
+      ffi::copy_out(&data, dest, len)?;
+      Ok(len)
+    })
+  }
+}
+
 /// The native half of `MemoryCacheStore` (see `lib/memory.js`).
 #[napi]
 pub struct NativeMemoryCacheStore {
@@ -213,6 +313,20 @@ impl NativeMemoryCacheStore {
       };
       write_out(&mut out, &[hit.status as f64, hit.headers_len as f64]);
       BufferSlice::copy_from(env, &hit.data[..]).map(Some)
+    })
+  }
+
+  /// Returns `{ handle, memory }`, a lane for the `stoma_cache_*` symbols
+  /// with room for a key and header string of `bytes` bytes together (see
+  /// [`ffi::lane`]).
+  #[napi(ts_return_type = "{ handle: number; memory: ArrayBuffer }")]
+  pub fn lane(&self, env: &Env, bytes: u32) -> Result<Object<'static>> {
+    guard(STORE, || {
+      let state = CacheLane {
+        lru: self.lru.get()?.clone(),
+        hit: Cell::new(None),
+      };
+      ffi::lane(env, state, bytes as usize)
     })
   }
 

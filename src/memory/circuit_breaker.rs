@@ -8,7 +8,7 @@
 //! (a forgotten circuit reads as a fresh closed circuit). Reading an unknown
 //! key stores nothing, so a flood of reads cannot fill it.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 use napi::bindgen_prelude::Object;
@@ -20,6 +20,7 @@ use crate::circuit::{CircuitOperation, CircuitState};
 use crate::clock::Now;
 use crate::errors::{guard, lock};
 use crate::fastcall::{bound_call, Answer, CallError};
+use crate::ffi::{self, Lane};
 
 /// The five fields of Stoma's `CircuitBreakerSnapshot`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -109,6 +110,35 @@ impl CircuitTable {
     snapshot
   }
 
+  /// Runs the [`CircuitOperation`] of code `op` on `key` (a transition to
+  /// the [`CircuitState`] of the code `to` reads) and answers the snapshot:
+  /// what both roads into the store call.
+  pub fn operate(
+    &self,
+    op: u32,
+    key: &str,
+    to: impl FnOnce() -> std::result::Result<u32, CallError>,
+  ) -> std::result::Result<Snapshot, CallError> {
+    // Read lazily: reading or counting on a known circuit needs no clock.
+    let now = &Now::read();
+    let op = CircuitOperation::from_code(op)
+      .ok_or_else(|| CallError::Type(format!("unknown circuit operation {op}")))?;
+    Ok(match op {
+      CircuitOperation::GetState => self.get(key, now),
+      CircuitOperation::RecordSuccess => self.update(key, now, |s| s.success_count += 1),
+      CircuitOperation::RecordFailure => self.update(key, now, |s| {
+        s.failure_count += 1;
+        s.last_failure_time = now.ms();
+      }),
+      CircuitOperation::Transition => {
+        let to = to()?;
+        let to = CircuitState::from_code(to)
+          .ok_or_else(|| CallError::Type(format!("unknown circuit state code {to}")))?;
+        self.update(key, now, |s| s.transition(to, now.ms()))
+      }
+    })
+  }
+
   pub fn remove(&self, key: &str) {
     lock(&self.circuits).pop(key);
   }
@@ -124,6 +154,32 @@ impl CircuitTable {
 
 pub(super) static NAMED: Registry<CircuitTable> = Registry::new();
 const STORE: &str = "MemoryCircuitBreakerStore";
+
+/// `stoma_circuit_operate(lane, op, keyLength, to)`: the C-ABI form of the
+/// bound operations (see [`ffi`]) for a key JS wrote into the lane; writes
+/// the snapshot into slots 0–4 and answers 0.
+///
+/// # Safety
+/// `lane` must be a lane from `NativeMemoryCircuitBreakerStore#lane` that JS
+/// still holds, called on the thread that holds it (see [`ffi::enter`]).
+#[no_mangle]
+pub unsafe extern "C" fn stoma_circuit_operate(
+  lane: *const Lane<Arc<CircuitTable>>,
+  op: u32,
+  key_len: u32,
+  to: u32,
+) -> f64 {
+  // SAFETY: the caller's promise.
+  unsafe {
+    ffi::enter(lane, |lane| {
+      let snapshot = lane.state.operate(op, lane.key(key_len)?, || Ok(to))?;
+      for (index, value) in snapshot.fields().into_iter().enumerate() {
+        lane.set(index, value);
+      }
+      Ok(0.0)
+    })
+  }
+}
 
 /// The native half of `MemoryCircuitBreakerStore` (see `lib/memory.js`).
 #[napi]
@@ -159,25 +215,11 @@ impl NativeMemoryCircuitBreakerStore {
         self.table.get()?.clone(),
         5,
         |bound, args| {
-          let op = args.number(0, "op")?;
-          // Read lazily: reading or counting on a known circuit needs no clock.
-          let now = &Now::read();
-          let table = &bound.state;
-          let op = CircuitOperation::from_code(op as u32)
-            .ok_or_else(|| CallError::Type(format!("unknown circuit operation {op}")))?;
-          let snapshot = args.with_str(1, "key", |key| match op {
-            CircuitOperation::GetState => Ok(table.get(key, now)),
-            CircuitOperation::RecordSuccess => Ok(table.update(key, now, |s| s.success_count += 1)),
-            CircuitOperation::RecordFailure => Ok(table.update(key, now, |s| {
-              s.failure_count += 1;
-              s.last_failure_time = now.ms();
-            })),
-            CircuitOperation::Transition => {
-              let to = args.number(2, "to")? as u32;
-              let to = CircuitState::from_code(to)
-                .ok_or_else(|| CallError::Type(format!("unknown circuit state code {to}")))?;
-              Ok(table.update(key, now, |s| s.transition(to, now.ms())))
-            }
+          let op = args.number(0, "op")? as u32;
+          let snapshot = args.with_str(1, "key", |key| {
+            bound
+              .state
+              .operate(op, key, || Ok(args.number(2, "to")? as u32))
           })??;
           for (index, value) in snapshot.fields().into_iter().enumerate() {
             bound.out.set(index, value);
@@ -185,6 +227,15 @@ impl NativeMemoryCircuitBreakerStore {
           Ok(Answer::Undefined)
         },
       )
+    })
+  }
+
+  /// Returns `{ handle, memory }`, a lane for `stoma_circuit_operate` with
+  /// room for a key of `keyBytes` bytes (see [`ffi::lane`]).
+  #[napi(ts_return_type = "{ handle: number; memory: ArrayBuffer }")]
+  pub fn lane(&self, env: &Env, key_bytes: u32) -> Result<Object<'static>> {
+    guard(STORE, || {
+      ffi::lane(env, self.table.get()?.clone(), key_bytes as usize)
     })
   }
 

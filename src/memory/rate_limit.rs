@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use compact_str::CompactString;
 use dashmap::mapref::entry::Entry;
@@ -28,6 +28,7 @@ use super::{bound, Held, Registry};
 use crate::clock::{duration_ms, Now};
 use crate::errors::{guard, lock};
 use crate::fastcall::{bound_call, Answer};
+use crate::ffi::{self, Lane};
 
 /// `Number.MAX_SAFE_INTEGER`: the count reported when the store is full.
 pub const FAIL_CLOSED_COUNT: f64 = 9_007_199_254_740_991.0;
@@ -222,6 +223,30 @@ impl FixedWindowCounters {
 pub(super) static NAMED: Registry<FixedWindowCounters> = Registry::new();
 const STORE: &str = "MemoryRateLimitStore";
 
+/// `stoma_rate_limit_increment(lane, keyLength, windowMs)`: the C-ABI form
+/// of the bound `increment` (see [`ffi`]), for a key JS wrote into the lane.
+///
+/// # Safety
+/// `lane` must be a lane from `NativeMemoryRateLimitStore#lane` that JS still
+/// holds, called on the thread that holds it (see [`ffi::enter`]).
+#[no_mangle]
+pub unsafe extern "C" fn stoma_rate_limit_increment(
+  lane: *const Lane<Arc<FixedWindowCounters>>,
+  key_len: u32,
+  window_ms: f64,
+) -> f64 {
+  // SAFETY: the caller's promise.
+  unsafe {
+    ffi::enter(lane, |lane| {
+      let hit = lane
+        .state
+        .increment(lane.key(key_len)?, duration_ms(window_ms), &Now::read());
+      lane.set(0, hit.reset_at as f64);
+      Ok(hit.count)
+    })
+  }
+}
+
 /// The native half of `MemoryRateLimitStore` (see `lib/memory.js`).
 #[napi]
 pub struct NativeMemoryRateLimitStore {
@@ -256,6 +281,15 @@ impl NativeMemoryRateLimitStore {
         bound.out.set(0, hit.reset_at as f64);
         Ok(Answer::Number(hit.count))
       })
+    })
+  }
+
+  /// Returns `{ handle, memory }`, a lane for `stoma_rate_limit_increment`
+  /// with room for a key of `keyBytes` bytes (see [`ffi::lane`]).
+  #[napi(ts_return_type = "{ handle: number; memory: ArrayBuffer }")]
+  pub fn lane(&self, env: &Env, key_bytes: u32) -> Result<Object<'static>> {
+    guard(STORE, || {
+      ffi::lane(env, self.counters.get()?.clone(), key_bytes as usize)
     })
   }
 
