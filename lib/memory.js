@@ -2,8 +2,11 @@
 // The in-memory stores: thin JS shells over the native state in
 // `src/memory/`. Every operation runs synchronously and returns an
 // already-settled Promise; bad arguments reject with TypeError/RangeError.
+// The per-request calls take N-API's bound calls (src/fastcall.rs) in Node,
+// and in Bun and Deno the runtime's FFI into the same state (lib/ffi.js).
 
 const native = require('./native.js')
+const ffi = require('./ffi.js')
 const {
   checkKey,
   checkSeconds,
@@ -72,8 +75,9 @@ class MemoryRateLimitStore {
     const maxKeys = positiveInteger('MemoryRateLimitStore', opts.maxKeys, 'maxKeys', DEFAULT_RATE_LIMIT_KEYS)
     this.#native = new native.NativeMemoryRateLimitStore(maxKeys, optionalName('MemoryRateLimitStore', opts.name))
     const bound = this.#native.bindIncrement()
-    this.#increment = bound.call
-    this.#resetAt = bound.out
+    const { call, out } = ffi ? ffi.rateLimitCall(this.#native, bound) : bound
+    this.#increment = call
+    this.#resetAt = out
   }
 
   increment(key, windowSeconds) {
@@ -145,8 +149,9 @@ class MemoryCircuitBreakerStore {
       optionalName('MemoryCircuitBreakerStore', opts.name),
     )
     const bound = this.#native.bindOperations()
-    this.#operate = bound.call
-    this.#out = bound.out
+    const { call, out } = ffi ? ffi.circuitCall(this.#native, bound) : bound
+    this.#operate = call
+    this.#out = out
   }
 
   #run(op, key, to) {
@@ -218,29 +223,48 @@ class MemoryCircuitBreakerStore {
 }
 
 /**
+ * The cache store's N-API calls in the shape lib/ffi.js's cacheCalls has:
+ * `put(key, status, headers, body, ttlMs)`, and `get(key)` answering
+ * `{ status, headers, body }` or null.
+ */
+function napiCacheCalls(store) {
+  const hit = new Float64Array(2)
+  return {
+    put: (key, status, headers, body, ttlMs) => store.put(key, status, headers, body, ttlMs),
+    get(key) {
+      const stored = store.get(key, hit)
+      if (stored === null) return null
+      const headerBytes = hit[1]
+      const headers = headerBytes === 0 ? '' : stored.toString('utf8', 0, headerBytes)
+      return { status: hit[0], headers, body: stored.subarray(headerBytes) }
+    },
+  }
+}
+
+/**
  * Cached responses kept natively (status, headers in order, body bytes),
  * bounded by `maxEntries` (10,000) and `maxBytes` (64 MiB) with LRU eviction.
  * `get` answers a fresh `Response` or null once the TTL has passed.
  */
 class MemoryCacheStore {
   #native
-  #hit = new Float64Array(2)
+  #calls
 
   constructor(options) {
     const opts = storeOptions('MemoryCacheStore', options, BOUNDS.cache)
     const maxEntries = positiveInteger('MemoryCacheStore', opts.maxEntries, 'maxEntries', DEFAULT_CACHE_ENTRIES)
     const maxBytes = positiveInteger('MemoryCacheStore', opts.maxBytes, 'maxBytes', DEFAULT_CACHE_BYTES)
     this.#native = new native.NativeMemoryCacheStore(maxEntries, maxBytes, optionalName('MemoryCacheStore', opts.name))
+    const napi = napiCacheCalls(this.#native)
+    this.#calls = ffi ? ffi.cacheCalls(this.#native, napi) : napi
   }
 
   get(key) {
     try {
       checkKey('MemoryCacheStore', key)
-      const stored = this.#native.get(key, this.#hit)
-      if (stored === null) return Promise.resolve(null)
-      const headerBytes = this.#hit[1]
-      const headers = headerBytes === 0 ? '' : stored.toString('utf8', 0, headerBytes)
-      return Promise.resolve(buildResponse(this.#hit[0], headers, stored.subarray(headerBytes)))
+      const hit = this.#calls.get(key)
+      if (hit === null) return Promise.resolve(null)
+      return Promise.resolve(buildResponse(hit.status, hit.headers, hit.body))
     } catch (error) {
       return Promise.reject(error)
     }
@@ -251,7 +275,7 @@ class MemoryCacheStore {
     checkResponse('MemoryCacheStore', response)
     checkSeconds('MemoryCacheStore', ttlSeconds, 'ttlSeconds')
     const { status, headers, body } = await responseParts(response)
-    this.#native.put(key, status, headers, body, ttlSeconds * 1000)
+    this.#calls.put(key, status, headers, body, ttlSeconds * 1000)
   }
 
   delete(key) {
@@ -281,6 +305,8 @@ class MemoryCacheStore {
   /** Release this store; later calls reject. A named state outlives it (see releaseMemoryState). */
   destroy() {
     this.#native.destroy()
+    // Drop the lane, which holds the state too: the N-API calls now throw.
+    this.#calls = napiCacheCalls(this.#native)
   }
 }
 
