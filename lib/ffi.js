@@ -14,7 +14,6 @@
 // serve the same named state (across workers too); a key too long for the
 // lane takes the N-API road for that call.
 
-const { Buffer } = require('node:buffer')
 const native = require('./native.js')
 
 // Answers of the symbols (src/ffi.rs, src/memory/cache.rs).
@@ -37,19 +36,26 @@ const SYMBOLS = {
   stoma_circuit_operate: [['pointer', 'u32', 'u32', 'u32'], 'f64'],
   stoma_cache_put: [['pointer', 'u32', 'u32', 'u32', 'buffer', 'f64', 'f64'], 'f64'],
   stoma_cache_get: [['pointer', 'u32'], 'f64'],
-  stoma_cache_take: [['pointer', 'buffer', 'f64'], 'f64'],
   stoma_test_panic: [['pointer', 'u32'], 'f64'],
 }
 
+// A road: `symbols`, `pointer(address)` (what a 'pointer' parameter takes)
+// and `view(address, length)` (an ArrayBuffer over native memory).
+
 /** Bun: bun:ffi, with a lane's address passed as a number. */
 function openBun(path) {
-  const { dlopen, FFIType } = require('bun:ffi')
+  const { dlopen, FFIType, toArrayBuffer } = require('bun:ffi')
   const type = { pointer: FFIType.ptr, buffer: FFIType.ptr, u32: FFIType.u32, f64: FFIType.f64 }
   const spec = {}
   for (const [name, [args, result]] of Object.entries(SYMBOLS)) {
     spec[name] = { args: args.map((t) => type[t]), returns: type[result] }
   }
-  return { runtime: 'bun', symbols: dlopen(path, spec).symbols, pointer: (address) => address }
+  return {
+    runtime: 'bun',
+    symbols: dlopen(path, spec).symbols,
+    pointer: (address) => address,
+    view: (address, length) => toArrayBuffer(address, 0, length),
+  }
 }
 
 /** Deno: Deno.dlopen, if allowed without a prompt; a lane's address as a pointer object. */
@@ -58,10 +64,12 @@ function openDeno(path) {
   if (Deno.permissions.querySync({ name: 'ffi', path }).state !== 'granted') return null
   const spec = {}
   for (const [name, [parameters, result]] of Object.entries(SYMBOLS)) spec[name] = { parameters, result }
+  const pointer = (address) => Deno.UnsafePointer.create(BigInt(address))
   return {
     runtime: 'deno',
     symbols: Deno.dlopen(path, spec).symbols,
-    pointer: (address) => Deno.UnsafePointer.create(BigInt(address)),
+    pointer,
+    view: (address, length) => Deno.UnsafePointerView.getArrayBuffer(pointer(address), length),
   }
 }
 
@@ -82,6 +90,7 @@ function open() {
 const road = open()
 
 const encoder = new TextEncoder()
+const EMPTY = new Uint8Array(0)
 const decoder = new TextDecoder()
 
 /**
@@ -185,12 +194,16 @@ function circuitCall(store, bound) {
 /**
  * The cache store's `{ put(key, status, headers, body, ttlMs), get(key) }`
  * through a lane; `get` answers `{ status, headers, body }` or null. A key
- * and header string too long for the lane take `store`'s N-API methods.
+ * and header string too long for the lane take `napi`'s calls.
+ *
+ * A hit's body is a view of the stored bytes, lent until the lane's next
+ * get (src/memory/cache.rs): the caller must build its `Response` from it at
+ * once, which copies it, and keep no other reference.
  */
 function cacheCalls(store, napi) {
   const lane = new Lane(store.lane(CACHE_BYTES))
   const { handle, slots } = lane
-  const { stoma_cache_put: put, stoma_cache_get: get, stoma_cache_take: take } = road.symbols
+  const { stoma_cache_put: put, stoma_cache_get: get } = road.symbols
   return {
     put(key, status, headers, body, ttlMs) {
       const keyLength = lane.writeKey(key)
@@ -207,14 +220,10 @@ function cacheCalls(store, napi) {
         if (size === MISS) return null
         throw lane.error(size)
       }
-      const status = slots[0]
       const headersLength = slots[1]
-      // Not zero-filled: the copy fills every byte.
-      const data = Buffer.allocUnsafeSlow(size)
-      const taken = take(handle, data, size)
-      if (taken < 0) throw lane.error(taken)
+      const data = size === 0 ? EMPTY : new Uint8Array(road.view(slots[2], size))
       const headers = headersLength === 0 ? '' : decoder.decode(data.subarray(0, headersLength))
-      return { status, headers, body: data.subarray(headersLength) }
+      return { status: slots[0], headers, body: data.subarray(headersLength) }
     },
   }
 }

@@ -264,6 +264,7 @@ class MemoryCacheStore {
       checkKey('MemoryCacheStore', key)
       const hit = this.#calls.get(key)
       if (hit === null) return Promise.resolve(null)
+      // At once: on the FFI road the body is lent until the next get (lib/ffi.js).
       return Promise.resolve(buildResponse(hit.status, hit.headers, hit.body))
     } catch (error) {
       return Promise.reject(error)

@@ -276,28 +276,6 @@ pub unsafe fn passed<'a>(data: *const u8, len: f64) -> std::result::Result<&'a [
   Ok(unsafe { std::slice::from_raw_parts(data, len as usize) })
 }
 
-/// Copies `bytes` to memory JS passed as a pointer and its length, which
-/// must be exactly `bytes.len()`.
-///
-/// # Safety
-/// Unless `len` is 0, `dest` must point to `len` writable bytes not
-/// otherwise borrowed for the call.
-pub unsafe fn copy_out(
-  bytes: &[u8],
-  dest: *mut u8,
-  len: f64,
-) -> std::result::Result<(), CallError> {
-  if len != bytes.len() as f64 || (dest.is_null() && !bytes.is_empty()) {
-    return Err(CallError::Type(format!(
-      "destination must be a buffer of {} bytes, got {len}",
-      bytes.len()
-    )));
-  }
-  // SAFETY: the caller's promise; `bytes` is Rust-owned, so they do not overlap.
-  unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), dest, bytes.len()) };
-  Ok(())
-}
-
 /// `ffiLibraryPath()`: the absolute path of the shared library this code was
 /// loaded from, for Bun and Deno to open with their FFI: the same file N-API
 /// loaded, hence the same copy of every static (named states included).
@@ -412,14 +390,10 @@ mod tests {
   }
 
   #[test]
-  fn passed_and_copied_bytes_check_their_lengths() {
+  fn passed_bytes_check_their_length() {
     assert_eq!(unsafe { passed(ptr::null(), 0.0) }.ok(), Some(&[][..]));
     assert!(unsafe { passed(ptr::null(), 4.0) }.is_err());
     assert!(unsafe { passed([1u8].as_ptr(), 0.5) }.is_err());
-    let mut dest = [0u8; 3];
-    assert!(unsafe { copy_out(b"abcd", dest.as_mut_ptr(), 3.0) }.is_err());
-    unsafe { copy_out(b"abc", dest.as_mut_ptr(), 3.0) }.unwrap();
-    assert_eq!(&dest, b"abc");
   }
 
   #[test]

@@ -153,9 +153,8 @@ impl ResponseLru {
 pub(super) static NAMED: Registry<ResponseLru> = Registry::new();
 const STORE: &str = "MemoryCacheStore";
 
-/// What a cache lane holds: the store's responses, and the hit that
-/// `stoma_cache_get` found until `stoma_cache_take` copies it out (JS
-/// allocates the destination in between, knowing its length).
+/// What a cache lane holds: the store's responses, and the bytes of the
+/// last hit, lent to JS until the lane's next `stoma_cache_get`.
 pub struct CacheLane {
   lru: Arc<ResponseLru>,
   hit: Cell<Option<Arc<Vec<u8>>>>,
@@ -199,10 +198,16 @@ pub unsafe extern "C" fn stoma_cache_put(
   }
 }
 
-/// `stoma_cache_get(lane, keyLength)`: looks the key up; on a hit, holds it
-/// in the lane, writes `[status, headerByteLength]` into slots 0–1 and
-/// answers the byte length of the header string and body together, for
-/// `stoma_cache_take`; on a miss answers [`MISS`].
+/// `stoma_cache_get(lane, keyLength)`: looks the key up. On a hit, writes
+/// `[status, headerByteLength, address]` into slots 0–2 and answers the byte
+/// length of the header string and body stored together at `address`; on a
+/// miss answers [`MISS`].
+///
+/// The bytes are lent, not copied: the lane holds them until its next get,
+/// and JS only reads them before that: it decodes the headers and builds the
+/// `Response`, which copies its body as it is constructed (the Fetch
+/// standard's "extract a body"). So a hit costs one copy, as in Stoma's
+/// store, instead of one into a JS buffer and another into the `Response`.
 ///
 /// # Safety
 /// As for `stoma_cache_put`.
@@ -211,41 +216,23 @@ pub unsafe extern "C" fn stoma_cache_get(lane: *const Lane<CacheLane>, key_len: 
   // SAFETY: the caller's promise.
   unsafe {
     ffi::enter(lane, |lane| {
-      let Some(hit) = lane.state.lru.get(lane.key(key_len)?, now_ms()) else {
-        lane.state.hit.set(None);
+      let hit = lane.state.lru.get(lane.key(key_len)?, now_ms());
+      // The previous hit is let go here, once JS is done with it.
+      lane.state.hit.set(None);
+      let Some(hit) = hit else {
         return Ok(MISS);
       };
+      let address = hit.data.as_ptr() as usize;
+      if address as f64 as usize != address {
+        return Err(CallError::Store(format!(
+          "{STORE}: address {address:#x} does not fit a number"
+        )));
+      }
       lane.set(0, hit.status as f64);
       lane.set(1, hit.headers_len as f64);
+      lane.set(2, address as f64);
       let len = hit.data.len() as f64;
       lane.state.hit.set(Some(hit.data));
-      Ok(len)
-    })
-  }
-}
-
-/// `stoma_cache_take(lane, dest, length)`: copies the hit the last
-/// `stoma_cache_get` held into `dest`, which must be exactly its length, and
-/// lets it go. Answers the length.
-///
-/// # Safety
-/// As for `stoma_cache_put`; `dest` must point to `length` writable bytes
-/// (see [`ffi::copy_out`]).
-#[no_mangle]
-pub unsafe extern "C" fn stoma_cache_take(
-  lane: *const Lane<CacheLane>,
-  dest: *mut u8,
-  len: f64,
-) -> f64 {
-  // SAFETY: the caller's promise.
-  unsafe {
-    ffi::enter(lane, |lane| {
-      let data = lane
-        .state
-        .hit
-        .take()
-        .ok_or_else(|| CallError::Store(format!("{STORE}: no hit to take")))?;
-      ffi::copy_out(&data, dest, len)?;
       Ok(len)
     })
   }
