@@ -8,6 +8,21 @@ import { formatLatency, formatRate } from './harness.mjs'
 
 const root = new URL('../', import.meta.url)
 
+/** The runtimes the bench runs in, in this order; Bun and Deno are the devDependencies' binaries. */
+export const RUNTIMES = ['node', 'bun', 'deno']
+const RUNTIME_NAMES = { node: 'Node', bun: 'Bun', deno: 'Deno' }
+
+/** `[command, args before the script]` that runs a script in `runtime` (Bun or Deno) from the checkout at `dir`. */
+export function runtimeCommand(runtime, dir, denoImportMap) {
+  if (runtime === 'bun') return [`${dir}node_modules/.bin/bun`, []]
+  // The addon needs --allow-ffi for N-API as for Deno.dlopen; the CommonJS entry needs --unstable-detect-cjs.
+  const permissions = ['--allow-read', '--allow-env', '--allow-ffi', '--allow-sys']
+  return [
+    `${dir}node_modules/.bin/deno`,
+    ['run', ...permissions, '--unstable-detect-cjs', `--import-map=${denoImportMap()}`],
+  ]
+}
+
 function versionOf(command, args, pattern) {
   try {
     return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).match(pattern)?.[1]
@@ -23,6 +38,8 @@ export function machine() {
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
     os: `${os.type()} ${os.release()} ${process.arch}`,
     node: process.version,
+    bun: versionOf(new URL('node_modules/.bin/bun', root).pathname, ['--version'], /^(\S+)/),
+    deno: versionOf(new URL('node_modules/.bin/deno', root).pathname, ['--version'], /deno (\S+)/),
     redis: versionOf('redis-server', ['--version'], /v=(\S+)/),
     postgres: versionOf('psql', ['--version'], /(\d+\.\d+)/),
   }
@@ -35,15 +52,23 @@ const targetText = (row) =>
 const cell = (row, rate) =>
   row.unit === 'req' ? `${formatRate(rate).replace('/s', ' req/s')}` : `${formatRate(rate)} (${formatLatency(rate)}/op)`
 
+const runtimeName = (row) => RUNTIME_NAMES[row.runtime ?? 'node']
+
 export function table(rows) {
-  const lines = ['| case | stoma-native | Stoma (JS) | ratio | target | notes |', '|---|---|---|---|---|---|']
+  const lines = [
+    '| case | runtime | stoma-native | Stoma (JS) | ratio | target | notes |',
+    '|---|---|---|---|---|---|---|',
+  ]
   for (const row of rows) {
     lines.push(
-      `| ${row.name} | ${cell(row, row.ours)} | ${cell(row, row.theirs)} | **${ratioText(row.ratio)}** | ${targetText(row)} | ${row.detail ?? ''} |`,
+      `| ${row.name} | ${runtimeName(row)} | ${cell(row, row.ours)} | ${cell(row, row.theirs)} | **${ratioText(row.ratio)}** | ${targetText(row)} | ${row.detail ?? ''} |`,
     )
   }
   return lines.join('\n')
 }
+
+/** A row's label in the chart: its name, and the runtime unless Node. */
+const chartLabel = (row) => (row.runtime && row.runtime !== 'node' ? `${row.name} · ${runtimeName(row)}` : row.name)
 
 function escapeXml(text) {
   return text.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c])
@@ -70,7 +95,7 @@ export function chart(rows, date) {
     const fill = row.target !== undefined && row.ratio < row.target ? '#d9822b' : row.ratio >= 1 ? '#2b8a3e' : '#868e96'
     const x0 = x(1)
     const x1 = x(row.ratio)
-    parts.push(`<text x="${label - 8}" y="${y + 15}" text-anchor="end">${escapeXml(row.name)}</text>`)
+    parts.push(`<text x="${label - 8}" y="${y + 15}" text-anchor="end">${escapeXml(chartLabel(row))}</text>`)
     parts.push(
       `<rect x="${Math.min(x0, x1)}" y="${y}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${barHeight}" fill="${fill}"/>`,
     )
@@ -99,11 +124,11 @@ export function chart(rows, date) {
 export function writeReport(rows) {
   const date = new Date().toISOString().slice(0, 10)
   const info = machine()
-  const machineLine = `${info.cores} cores (${info.cpu}), ${info.memoryGiB} GiB, ${info.os}; Node ${info.node}, Redis ${info.redis ?? '?'}, PostgreSQL ${info.postgres ?? '?'}`
-  const body = `${table(rows)}\n\nMeasured ${date} on ${machineLine}. Medians of alternating samples; ratio = stoma-native ÷ Stoma throughput.`
+  const machineLine = `${info.cores} cores (${info.cpu}), ${info.memoryGiB} GiB, ${info.os}; Node ${info.node}, Bun ${info.bun ?? '?'}, Deno ${info.deno ?? '?'}, Redis ${info.redis ?? '?'}, PostgreSQL ${info.postgres ?? '?'}`
+  const body = `${table(rows)}\n\nMeasured ${date} on ${machineLine}. Medians of alternating samples; ratio = stoma-native ÷ Stoma throughput. Bun and Deno run the memory cases in a process of their own, against Stoma's memory stores in the same process; notes name the road their calls take.`
   writeFileSync(
     new URL('BENCHMARKS.md', root),
-    `# Benchmarks\n\nWritten by \`npm run bench\` (benchmark/run.mjs): each case runs this package's store and Stoma's own JS store (\`@homegrower-club/stoma\` 0.1.0-rc.5) in one process against the same servers.\n\n![ratios](benchmark/chart.svg)\n\n${body}\n`,
+    `# Benchmarks\n\nWritten by \`npm run bench\` (benchmark/run.mjs): each case runs this package's store and Stoma's own JS store (\`@homegrower-club/stoma\` 0.1.0-rc.5) in one process against the same servers; the memory cases run in Node, Bun and Deno (\`npm run bench -- --runtime bun\` runs one runtime's section).\n\n![ratios](benchmark/chart.svg)\n\n${body}\n`,
   )
   writeFileSync(new URL('benchmark/chart.svg', root), chart(rows, date))
   const readmeUrl = new URL('README.md', root)
