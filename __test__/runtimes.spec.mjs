@@ -342,3 +342,33 @@ describe('store contract in other runtimes', () => {
     for (const suite of suites('deno')) expect(output).toContain(`${suite} ... ok`)
   }, 150_000)
 })
+
+describe("the memory stores' road in Bun and Deno (ffi.test.mjs)", () => {
+  // The FFI road (lib/ffi.js), which the store contract above took, then the
+  // N-API road it falls back to; the panic hook needs STOMA_NATIVE_TEST_HOOKS.
+  const roads = [
+    { label: 'bun:ffi and Deno.dlopen', extra: { STOMA_NATIVE_TEST_HOOKS: '1' }, bun: 12, deno: '3 passed (12 steps)' },
+    { label: 'N-API with STOMA_NATIVE_FFI=0', extra: { STOMA_NATIVE_FFI: '0' }, bun: 7, deno: '2 passed (7 steps)' },
+  ]
+  for (const { label, extra, bun, deno } of roads) {
+    it(`bun test, ${label}: the road, shared state with workers and N-API, the C boundary`, async () => {
+      const { stdout, stderr } = await run(bin('bun'), ['test', './ffi.test.mjs'], {
+        cwd: project,
+        env: { ...env, ...extra },
+        timeout: 60_000,
+      })
+      const output = stdout + stderr
+      expect(output).toMatch(new RegExp(`\\b${bun} pass\\b`))
+      expect(output).toMatch(/\b0 fail\b/)
+    }, 90_000)
+
+    it(`deno test, ${label}: the road, shared state with workers and N-API, the C boundary`, async () => {
+      const { stdout, stderr } = await run(bin('deno'), ['test', '--no-check', ...denoPermissions, 'ffi.test.mjs'], {
+        cwd: project,
+        env: { ...env, ...extra },
+        timeout: 60_000,
+      })
+      expect(stdout + stderr).toContain(`ok | ${deno} | 0 failed`)
+    }, 90_000)
+  }
+})
