@@ -8,7 +8,8 @@
 //! rate-limit call; the kernel's coarse clock costs ~6 ns but lags by up to
 //! one tick (4 ms). [`Now`] reads the coarse clock first and the precise one
 //! only when the answer depends on it, so results are exactly those of
-//! `Date.now()` while most calls skip the precise read.
+//! `Date.now()` while most calls skip the precise read; and neither until
+//! asked (reading a known circuit needs no clock at all).
 
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,17 +47,17 @@ fn coarse_ms() -> i64 {
   now_ms()
 }
 
-/// "Now" for one call, read lazily: the coarse clock up front, the precise
-/// clock at most once and only if needed.
+/// "Now" for one call, read lazily: each clock at most once and only if
+/// needed, the coarse one first.
 pub struct Now {
-  coarse: i64,
+  coarse: Cell<Option<i64>>,
   precise: Cell<Option<i64>>,
 }
 
 impl Now {
   pub fn read() -> Self {
     Now {
-      coarse: coarse_ms(),
+      coarse: Cell::new(None),
       precise: Cell::new(None),
     }
   }
@@ -64,17 +65,27 @@ impl Now {
   /// A fixed instant, for tests.
   pub fn at(ms: i64) -> Self {
     Now {
-      coarse: ms,
+      coarse: Cell::new(Some(ms)),
       precise: Cell::new(Some(ms)),
     }
   }
 
-  /// The precise time, as `Date.now()` would answer.
+  fn coarse(&self) -> i64 {
+    if let Some(ms) = self.coarse.get() {
+      return ms;
+    }
+    let ms = coarse_ms();
+    self.coarse.set(Some(ms));
+    ms
+  }
+
+  /// The precise time, as `Date.now()` would answer (never before a coarse
+  /// time this call already went by).
   pub fn ms(&self) -> i64 {
     match self.precise.get() {
       Some(ms) => ms,
       None => {
-        let ms = now_ms().max(self.coarse);
+        let ms = now_ms().max(self.coarse.get().unwrap_or(i64::MIN));
         self.precise.set(Some(ms));
         ms
       }
@@ -84,7 +95,7 @@ impl Now {
   /// Whether now is strictly before `instant`, without a precise read when
   /// `instant` is comfortably in the future.
   pub fn is_before(&self, instant: i64) -> bool {
-    if self.precise.get().is_none() && instant > self.coarse + COARSE_SLACK_MS {
+    if self.precise.get().is_none() && instant > self.coarse() + COARSE_SLACK_MS {
       return true;
     }
     self.ms() < instant
