@@ -15,9 +15,9 @@ use napi::{Error, Result, Status};
 
 /// Runs `body`, turning a panic into a JS error that names `store`.
 ///
-/// `AssertUnwindSafe` is sound here because every lock the stores use
-/// (dashmap shards, [`lock`]) is either poison-free or recovered from poison,
-/// and a half-applied update is at worst a single counter off.
+/// `AssertUnwindSafe` is sound here because every lock the stores use is
+/// either poison-free or recovered from poison (through [`lock`]), and a
+/// half-applied update is at worst a single counter off.
 pub fn guard<T>(store: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
   match catch_unwind(AssertUnwindSafe(body)) {
     Ok(result) => result,

@@ -17,13 +17,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use compact_str::CompactString;
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
-use foldhash::fast::RandomState;
 use napi::bindgen_prelude::Object;
 use napi::{Env, Result};
 use napi_derive::napi;
 
+use super::ordered_map::OrderedMap;
 use super::{bound, Held, Registry};
 use crate::clock::{duration_ms, Now};
 use crate::errors::{guard, lock};
@@ -77,10 +75,10 @@ impl ExpiryQueues {
 
 /// The counters of one store (or of every store sharing a `name`).
 pub struct FixedWindowCounters {
-  /// Keys up to 24 bytes (IPs, user ids) are stored inline in the table
-  /// entry, saving a pointer chase (a cache miss at 100k keys) per lookup.
-  windows: DashMap<CompactString, Window, RandomState>,
-  /// Number of keys in `windows`, kept separately because `DashMap::len`
+  /// Keys up to 24 bytes (IPs, user ids) are stored inline in the entry,
+  /// saving a pointer chase (a cache miss at 100k keys) per lookup.
+  windows: OrderedMap<Window>,
+  /// Number of keys in `windows`, kept separately because counting them
   /// locks every shard.
   len: AtomicUsize,
   max_keys: usize,
@@ -97,7 +95,7 @@ pub struct Hit {
 impl FixedWindowCounters {
   pub fn new(max_keys: usize) -> Self {
     FixedWindowCounters {
-      windows: DashMap::with_hasher(RandomState::default()),
+      windows: OrderedMap::new(),
       len: AtomicUsize::new(0),
       max_keys: max_keys.max(1),
       expiries: Mutex::new(ExpiryQueues::default()),
@@ -110,33 +108,33 @@ impl FixedWindowCounters {
 
   /// Counts one hit on `key` for a window of `window_ms` at time `now`.
   pub fn increment(&self, key: &str, window_ms: i64, now: &Now) -> Hit {
-    // Fast path: the key exists. The shard guard is dropped before the expiry
-    // queues are locked, so the two locks are never held together.
-    let reopened = match self.windows.get_mut(key) {
-      Some(mut window) => {
-        if now.is_before(window.reset_at) {
-          window.count += 1;
-          return Hit {
-            count: window.count as f64,
-            reset_at: window.reset_at,
-          };
-        }
-        *window = Window {
-          count: 1,
-          reset_at: now.ms() + window_ms,
-        };
-        Some((window.key().clone(), window.reset_at))
+    // Fast path: the key exists. The shard's lock is released before the
+    // expiry queues are locked, so the two locks are never held together.
+    let known = self.windows.with_mut(key, |window| {
+      if now.is_before(window.reset_at) {
+        window.count += 1;
+        return Ok(Hit {
+          count: window.count as f64,
+          reset_at: window.reset_at,
+        });
       }
-      None => None,
-    };
-    if let Some((key, reset_at)) = reopened {
-      self.opened(key, window_ms, reset_at, now.ms());
-      return Hit {
-        count: 1.0,
-        reset_at,
+      *window = Window {
+        count: 1,
+        reset_at: now.ms() + window_ms,
       };
+      Err(window.reset_at)
+    });
+    match known {
+      Some(Ok(hit)) => hit,
+      Some(Err(reset_at)) => {
+        self.opened(CompactString::from(key), window_ms, reset_at, now.ms());
+        Hit {
+          count: 1.0,
+          reset_at,
+        }
+      }
+      None => self.insert_new(key, window_ms, now),
     }
-    self.insert_new(key, window_ms, now)
   }
 
   fn insert_new(&self, key: &str, window_ms: i64, now: &Now) -> Hit {
@@ -148,22 +146,16 @@ impl FixedWindowCounters {
         reset_at,
       };
     }
-    let key = CompactString::from(key);
-    match self.windows.entry(key.clone()) {
+    if !self.windows.insert_new(key, Window { count: 1, reset_at }) {
       // Another thread inserted the key meanwhile: give the slot back and
       // count the hit on its window.
-      Entry::Occupied(_) => {
-        self.len.fetch_sub(1, Ordering::Relaxed);
-        self.increment(&key, window_ms, now)
-      }
-      Entry::Vacant(slot) => {
-        slot.insert(Window { count: 1, reset_at });
-        self.opened(key, window_ms, reset_at, now_ms);
-        Hit {
-          count: 1.0,
-          reset_at,
-        }
-      }
+      self.len.fetch_sub(1, Ordering::Relaxed);
+      return self.increment(key, window_ms, now);
+    }
+    self.opened(CompactString::from(key), window_ms, reset_at, now_ms);
+    Hit {
+      count: 1.0,
+      reset_at,
     }
   }
 
@@ -202,8 +194,8 @@ impl FixedWindowCounters {
     lock(&self.expiries).pop_expired(now, limit, &mut expired);
     let mut removed = 0;
     for Expiry { reset_at, key } in expired {
-      let is_current = |_: &CompactString, w: &Window| w.reset_at == reset_at && w.reset_at <= now;
-      if self.windows.remove_if(&key, is_current).is_some() {
+      let is_current = |w: &Window| w.reset_at == reset_at && w.reset_at <= now;
+      if self.windows.remove_if(&key, is_current) {
         self.len.fetch_sub(1, Ordering::Relaxed);
         removed += 1;
       }
