@@ -10,12 +10,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use foldhash::fast::RandomState;
-use lru::LruCache;
 use napi::bindgen_prelude::Object;
 use napi::{Env, Result};
 use napi_derive::napi;
 
+use super::lru_map::LruMap;
 use super::{bound, Held, Registry};
 use crate::circuit::{CircuitOperation, CircuitState};
 use crate::clock::Now;
@@ -72,16 +71,14 @@ impl Snapshot {
 
 /// The circuits of one store (or of every store sharing a `name`).
 pub struct CircuitTable {
-  /// Hashed with foldhash, not the default SipHash: a third of a call's
-  /// native time went to hashing the key.
-  circuits: Mutex<LruCache<Box<str>, Snapshot, RandomState>>,
+  circuits: Mutex<LruMap<Snapshot>>,
   max_keys: usize,
 }
 
 impl CircuitTable {
   pub fn new(max_keys: usize) -> Self {
     CircuitTable {
-      circuits: Mutex::new(LruCache::unbounded_with_hasher(RandomState::default())),
+      circuits: Mutex::new(LruMap::new()),
       max_keys: max_keys.max(1),
     }
   }
@@ -90,8 +87,8 @@ impl CircuitTable {
   /// every request, so it must not be the first forgotten).
   pub fn get(&self, key: &str, now: &Now) -> Snapshot {
     lock(&self.circuits)
-      .get(key)
-      .copied()
+      .get_mut(key)
+      .map(|snapshot| *snapshot)
       .unwrap_or_else(|| Snapshot::fresh(now.ms()))
   }
 
@@ -107,9 +104,9 @@ impl CircuitTable {
     let mut snapshot = Snapshot::fresh(now.ms());
     change(&mut snapshot);
     while circuits.len() >= self.max_keys {
-      circuits.pop_lru();
+      circuits.remove_oldest();
     }
-    circuits.put(key.into(), snapshot);
+    circuits.insert_new(key, snapshot);
     snapshot
   }
 
@@ -143,7 +140,7 @@ impl CircuitTable {
   }
 
   pub fn remove(&self, key: &str) {
-    lock(&self.circuits).pop(key);
+    lock(&self.circuits).remove(key);
   }
 
   pub fn clear(&self) {

@@ -11,6 +11,7 @@ mod cache;
 
 pub(crate) use cache::ENTRY_OVERHEAD;
 mod circuit_breaker;
+mod lru_map;
 mod ordered_map;
 mod rate_limit;
 
