@@ -19,8 +19,15 @@ use hashbrown::HashTable;
 
 use crate::errors::lock;
 
-/// Shards, each with its own lock, so worker threads rarely wait on each other.
-const SHARDS: usize = 16;
+/// How many shards, each with its own lock: two per core (at least 4, at
+/// most 256), so worker threads rarely wait on each other, and no more, as
+/// each shard's slab is one more stream of reads for the CPU to prefetch
+/// (on 2 cores, 100k keys in insertion order measured 0.96–1.49× Stoma's in
+/// Bun and Deno with 16 shards, 1.36–2.16× with 4).
+fn shard_count() -> usize {
+  let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+  (cores * 2).next_power_of_two().clamp(4, 256)
+}
 
 struct Entry<V> {
   key: CompactString,
@@ -42,13 +49,17 @@ struct Padded<V>(Mutex<Shard<V>>);
 
 pub struct OrderedMap<V> {
   shards: Box<[Padded<V>]>,
+  /// The shard count less one (a power of two less one).
+  mask: u64,
   hasher: RandomState,
 }
 
 impl<V> OrderedMap<V> {
   pub fn new() -> Self {
+    let count = shard_count();
     OrderedMap {
-      shards: (0..SHARDS)
+      mask: count as u64 - 1,
+      shards: (0..count)
         .map(|_| {
           Padded(Mutex::new(Shard {
             index: HashTable::new(),
@@ -64,8 +75,9 @@ impl<V> OrderedMap<V> {
   /// The key's hash and its shard, locked.
   fn shard(&self, key: &str) -> (u64, std::sync::MutexGuard<'_, Shard<V>>) {
     let hash = self.hasher.hash_one(key);
-    // The table uses the hash's low bits and its top seven; the shard bits 52–55.
-    let shard = (hash >> 52) as usize % SHARDS;
+    // The table uses the hash's low bits and its top seven; the shard (a
+    // power of two of them) bits from 32 up.
+    let shard = ((hash >> 32) & self.mask) as usize;
     (hash, lock(&self.shards[shard].0))
   }
 
