@@ -145,11 +145,24 @@ class Lane {
 }
 
 /**
+ * A native store's lane, or null if the native side refuses one (a lane
+ * whose address a number cannot hold): the store keeps N-API then.
+ */
+function laneOf(store, bytes) {
+  try {
+    return new Lane(store.lane(bytes))
+  } catch {
+    return null
+  }
+}
+
+/**
  * The rate-limit store's `{ call(key, windowMs) → count, out }` (out[0] is
  * resetAt), as `bound` (its N-API bound call) answers, through a lane.
  */
 function rateLimitCall(store, bound) {
-  const lane = new Lane(store.lane(KEY_BYTES))
+  const lane = laneOf(store, KEY_BYTES)
+  if (lane === null) return bound
   const { handle, slots } = lane
   const increment = road.symbols.stoma_rate_limit_increment
   return {
@@ -173,7 +186,8 @@ function rateLimitCall(store, bound) {
  * five fields), as `bound` answers, through a lane.
  */
 function circuitCall(store, bound) {
-  const lane = new Lane(store.lane(KEY_BYTES))
+  const lane = laneOf(store, KEY_BYTES)
+  if (lane === null) return bound
   const { handle, slots } = lane
   const operate = road.symbols.stoma_circuit_operate
   return {
@@ -201,7 +215,8 @@ function circuitCall(store, bound) {
  * once, which copies it, and keep no other reference.
  */
 function cacheCalls(store, napi) {
-  const lane = new Lane(store.lane(CACHE_BYTES))
+  const lane = laneOf(store, CACHE_BYTES)
+  if (lane === null) return napi
   const { handle, slots } = lane
   const { stoma_cache_put: put, stoma_cache_get: get } = road.symbols
   return {
