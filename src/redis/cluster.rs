@@ -23,14 +23,13 @@
 //! keys are exactly those of Stoma's adapter on `ioredis.Cluster`.
 
 use std::collections::HashMap;
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::event_loop::EventLoop;
 use super::io::IO;
-use super::job::{fail_all, Job};
+use super::job::{awaiting_with_deadlines, fail_all, take_expired, Job};
 use super::refusal::{Refusal, MAX_REDIRECTS};
 use super::replies::{Replies, Reply};
 use super::setup::{self, Endpoint};
@@ -284,21 +283,13 @@ impl Cluster {
 
   async fn refresh(self: Arc<Self>) {
     loop {
-      let mut discovering = pin!(self.discover());
-      let found = loop {
-        let next_deadline = lock(&self.pending).iter().map(|job| job.deadline).min();
-        let expiry = async {
-          match next_deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-            None => std::future::pending().await,
-          }
-        };
-        tokio::select! {
-          found = &mut discovering => break found,
-          () = expiry => self.expire_pending(),
-          () = self.wake.notified() => {}
-        }
-      };
+      let found = awaiting_with_deadlines(
+        self.discover(),
+        || lock(&self.pending).iter().map(|job| job.deadline).min(),
+        || self.expire_pending(),
+        &self.wake,
+      )
+      .await;
       match found {
         Ok(ranges) => self.apply(ranges),
         Err(cause) => {
@@ -424,15 +415,7 @@ impl Cluster {
 
   /// Fails the calls that waited for a slot map past their deadline.
   fn expire_pending(&self) {
-    let now = Instant::now();
-    let expired: Vec<Job> = {
-      let mut pending = lock(&self.pending);
-      let (expired, kept) = std::mem::take(&mut *pending)
-        .into_iter()
-        .partition(|job| job.deadline <= now);
-      *pending = kept;
-      expired
-    };
+    let expired = take_expired(&mut lock(&self.pending));
     let ms = self.settings.command_timeout.as_millis();
     self.replies.send_all(fail_all(
       expired,

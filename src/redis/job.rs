@@ -2,9 +2,12 @@
 //! answer, and by when.
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::future::Future;
+use std::pin::pin;
 use std::time::Instant;
 
 use ::redis::{Cmd, RedisResult, Value};
+use tokio::sync::Notify;
 
 use super::replies::Reply;
 
@@ -110,6 +113,43 @@ impl Job {
       .ids()
       .map(|id| (id, Reply::Failed(message.clone())))
       .collect()
+  }
+}
+
+/// Takes the calls of `jobs` whose deadline has passed, keeping the others.
+pub fn take_expired(jobs: &mut Vec<Job>) -> Vec<Job> {
+  let now = Instant::now();
+  let (expired, kept) = std::mem::take(jobs)
+    .into_iter()
+    .partition(|job| job.deadline <= now);
+  *jobs = kept;
+  expired
+}
+
+/// Awaits `work` (a connection or a slot map being found) while calls wait
+/// for it: `expire` runs each time the earliest of their deadlines
+/// (`deadline()`) passes, and `wake` says a call joined, whose deadline may
+/// be the next one.
+pub async fn awaiting_with_deadlines<T>(
+  work: impl Future<Output = T>,
+  deadline: impl Fn() -> Option<Instant>,
+  expire: impl Fn(),
+  wake: &Notify,
+) -> T {
+  let mut work = pin!(work);
+  loop {
+    let next = deadline();
+    let expiry = async {
+      match next {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+      }
+    };
+    tokio::select! {
+      done = &mut work => return done,
+      () = expiry => expire(),
+      () = wake.notified() => {}
+    }
   }
 }
 

@@ -23,7 +23,6 @@
 //! without running it (MOVED, TRYAGAIN, …) is its [`Owner`]'s decision —
 //! a cluster's router — or, for a lone server, the wire's own.
 
-use std::pin::pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ use tokio::io::Interest;
 
 use super::event_loop::EventLoop;
 use super::io::IO;
-use super::job::{coalesce, fail_all, Job};
+use super::job::{awaiting_with_deadlines, coalesce, fail_all, take_expired, Job};
 use super::near_cache::NearCache;
 use super::pipeline::Pipeline;
 use super::refusal::{self, Refusal};
@@ -618,29 +617,20 @@ impl Wire {
   /// calls that wait for it past their deadline, then sends them.
   async fn connect(self: Arc<Self>, generation: u64) {
     let connect_timeout = self.settings.connect_timeout;
-    let mut opening = pin!(tokio::time::timeout(
-      connect_timeout,
-      self.target.open(&self.settings.greeting)
-    ));
-    let opened = loop {
-      let next_deadline = lock(&self.state)
-        .waiting
-        .iter()
-        .map(|job| job.deadline)
-        .min();
-      let expiry = async {
-        match next_deadline {
-          Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-          None => std::future::pending().await,
-        }
-      };
-      tokio::select! {
-        opened = &mut opening => break opened,
-        () = expiry => self.expire_waiting(),
-        // A call joined the wait: its deadline may be the next one.
-        () = self.wake.notified() => {}
-      }
-    };
+    let opening = tokio::time::timeout(connect_timeout, self.target.open(&self.settings.greeting));
+    let opened = awaiting_with_deadlines(
+      opening,
+      || {
+        lock(&self.state)
+          .waiting
+          .iter()
+          .map(|job| job.deadline)
+          .min()
+      },
+      || self.expire_waiting(),
+      &self.wake,
+    )
+    .await;
     let opened = match opened {
       Ok(opened) => opened,
       Err(_) => Err(format!(
@@ -682,15 +672,7 @@ impl Wire {
 
   /// Fails the calls that waited for a connection past their deadline.
   fn expire_waiting(&self) {
-    let now = Instant::now();
-    let expired: Vec<Job> = {
-      let mut state = lock(&self.state);
-      let (expired, kept) = std::mem::take(&mut state.waiting)
-        .into_iter()
-        .partition(|job| job.deadline <= now);
-      state.waiting = kept;
-      expired
-    };
+    let expired = take_expired(&mut lock(&self.state).waiting);
     let ms = self.settings.command_timeout.as_millis();
     self.replies.send_all(fail_all(
       expired,
