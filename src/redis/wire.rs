@@ -650,7 +650,8 @@ impl Wire {
         *lock(&self.address) = address.into();
         let socket = Arc::new(socket);
         state.link = Link::Up(Arc::clone(&socket));
-        for job in waiting {
+        // Calls made while it opened merge like those of one flush.
+        for job in coalesce(waiting) {
           state.pipe.enqueue(job);
         }
         // The watcher writes them as soon as it starts.
