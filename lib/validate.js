@@ -142,6 +142,28 @@ function storeFlags(who, value) {
   }
 }
 
+/** The rate-limit algorithms a store counts with; the first is the default. */
+const RATE_LIMIT_ALGORITHMS = ['fixed-window', 'sliding-window']
+
+/**
+ * The algorithm an adapter's `rateLimit` option (`{ algorithm }`, and
+ * `known`'s other keys where a store has more) asks its rate-limit store to
+ * count with: 'fixed-window' (Stoma's, the default) or 'sliding-window'.
+ */
+function rateLimitAlgorithm(who, value, known = ['algorithm']) {
+  const options = optionsObject(who, value, 'rateLimit')
+  checkKnownKeys(who, options, known, 'rateLimit')
+  const { algorithm = RATE_LIMIT_ALGORITHMS[0] } = options
+  if (typeof algorithm !== 'string') {
+    throw new TypeError(`${who}: rateLimit.algorithm must be a string, got ${describe(algorithm)}`)
+  }
+  if (!RATE_LIMIT_ALGORITHMS.includes(algorithm)) {
+    const choices = RATE_LIMIT_ALGORITHMS.map((name) => `"${name}"`).join(' or ')
+    throw new RangeError(`${who}: rateLimit.algorithm must be ${choices}, got ${describe(algorithm)}`)
+  }
+  return algorithm
+}
+
 /** PEM text given as a string, bytes, or an array of those (as Node's `tls` takes it), as bytes. */
 function pemBytes(who, value, name) {
   if (value === undefined) return undefined
@@ -197,4 +219,6 @@ module.exports = {
   optionalName,
   checkCircuitState,
   storeFlags,
+  RATE_LIMIT_ALGORITHMS,
+  rateLimitAlgorithm,
 }

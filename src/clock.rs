@@ -12,12 +12,35 @@
 //! asked (reading a known circuit needs no clock at all).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// No frozen time: the clocks read the system's.
+const UNFROZEN: i64 = i64::MIN;
+
+/// A time every clock read answers while set, so tests can place calls at
+/// exact instants (a window's boundary) on every store that reads this
+/// clock: memory, and Redis and PostgreSQL, which are sent our time. Set
+/// only by the `__setTestClock` hook (see `crate::testing`).
+static FROZEN: AtomicI64 = AtomicI64::new(UNFROZEN);
+
+/// Freezes the clock at `ms`, or lets it run again with `None`.
+pub fn freeze(ms: Option<i64>) {
+  FROZEN.store(ms.unwrap_or(UNFROZEN), Ordering::Relaxed);
+}
+
+fn frozen() -> Option<i64> {
+  let ms = FROZEN.load(Ordering::Relaxed);
+  (ms != UNFROZEN).then_some(ms)
+}
 
 /// Milliseconds since the Unix epoch, like `Date.now()`.
 ///
 /// A clock set before 1970 reads as 0 rather than panicking.
 pub fn now_ms() -> i64 {
+  if let Some(ms) = frozen() {
+    return ms;
+  }
   SystemTime::now()
     .duration_since(UNIX_EPOCH)
     .map(|d| d.as_millis() as i64)
@@ -30,6 +53,9 @@ const COARSE_SLACK_MS: i64 = 10;
 
 #[cfg(target_os = "linux")]
 fn coarse_ms() -> i64 {
+  if let Some(ms) = frozen() {
+    return ms;
+  }
   let mut ts = libc::timespec {
     tv_sec: 0,
     tv_nsec: 0,

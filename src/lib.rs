@@ -29,5 +29,6 @@ pub mod ffi;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+pub mod sliding_window;
 pub mod testing;
 pub mod tls;

@@ -11,6 +11,10 @@
 //! - `stoma_test_panic`     — a C-ABI symbol called through a lane from
 //!   `__testLane` (the per-request path in Bun and Deno, see [`crate::ffi`]).
 //!
+//! `__setTestClock(ms | null)` freezes the time every native store reads
+//! (see [`crate::clock::freeze`]), so the sliding-window tests can place
+//! calls at exact instants.
+//!
 //! They are not part of the public API (`index.js` does not export them) and
 //! refuse to run unless the environment has `STOMA_NATIVE_TEST_HOOKS=1`, so
 //! production code cannot trip them by accident.
@@ -120,4 +124,13 @@ pub async fn force_panic_async_unguarded(message: String) -> Result<()> {
   enabled()?;
   tokio::task::yield_now().await;
   std::panic::panic_any(message)
+}
+
+/// Freezes the stores' clock at `ms` (epoch milliseconds), or lets it run
+/// again with `null`.
+#[napi(js_name = "__setTestClock", skip_typescript)]
+pub fn set_test_clock(ms: Option<f64>) -> Result<()> {
+  enabled()?;
+  crate::clock::freeze(ms.map(|ms| ms as i64));
+  Ok(())
 }

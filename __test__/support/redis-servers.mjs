@@ -36,9 +36,11 @@ export async function sparePort() {
 }
 
 // vitest numbers its workers 1, 2, …; a script run alone has no number.
+// STOMA_TEST_PORT_BLOCK shifts the blocks, for two checkouts testing at once.
 const PORT_BLOCKS = 20
+const BLOCK = (Number(process.env.VITEST_POOL_ID) || process.pid) + (Number(process.env.STOMA_TEST_PORT_BLOCK) || 0)
 const PORTS = {
-  first: 12_000 + ((Number(process.env.VITEST_POOL_ID) || process.pid) % PORT_BLOCKS) * 500,
+  first: 12_000 + (BLOCK % PORT_BLOCKS) * 500,
   size: 500,
   // Where a worker's next test file starts, so it does not reuse at once
   // the ports of the file before.
