@@ -59,6 +59,11 @@ describe('reliability: 10,000 create/close cycles per adapter', () => {
     cycles('memory', 10_000, 20_000))
   it('memoryAdapter never closed, its unnamed state freed with it by the GC', () =>
     cycles('memory-dropped', 10_000, 20_000))
-  it('redisAdapter (connects in the background on creation)', () => cycles('redis'))
+  // RSS rises in steps over the first ~40,000 cycles, then levels off (one
+  // run: 84, 102, 125, 130, 132, 132 MiB after each 10,000; the same with
+  // MALLOC_ARENA_MAX=2): measured after that warm-up, where 500 left the
+  // bound to chance (CI measured 32.3 MiB).
+  it('redisAdapter (connects in the background on creation; after 40,000 warm-up cycles)', () =>
+    cycles('redis', 10_000, 40_000))
   it('postgresAdapter (connects on first use)', () => cycles('postgres'))
 }, 120_000)
