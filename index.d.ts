@@ -205,6 +205,14 @@ export interface PostgresCommonOptions {
   /** Delete expired rows this often, in ms, off the JS thread (default: never). */
   cleanupIntervalMs?: number
   /**
+   * What a rate-limit or circuit call does when PostgreSQL does not answer (refused, lost, timed out):
+   * `'reject'` (default) rejects it with an Error whose `code` is `'STORE_UNAVAILABLE'` (Stoma's
+   * policies then fail open); `'memory'` answers it, and every call after it at once, from memory
+   * in this process (limits hold per instance; cache calls miss) while PostgreSQL is asked every 250 ms
+   * whether it is back. Local counts are then dropped, not merged back (see the README).
+   */
+  whenUnavailable?: 'reject' | 'memory'
+  /**
    * Whether each write waits until PostgreSQL has flushed it to disk
    * (`synchronous_commit`). Default true, like Stoma's: an acknowledged write
    * survives a database crash. `false` trades the last fraction of a second
@@ -361,6 +369,14 @@ export interface RedisCommonOptions {
    * Redis 6 or later). `true`: at most 10,000 copies and 32 MiB; or give the bounds.
    */
   nearCache?: boolean | { maxEntries?: number; maxBytes?: number }
+  /**
+   * What a rate-limit or circuit call does when Redis does not answer (refused, lost, timed out):
+   * `'reject'` (default) rejects it with an Error whose `code` is `'STORE_UNAVAILABLE'` (Stoma's
+   * policies then fail open); `'memory'` answers it, and every call after it at once, from memory
+   * in this process (limits hold per instance; cache calls miss) while Redis is asked every 250 ms
+   * whether it is back. Local counts are then dropped, not merged back (see the README).
+   */
+  whenUnavailable?: 'reject' | 'memory'
 }
 
 /** PEM text: a string, bytes, or a list of those. */

@@ -96,6 +96,11 @@ export declare class NativePostgres {
   constructor(options: NativePostgresOptions)
   /** Creates the three tables and their indexes if they do not exist. */
   ensureSchema(): Promise<void>
+  /**
+   * Resolves once PostgreSQL answers (`SELECT 1`): whether the server is
+   * back, for `whenUnavailable: 'memory'`.
+   */
+  ping(): Promise<void>
   /** Counts one hit on `key` in a fixed window of `windowMs`. */
   increment(key: string, windowMs: number): Promise<PgRateLimitHit>
   /** Deletes expired rate-limit rows; answers how many. */
@@ -176,6 +181,11 @@ export declare class NativeRedisConnection {
    * again by the script).
    */
   circuitTransition(id: number, key: string, to: string): void
+  /**
+   * `PING`, answered when the server (in a cluster, the node serving
+   * slot 0) answers: how an unavailable server is probed.
+   */
+  ping(id: number): void
   /** Forgets the circuit `<prefix>cb:<key>`. */
   circuitReset(id: number, key: string): void
   /**

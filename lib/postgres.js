@@ -27,6 +27,13 @@ const {
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
 const { clientOptions, isClient } = require('./postgres-client.js')
+const {
+  Fallback,
+  UNAVAILABLE,
+  whenUnavailableOption,
+  CACHE_WHILE_UNAVAILABLE,
+  LOCAL_CIRCUIT,
+} = require('./fallback.js')
 
 const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
 const DEFAULT_PREFIX = 'stoma_'
@@ -59,9 +66,9 @@ function checkPostgresKey(store, key) {
   }
 }
 
-// Lets postgresAdapter() hand its stores one shared native pool; stores
-// built directly open their own.
-const SHARED = Symbol('stoma-native: shared PostgreSQL pool')
+// Lets postgresAdapter() hand its stores one shared backend; stores built
+// directly open their own.
+const SHARED = Symbol('stoma-native: shared PostgreSQL backend')
 
 function checkTablePrefix(who, value) {
   if (typeof value !== 'string') {
@@ -94,6 +101,7 @@ const STORE_OPTIONS = [
   'statementTimeoutMs',
   'synchronousCommit',
   'cleanupIntervalMs',
+  'whenUnavailable',
 ]
 const ADAPTER_OPTIONS = [...STORE_OPTIONS, 'stores', 'waitUntil']
 
@@ -112,9 +120,57 @@ function withClient(who, opts) {
   return { ...opts, url: fromClient.url, tls: opts.tls ?? fromClient.tls }
 }
 
-/** Opens the native pool described by `opts` (connecting lazily). */
-function openPool(who, options, cleans) {
+/**
+ * The native pool and, with `whenUnavailable: 'memory'`, the memory that
+ * answers while PostgreSQL does not (see lib/fallback.js).
+ */
+class Backend {
+  #pool
+  #fallback
+
+  constructor(pool, whenUnavailable) {
+    this.#pool = pool
+    // The probe holds the pool weakly: an adapter dropped during an outage
+    // is collected, and its probing stops.
+    const weak = new WeakRef(pool)
+    this.#fallback = whenUnavailable === 'memory' ? new Fallback(() => weak.deref()?.ping() ?? Promise.resolve()) : null
+  }
+
+  /**
+   * Native operation `name` with `args`; while PostgreSQL is unavailable
+   * (with whenUnavailable: 'memory'), `local(fallback)` instead.
+   */
+  call(local, name, ...args) {
+    const remote = () => unavailableCode(this.#pool[name](...args))
+    if (this.#fallback === null) return remote()
+    return this.#fallback.run(remote, () => local(this.#fallback))
+  }
+
+  ensureSchema() {
+    return unavailableCode(this.#pool.ensureSchema())
+  }
+
+  close() {
+    this.#fallback?.close()
+    this.#pool.close()
+  }
+}
+
+/**
+ * `promise`, its error coded STORE_UNAVAILABLE when PostgreSQL did not
+ * answer (the native side marks those with napi's 'Cancelled' status).
+ */
+function unavailableCode(promise) {
+  return promise.catch((error) => {
+    if (error?.code === 'Cancelled') error.code = UNAVAILABLE
+    throw error
+  })
+}
+
+/** Opens the backend described by `opts` (connecting lazily). */
+function openBackend(who, options, cleans) {
   const opts = withClient(who, options)
+  const whenUnavailable = whenUnavailableOption(who, opts.whenUnavailable)
   const url = opts.url ?? (process.env.DATABASE_URL || DEFAULT_URL)
   if (typeof url !== 'string') throw new TypeError(`${who}: url must be a string, got ${describe(url)}`)
   const cleanupIntervalMs = positiveInteger(who, opts.cleanupIntervalMs, 'cleanupIntervalMs', undefined, MAX_MS)
@@ -146,14 +202,16 @@ function openPool(who, options, cleans) {
     cleanupRateLimits: cleans.rateLimit === true,
     cleanupCache: cleans.cache === true,
   }
+  let pool
   try {
-    return new native.NativePostgres(settings)
+    pool = new native.NativePostgres(settings)
   } catch (error) {
     // A url, or a tls.ca, tls.cert, tls.key or tls.servername, the native
     // side cannot use.
     if (error?.code === 'InvalidArg') throw new TypeError(error.message)
     throw error
   }
+  return new Backend(pool, whenUnavailable)
 }
 
 /**
@@ -189,12 +247,12 @@ function storeOptions(store, table, options, tableName) {
 }
 
 /**
- * What each store holds: the native pool (shared with the other stores of
- * an adapter, or its own) and whether this store was closed.
+ * What each store holds: the backend (shared with the other stores of an
+ * adapter, or its own) and whether this store was closed.
  */
 class Handle {
   #who
-  #pool
+  #backend
   #owned
   #closed = false
 
@@ -202,13 +260,13 @@ class Handle {
   constructor(who, opts, cleans) {
     this.#who = who
     this.#owned = opts[SHARED] === undefined
-    this.#pool = this.#owned ? openPool(who, opts, cleans) : opts[SHARED]
+    this.#backend = this.#owned ? openBackend(who, opts, cleans) : opts[SHARED]
   }
 
-  /** The native pool, or a throw if the store was closed. */
-  get pool() {
+  /** `Backend.call`, or a throw if the store was closed. */
+  call(local, name, ...args) {
     if (this.#closed) throw new Error(`${this.#who}: the store was closed (close() was called)`)
-    return this.#pool
+    return this.#backend.call(local, name, ...args)
   }
 
   /**
@@ -217,10 +275,13 @@ class Handle {
    */
   close() {
     this.#closed = true
-    if (this.#owned) this.#pool.close()
+    if (this.#owned) this.#backend.close()
     return Promise.resolve()
   }
 }
+
+/** What a cleanup answers while PostgreSQL is unavailable: nothing deleted. */
+const NOTHING_CLEANED = () => Promise.resolve(0)
 
 /**
  * Fixed-window rate-limit counters in `<tablePrefix>rate_limits`, one
@@ -243,7 +304,12 @@ class PostgresRateLimitStore {
     try {
       checkPostgresKey('PostgresRateLimitStore', key)
       checkSeconds('PostgresRateLimitStore', windowSeconds, 'windowSeconds')
-      return this.#handle.pool.increment(key, windowSeconds * 1000)
+      return this.#handle.call(
+        (fallback) => fallback.rateLimit.increment(key, windowSeconds),
+        'increment',
+        key,
+        windowSeconds * 1000,
+      )
     } catch (error) {
       return Promise.reject(error)
     }
@@ -251,7 +317,7 @@ class PostgresRateLimitStore {
 
   cleanup() {
     try {
-      return this.#handle.pool.cleanupRateLimits()
+      return this.#handle.call(NOTHING_CLEANED, 'cleanupRateLimits')
     } catch (error) {
       return Promise.reject(error)
     }
@@ -286,36 +352,36 @@ class PostgresCircuitBreakerStore {
     )
   }
 
-  #run(key, call) {
+  #run(operation, key, to) {
     try {
       checkPostgresKey('PostgresCircuitBreakerStore', key)
-      return call(this.#handle.pool)
+      if (operation === 'circuitTransition') checkCircuitState('PostgresCircuitBreakerStore', to)
+      const args = operation === 'circuitTransition' ? [key, to] : [key]
+      const local = (fallback) => LOCAL_CIRCUIT[operation](fallback.circuitBreaker, key, to)
+      return this.#handle.call(local, operation, ...args)
     } catch (error) {
       return Promise.reject(error)
     }
   }
 
   getState(key) {
-    return this.#run(key, (pool) => pool.circuitGet(key))
+    return this.#run('circuitGet', key)
   }
 
   recordSuccess(key) {
-    return this.#run(key, (pool) => pool.circuitRecordSuccess(key))
+    return this.#run('circuitRecordSuccess', key)
   }
 
   recordFailure(key) {
-    return this.#run(key, (pool) => pool.circuitRecordFailure(key))
+    return this.#run('circuitRecordFailure', key)
   }
 
   transition(key, to) {
-    return this.#run(key, (pool) => {
-      checkCircuitState('PostgresCircuitBreakerStore', to)
-      return pool.circuitTransition(key, to)
-    })
+    return this.#run('circuitTransition', key, to)
   }
 
   reset(key) {
-    return this.#run(key, (pool) => pool.circuitReset(key))
+    return this.#run('circuitReset', key)
   }
 
   /** Later calls reject; a store built directly also closes its connections. */
@@ -348,7 +414,9 @@ class PostgresCacheStore {
   get(key) {
     try {
       checkPostgresKey('PostgresCacheStore', key)
-      return this.#handle.pool.cacheGet(key).then((hit) => hit && buildResponse(hit.status, hit.headers, hit.body))
+      return this.#handle
+        .call(CACHE_WHILE_UNAVAILABLE.get, 'cacheGet', key)
+        .then((hit) => hit && buildResponse(hit.status, hit.headers, hit.body))
     } catch (error) {
       return Promise.reject(error)
     }
@@ -358,15 +426,14 @@ class PostgresCacheStore {
     checkPostgresKey('PostgresCacheStore', key)
     checkResponse('PostgresCacheStore', response)
     checkSeconds('PostgresCacheStore', ttlSeconds, 'ttlSeconds')
-    const pool = this.#handle.pool
     const { status, headers, body } = await responseParts(response)
-    await pool.cachePut(key, status, headers, body, ttlSeconds * 1000)
+    await this.#handle.call(CACHE_WHILE_UNAVAILABLE.put, 'cachePut', key, status, headers, body, ttlSeconds * 1000)
   }
 
   delete(key) {
     try {
       checkPostgresKey('PostgresCacheStore', key)
-      return this.#handle.pool.cacheDelete(key)
+      return this.#handle.call(CACHE_WHILE_UNAVAILABLE.delete, 'cacheDelete', key)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -374,7 +441,7 @@ class PostgresCacheStore {
 
   cleanup() {
     try {
-      return this.#handle.pool.cleanupCache()
+      return this.#handle.call(NOTHING_CLEANED, 'cleanupCache')
     } catch (error) {
       return Promise.reject(error)
     }
@@ -411,16 +478,16 @@ function postgresAdapter(options) {
   checkKnownKeys(who, opts, ADAPTER_OPTIONS)
   const enabled = storeFlags(who, opts.stores)
   checkWaitUntil(who, opts.waitUntil)
-  const pool = openPool(who, opts, enabled)
-  const shared = { [SHARED]: pool }
+  const backend = openBackend(who, opts, enabled)
+  const shared = { [SHARED]: backend }
   const adapter = {}
   if (enabled.rateLimit) adapter.rateLimitStore = new PostgresRateLimitStore(shared)
   if (enabled.circuitBreaker) adapter.circuitBreakerStore = new PostgresCircuitBreakerStore(shared)
   if (enabled.cache) adapter.cacheStore = new PostgresCacheStore(shared)
   if (opts.waitUntil) adapter.waitUntil = opts.waitUntil
-  adapter.ensureSchema = () => pool.ensureSchema()
+  adapter.ensureSchema = () => backend.ensureSchema()
   adapter.close = () => {
-    pool.close()
+    backend.close()
     return Promise.resolve()
   }
   return adapter

@@ -22,6 +22,13 @@ const {
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
 const { CIRCUIT_STATES } = require('./circuit.js')
+const {
+  Fallback,
+  UNAVAILABLE,
+  whenUnavailableOption,
+  CACHE_WHILE_UNAVAILABLE,
+  LOCAL_CIRCUIT,
+} = require('./fallback.js')
 const { clientOptions, isClient } = require('./redis-client.js')
 
 const DEFAULT_URL = 'redis://127.0.0.1:6379'
@@ -188,6 +195,7 @@ const OPERATIONS = {
   cacheGet: CACHED,
   cachePut: DONE,
   cacheDelete: REMOVED,
+  ping: DONE,
 }
 
 /**
@@ -212,6 +220,8 @@ function settle(calls, batch, whenDrained) {
     if (followers !== undefined && call.reading.get(call.shared) === call) call.reading.delete(call.shared)
     if (id < 0) {
       const error = new Error(batch[other++])
+      // Redis did not answer the call (see Reply::Unavailable).
+      if (numbers[i++] === 1) error.code = UNAVAILABLE
       call.reject(error)
       if (followers !== undefined) for (const follower of followers) follower.reject(error)
       continue
@@ -278,12 +288,27 @@ const READ_AFTER_WRITE = {
 }
 
 /**
+ * The memory answering while `connection`'s Redis does not, probed with
+ * PING. Made out here because a closure made in the constructor would share
+ * its scope with `onAnswers`, which the native side holds: through it the
+ * connection could never be collected. The probe holds the connection
+ * weakly, so an adapter dropped during an outage is collected too (its
+ * probing then stops).
+ */
+function fallbackFor(connection) {
+  const weak = new WeakRef(connection)
+  return new Fallback(() => weak.deref()?.call('ping') ?? Promise.resolve())
+}
+
+/**
  * One native connection and its calls in flight. A native operation takes
  * a call id and returns at once; answers come back in batches (see
  * `Replies` in src/redis/replies.rs), each settling the Promise of its call.
  */
 class Connection {
   #native
+  // With whenUnavailable: 'memory', what answers while Redis does not.
+  #fallback = null
   #calls = new Map()
   // The shared reads in flight, by operation and key (see SHARED_READS).
   #reading = new Map()
@@ -352,6 +377,7 @@ class Connection {
     const spinMicros = nonNegativeInteger(who, opts.spinMicros, 'spinMicros', DEFAULT_SPIN_MICROS, MAX_SPIN_MICROS)
     const tls = tlsOption(who, opts.tls)
     const near = nearCacheOption(who, opts.nearCache)
+    const whenUnavailable = whenUnavailableOption(who, opts.whenUnavailable)
     // The native side keeps this function (and through it the calls map)
     // alive; it must not reach back to this object, or neither could ever
     // be collected.
@@ -376,6 +402,19 @@ class Connection {
       if (error?.code !== 'InvalidArg') throw error
       throw optionError(who, error.message, where)
     }
+    if (whenUnavailable === 'memory') this.#fallback = fallbackFor(this)
+  }
+
+  /**
+   * Like `call`, but while Redis is unavailable (with whenUnavailable:
+   * 'memory') answered by `local(fallback)` instead (see lib/fallback.js).
+   */
+  callOr(local, name, ...args) {
+    if (this.#fallback === null) return this.call(name, ...args)
+    return this.#fallback.run(
+      () => this.call(name, ...args),
+      () => local(this.#fallback),
+    )
   }
 
   /** Starts native operation `name` with `args`; answers its Promise. */
@@ -427,6 +466,7 @@ class Connection {
   /** Refuses later calls; resolves once the calls in flight are answered. */
   close() {
     if (this.#closed === null) {
+      this.#fallback?.close()
       // Calls made before close() are still sent.
       if (this.#flushing) this.#flush()
       this.#native.close()
@@ -457,6 +497,7 @@ const CONNECTION_OPTIONS = [
   'spinMicros',
   'tls',
   'nearCache',
+  'whenUnavailable',
 ]
 
 /**
@@ -516,6 +557,9 @@ function destroyConnection(store, { redis, owned }) {
     call() {
       throw new Error(`${store}: the store was destroyed`)
     },
+    callOr() {
+      throw new Error(`${store}: the store was destroyed`)
+    },
   }
   return { redis: destroyed, owned: false }
 }
@@ -538,7 +582,12 @@ class RedisRateLimitStore {
     try {
       checkKey('RedisRateLimitStore', key)
       checkSeconds('RedisRateLimitStore', windowSeconds, 'windowSeconds')
-      return this.#connection.redis.call('increment', key, windowSeconds * 1000)
+      return this.#connection.redis.callOr(
+        (fallback) => fallback.rateLimit.increment(key, windowSeconds),
+        'increment',
+        key,
+        windowSeconds * 1000,
+      )
     } catch (error) {
       return Promise.reject(error)
     }
@@ -568,9 +617,10 @@ class RedisCircuitBreakerStore {
       checkKey('RedisCircuitBreakerStore', key)
       if (operation === 'circuitTransition') {
         checkCircuitState('RedisCircuitBreakerStore', to)
-        return this.#connection.redis.call(operation, key, to)
       }
-      return this.#connection.redis.call(operation, key)
+      const args = operation === 'circuitTransition' ? [key, to] : [key]
+      const local = (fallback) => LOCAL_CIRCUIT[operation](fallback.circuitBreaker, key, to)
+      return this.#connection.redis.callOr(local, operation, ...args)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -619,7 +669,7 @@ class RedisCacheStore {
   get(key) {
     try {
       checkKey('RedisCacheStore', key)
-      return this.#connection.redis.call('cacheGet', key)
+      return this.#connection.redis.callOr(CACHE_WHILE_UNAVAILABLE.get, 'cacheGet', key)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -630,13 +680,21 @@ class RedisCacheStore {
     checkResponse('RedisCacheStore', response)
     checkSeconds('RedisCacheStore', ttlSeconds, 'ttlSeconds')
     const { status, headers, body } = await responseParts(response)
-    await this.#connection.redis.call('cachePut', key, status, headers, body, ttlSeconds * 1000)
+    await this.#connection.redis.callOr(
+      CACHE_WHILE_UNAVAILABLE.put,
+      'cachePut',
+      key,
+      status,
+      headers,
+      body,
+      ttlSeconds * 1000,
+    )
   }
 
   delete(key) {
     try {
       checkKey('RedisCacheStore', key)
-      return this.#connection.redis.call('cacheDelete', key)
+      return this.#connection.redis.callOr(CACHE_WHILE_UNAVAILABLE.delete, 'cacheDelete', key)
     } catch (error) {
       return Promise.reject(error)
     }

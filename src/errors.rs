@@ -58,6 +58,14 @@ pub fn store_error(store: &str, cause: impl std::fmt::Display) -> Error {
   Error::new(Status::GenericFailure, format!("{store}: {cause}"))
 }
 
+/// A call the backend did not answer: it could not be reached, the
+/// connection was lost, or the call timed out (it may still have run).
+/// `Status::Cancelled` carries that to the JS layer, which gives the error
+/// `code: 'STORE_UNAVAILABLE'` (lib/fallback.js) before anyone sees it.
+pub fn unavailable_error(store: &str, cause: impl std::fmt::Display) -> Error {
+  Error::new(Status::Cancelled, format!("{store}: {cause}"))
+}
+
 /// A bad option found at construction; the JS layer throws it as a
 /// `TypeError`.
 pub fn option_error(store: &str, cause: impl std::fmt::Display) -> Error {

@@ -51,6 +51,10 @@ const CACHE: &str = "PostgresCacheStore";
 /// a store call; it gets at least this long.
 const SCHEMA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long `ping()` waits: a probe of a server that may be down, asked
+/// again soon if this one fails.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serializes concurrent `ensureSchema()` calls across processes: two
 /// `CREATE TABLE IF NOT EXISTS` racing on one name can both try to create it.
 const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('stoma-native schema'));";
@@ -177,6 +181,17 @@ impl NativePostgres {
     guard_async(ADAPTER, async move {
       let script = format!("{SCHEMA_LOCK}{}", sql::schema_sql(&pool.tables().prefix));
       pool.batch(ADAPTER, &script, SCHEMA_TIMEOUT).await
+    })
+    .await
+  }
+
+  /// Resolves once PostgreSQL answers (`SELECT 1`): whether the server is
+  /// back, for `whenUnavailable: 'memory'`.
+  #[napi]
+  pub async fn ping(&self) -> Result<()> {
+    let pool = self.pool.clone();
+    guard_async(ADAPTER, async move {
+      pool.batch(ADAPTER, "SELECT 1", PING_TIMEOUT).await
     })
     .await
   }

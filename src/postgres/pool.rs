@@ -46,7 +46,7 @@ use super::batch::{self, Answer, Call, Lane};
 use super::prepared::Naming;
 use super::sql::{Statements, Stmt, Tables};
 use super::tls::Tls;
-use crate::errors::{lock, store_error};
+use crate::errors::{lock, store_error, unavailable_error};
 
 /// How the pool was asked to behave.
 pub struct PoolOptions {
@@ -212,7 +212,7 @@ impl Pool {
         } else {
           ""
         };
-        Err(store_error(
+        Err(unavailable_error(
           store,
           format!(
             "PostgreSQL at {} did not answer within {} ms{option}",
@@ -249,21 +249,29 @@ impl Pool {
       );
     }
     match error.as_db_error() {
-      Some(db) => store_error(
-        store,
-        format!(
+      Some(db) => {
+        let message = format!(
           "PostgreSQL error: {} (SQLSTATE {})",
           db.message(),
           db.code().code()
-        ),
-      ),
-      None => store_error(
+        );
+        if unavailable(db.code()) {
+          unavailable_error(store, message)
+        } else {
+          store_error(store, message)
+        }
+      }
+      None if lost(error) => unavailable_error(
         store,
         format!(
           "lost the connection to PostgreSQL at {}: {}",
           self.target,
           chain(error)
         ),
+      ),
+      None => store_error(
+        store,
+        format!("PostgreSQL at {}: {}", self.target, chain(error)),
       ),
     }
   }
@@ -292,7 +300,7 @@ impl Pool {
     // bounded, so callers queued behind a hanging connect fail together.
     match timeout(self.options.connect_timeout, self.connect(store, index)).await {
       Ok(result) => result.map(|conn| Lease::new(index, conn)),
-      Err(_) => Err(store_error(
+      Err(_) => Err(unavailable_error(
         store,
         format!(
           "could not connect to PostgreSQL at {} within {} ms (connectTimeoutMs)",
@@ -362,7 +370,7 @@ impl Pool {
         .map(run_connection),
     };
     let client = connected.map_err(|error| {
-      store_error(
+      unavailable_error(
         store,
         format!(
           "could not connect to PostgreSQL at {}: {}",
@@ -387,6 +395,30 @@ impl Pool {
     }
     Ok(conn)
   }
+}
+
+/// Errors the server sends when it cannot serve the call now, rather than
+/// refusing the call itself: a connection exception (class 08), the server
+/// shutting down or starting up (57P01–57P03), or the statement cancelled
+/// by our statement timeout (57014).
+fn unavailable(code: &SqlState) -> bool {
+  code.code().starts_with("08")
+    || [
+      SqlState::ADMIN_SHUTDOWN,
+      SqlState::CRASH_SHUTDOWN,
+      SqlState::CANNOT_CONNECT_NOW,
+      SqlState::QUERY_CANCELED,
+    ]
+    .contains(code)
+}
+
+/// The connection is gone (closed, or failed reading or writing).
+fn lost(error: &tokio_postgres::Error) -> bool {
+  use std::error::Error as _;
+  error.is_closed()
+    || error
+      .source()
+      .is_some_and(|source| source.is::<std::io::Error>())
 }
 
 fn closed_error(store: &str) -> napi::Error {

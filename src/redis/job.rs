@@ -99,7 +99,7 @@ impl Job {
   }
 
   /// This call's failure (and that of every call merged into it):
-  /// `<store>: <cause>`.
+  /// `<store>: <cause>`, the server not having answered it.
   pub fn failed(mut self, cause: &str) -> Vec<(f64, Reply)> {
     // A near-cache read that failed will not be answered: its ticket goes.
     if let Some(untracked) = self.untracked.take() {
@@ -111,7 +111,7 @@ impl Job {
     let message = format!("{}: {cause}", self.store);
     self
       .ids()
-      .map(|id| (id, Reply::Failed(message.clone())))
+      .map(|id| (id, Reply::Unavailable(message.clone())))
       .collect()
   }
 }

@@ -645,6 +645,23 @@ impl NativeRedisConnection {
     })
   }
 
+  /// `PING`, answered when the server (in a cluster, the node serving
+  /// slot 0) answers: how an unavailable server is probed.
+  #[napi]
+  pub fn ping(&self, env: &Env, id: f64) -> Result<()> {
+    guard(ADAPTER, || {
+      let job = Job::new(
+        id,
+        ADAPTER,
+        ::redis::cmd("PING"),
+        Box::new(|answer: RedisResult<Value>| answer.map(|_| Reply::Done)),
+        Instant::now() + self.command_timeout,
+      );
+      self.send(env, job);
+      Ok(())
+    })
+  }
+
   /// Forgets the circuit `<prefix>cb:<key>`.
   #[napi]
   pub fn circuit_reset(&self, env: &Env, id: f64, key: String) -> Result<()> {

@@ -37,8 +37,13 @@ pub enum Reply {
   Cached(Option<Arc<Cached>>),
   Removed(bool),
   Done,
-  /// The error message, naming the store and the cause.
+  /// The error message, naming the store and the cause: the server
+  /// answered an error, or the store failed inside.
   Failed(String),
+  /// The same, for a call the server did not answer: it could not be sent,
+  /// its connection was lost, or its deadline passed. Such a call may
+  /// still have run.
+  Unavailable(String),
   /// An answer still to be computed, away from the I/O thread.
   Later(Box<dyn FnOnce() -> Reply + Send>),
   /// The answers of calls merged into one (see `job::coalesce`).
@@ -53,8 +58,9 @@ pub enum Reply {
 /// `count, resetAt` for a hit; `stateCode, failureCount, successCount,
 /// lastFailureTime, lastStateChange` for a snapshot; `status` for a cache
 /// hit (its headers and body are the next two other values) and `0` for a
-/// miss; `1`/`0` for a removal; `0` for the rest. A failed call has `-id`,
-/// and its error message is the next other value. The JS side knows each
+/// miss; `1`/`0` for a removal; `0` for the rest. A failed call has `-id`
+/// then `1` if the server did not answer it ([`Reply::Unavailable`]), `0`
+/// otherwise, and its error message is the next other value. The JS side knows each
 /// call's kind and builds the objects itself: V8 makes an object literal
 /// far faster than N-API can assemble one property by property, and one
 /// typed array costs a copy where setting each number as an element cost
@@ -67,9 +73,12 @@ impl ToNapiValue for Batch {
     let mut numbers: Vec<f64> = Vec::with_capacity(batch.0.len() * 3);
     let mut others: Vec<sys::napi_value> = Vec::new();
     for (id, reply) in batch.0 {
-      if let Reply::Failed(message) = reply {
-        numbers.push(-id);
-        others.push(unsafe { String::to_napi_value(env, message)? });
+      if let Reply::Failed(message) | Reply::Unavailable(message) = &reply {
+        numbers.extend([
+          -id,
+          f64::from(u8::from(matches!(reply, Reply::Unavailable(_)))),
+        ]);
+        others.push(unsafe { <&str>::to_napi_value(env, message)? });
         continue;
       }
       numbers.push(id);
@@ -92,7 +101,7 @@ impl ToNapiValue for Batch {
         }
         Reply::Removed(removed) => numbers.push(if removed { 1.0 } else { 0.0 }),
         Reply::Done => numbers.push(0.0),
-        Reply::Failed(_) | Reply::Later(_) | Reply::Many(_) => {
+        Reply::Failed(_) | Reply::Unavailable(_) | Reply::Later(_) | Reply::Many(_) => {
           unreachable!("handled above, or finished or spread before delivery")
         }
       }
