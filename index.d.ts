@@ -81,12 +81,58 @@ export interface MemoryCacheStoreOptions {
  */
 export declare function releaseMemoryState(name: string): boolean
 
+/**
+ * What a store did since it was made, from `stats()` (README: Operations). Counted on the JS
+ * thread, exactly; a store built with a shared memory `name` counts its own calls only.
+ */
+export interface StoreStats {
+  /** Every call made, bad arguments included. */
+  calls: number
+  /** Calls that rejected, or (with `whenUnavailable: 'memory'`) that the server failed before memory answered. */
+  errors: number
+  /** Of the errors, those the server did not answer (refused, lost, timed out): code `STORE_UNAVAILABLE`. */
+  unavailable: number
+  /** Calls answered from memory while the server was unavailable (`whenUnavailable: 'memory'`). */
+  local: number
+  /**
+   * How long calls took, in µs, from a fixed-bucket histogram (4 buckets per power of two, so a
+   * figure is the bucket's upper bound, within 25 %). Network stores time every call; memory stores
+   * one in 64 (`timed` says how many); null until one is timed.
+   */
+  latencyMicros: { timed: number; p50: number | null; p99: number | null }
+  /** Memory stores: keys, circuits or entries held. */
+  size?: number
+  /** Memory cache store: bytes charged against maxBytes. */
+  bytes?: number
+}
+
+/** A cache store's stats: also the hits and misses of `get`. */
+export interface CacheStoreStats extends StoreStats {
+  hits: number
+  misses: number
+}
+
+/** An adapter's `stats()`: its stores', and what they share. */
+export interface AdapterStats {
+  rateLimit?: StoreStats
+  circuitBreaker?: StoreStats
+  cache?: CacheStoreStats
+  /** Network adapters: whether the server answers, as the calls find it, and how often it stopped. */
+  connection?: { state: 'unknown' | 'up' | 'down'; outages: number }
+  /** Redis with `nearCache`: the copies held. */
+  nearCache?: { entries: number; bytes: number }
+  /** With `whenUnavailable: 'memory'`: whether memory answers now, and how many times it took over. */
+  fallback?: { active: boolean; entered: number }
+}
+
 /** Fixed-window counters kept natively, bounded, O(1) at capacity. */
 export declare class MemoryRateLimitStore implements RateLimitStore {
   constructor(options?: MemoryRateLimitStoreOptions | number)
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
   /** Number of keys held. */
   readonly size: number
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
   /** Forget every counter (of every store sharing the name). */
   reset(): void
   /** Release this store; later calls reject. A named state outlives it, until {@link releaseMemoryState}. */
@@ -101,6 +147,8 @@ export declare class MemoryCircuitBreakerStore implements CircuitBreakerStore {
   recordFailure(key: string): Promise<CircuitBreakerSnapshot>
   transition(key: string, to: CircuitState): Promise<CircuitBreakerSnapshot>
   reset(key: string): Promise<void>
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
   /** Number of circuits held. */
   readonly size: number
   /** Remove every circuit. */
@@ -117,6 +165,8 @@ export declare class MemoryCacheStore implements CacheStore {
   delete(key: string): Promise<boolean>
   /** Number of entries held. */
   readonly size: number
+  /** What this store did (see {@link CacheStoreStats}). */
+  stats(): CacheStoreStats
   /** Bytes charged against maxBytes. */
   readonly bytes: number
   /** Remove every entry. */
@@ -148,6 +198,8 @@ export interface MemoryGatewayAdapter extends GatewayAdapter {
    * state outlives it, until {@link releaseMemoryState}.
    */
   close(): Promise<void>
+  /** What each store did, and what they share (see {@link AdapterStats}). */
+  stats(): AdapterStats
 }
 
 export declare function memoryAdapter(options?: MemoryAdapterOptions): MemoryGatewayAdapter
@@ -168,6 +220,8 @@ export declare class TestAdapter implements MemoryGatewayAdapter {
   reset(): void
   /** Destroy the stores, as memoryAdapter's close() does; pending work is left alone. */
   close(): Promise<void>
+  /** What each store did, and what they share (see {@link AdapterStats}). */
+  stats(): AdapterStats
 }
 
 export declare function createTestAdapter(options?: Omit<MemoryAdapterOptions, 'waitUntil'>): TestAdapter
@@ -269,6 +323,8 @@ export declare class PostgresRateLimitStore implements RateLimitStore {
   /** Later calls reject; a store built directly also closes its connections. */
   close(): Promise<void>
   destroy(): void
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
 }
 
 /** Circuit state in `<tablePrefix>circuit_breakers`; every update one atomic statement. */
@@ -286,6 +342,8 @@ export declare class PostgresCircuitBreakerStore implements CircuitBreakerStore 
   reset(key: string): Promise<void>
   close(): Promise<void>
   destroy(): void
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
 }
 
 /** Responses in `<tablePrefix>cache` (status, JSONB headers, base64 body), as Stoma stores them. */
@@ -303,6 +361,8 @@ export declare class PostgresCacheStore implements CacheStore {
   cleanup(): Promise<number>
   close(): Promise<void>
   destroy(): void
+  /** What this store did (see {@link CacheStoreStats}). */
+  stats(): CacheStoreStats
 }
 
 /** A store's type if its flag is on (absent or true), `undefined` if off. */
@@ -326,6 +386,8 @@ export type PostgresGatewayAdapter<S extends PostgresStoresOption = {}> = Omit<
   ensureSchema(): Promise<void>
   /** Stop background cleanup and close every connection; idempotent. Later calls reject. */
   close(): Promise<void>
+  /** What each store did, and what they share (see {@link AdapterStats}). */
+  stats(): AdapterStats
 }
 
 /**
@@ -465,6 +527,8 @@ export declare class RedisRateLimitStore implements RateLimitStore {
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
   /** Release the store (closing its own connection, if any); later calls reject. */
   destroy(): void
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
 }
 
 /** Circuit state under `<prefix>cb:<key>`, updated atomically on the server. */
@@ -478,6 +542,8 @@ export declare class RedisCircuitBreakerStore implements CircuitBreakerStore {
   transition(key: string, to: CircuitState): Promise<CircuitBreakerSnapshot>
   reset(key: string): Promise<void>
   destroy(): void
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
 }
 
 /** Response envelopes under `<prefix>cache:<key>`, shared with Stoma's RedisCacheStore. A ttl of 0 stores nothing. */
@@ -489,6 +555,8 @@ export declare class RedisCacheStore implements CacheStore {
   put(key: string, response: Response, ttlSeconds: number): Promise<void>
   delete(key: string): Promise<boolean>
   destroy(): void
+  /** What this store did (see {@link CacheStoreStats}). */
+  stats(): CacheStoreStats
 }
 
 /** Which stores `redisAdapter` builds (all by default; `false` leaves one out). */
@@ -525,6 +593,8 @@ export type RedisGatewayAdapter<Stores extends RedisStoreFlags = {}> = GatewayAd
     close(): Promise<void>
     /** The near cache's copies and the bytes charged for them, or undefined without `nearCache`. */
     nearCacheSize(): { entries: number; bytes: number } | undefined
+    /** What each store did, and what they share (see {@link AdapterStats}). */
+    stats(): AdapterStats
   }
 
 /**

@@ -46,7 +46,7 @@ async function bundleWorker(file) {
 
 // The lib/ modules the Cloudflare entry shares with the Node side (plain
 // CommonJS with no Node built-in); no other lib/ file may be bundled.
-const SHARED_LIB = ['lib/circuit.js', 'lib/validate.js']
+const SHARED_LIB = ['lib/circuit.js', 'lib/stats.js', 'lib/validate.js']
 
 /** esbuild marks each bundled file with a `// path` line; these are ours. */
 function bundledFiles(bundle) {
@@ -193,6 +193,7 @@ describe('cloudflare: bundling for workerd', () => {
       waitUntil: 'function',
       dispatchBinding: 'function',
       close: 'function',
+      stats: 'function',
     })
     expect((await kinds('both')).rateLimitStore).toBe('DurableObjectRateLimitStore')
     expect(await kinds('kv')).toEqual({
@@ -200,6 +201,7 @@ describe('cloudflare: bundling for workerd', () => {
       circuitBreakerStore: 'InMemoryCircuitBreakerStore',
       cacheStore: 'CacheApiCacheStore',
       close: 'function',
+      stats: 'function',
     })
   })
 })
@@ -344,7 +346,8 @@ describe("cloudflare: Stoma's gateway in workerd on this adapter", () => {
 
   it('bundles Stoma with the adapter and no native loader', () => {
     expect(bundledFiles(gatewayBundle)).toContain('cloudflare/index.js')
-    expect(bundledFiles(gatewayBundle).filter((path) => !/^(cloudflare|__test__)\//.test(path))).toEqual(SHARED_LIB)
+    const shared = bundledFiles(gatewayBundle).filter((path) => !/^(cloudflare|__test__)\//.test(path))
+    expect(shared.sort()).toEqual(SHARED_LIB)
     expect(gatewayBundle).not.toContain('native.js')
   })
 

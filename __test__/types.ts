@@ -3,6 +3,9 @@
 import type { CacheStore, CircuitBreakerStore, GatewayAdapter, RateLimitStore } from '@homegrower-club/stoma'
 import type { TestAdapter as StomaTestAdapter } from '@homegrower-club/stoma/adapters/testing'
 import {
+  type AdapterStats,
+  type CacheStoreStats,
+  type StoreStats,
   MemoryCacheStore,
   MemoryCircuitBreakerStore,
   MemoryRateLimitStore,
@@ -128,7 +131,20 @@ redisAdapter({ client: ioredisClient, url: 'redis://10.0.0.1:6379' })
 // @ts-expect-error one deployment at a time: url or cluster
 redisAdapter({ url: 'redis://10.0.0.1:6379', cluster: { nodes: ['redis://10.0.0.1:6379'] } })
 
+// stats() everywhere; a cache store's has hits and misses, the others' not.
+const operated: AdapterStats[] = [memoryAdapter().stats(), redisAdapter().stats(), postgresAdapter().stats()]
+const hits: number = (new MemoryCacheStore().stats() satisfies CacheStoreStats).hits
+const counted: StoreStats = new RedisRateLimitStore().stats()
+// @ts-expect-error a rate-limit store has no hits
+const noHits: number = new PostgresRateLimitStore().stats().hits
+// @ts-expect-error whenUnavailable is 'reject' or 'memory'
+redisAdapter({ whenUnavailable: 'retry' })
+
 export {
+  operated,
+  hits,
+  counted,
+  noHits,
   clustered,
   fromClient,
   stomaShaped,

@@ -1,3 +1,4 @@
+import { countCalls } from '../lib/stats.js'
 import { checkBinding, checkKey, checkSeconds, describe } from '../lib/validate.js'
 
 const DEFAULT_CACHE_ORIGIN = 'https://stoma-native.cache.internal'
@@ -29,6 +30,7 @@ export class CacheApiCacheStore {
         ? defaultCache()
         : checkBinding('CacheApiCacheStore', cache, 'cache', 'Cache', ['match', 'put', 'delete'])
     this.#origin = cacheOrigin(origin)
+    countCalls(this, ['get', 'put', 'delete'], { cache: true })
   }
 
   #url(key) {

@@ -10,6 +10,8 @@ import {
   optionsObject,
   positiveInteger,
 } from '../lib/validate.js'
+import { CIRCUIT_METHODS } from '../lib/circuit.js'
+import { countCalls } from '../lib/stats.js'
 
 /** The snapshot an unknown key reads as. */
 export function freshCircuit(now) {
@@ -64,6 +66,7 @@ export class InMemoryCircuitBreakerStore {
     const opts = optionsObject('InMemoryCircuitBreakerStore', options)
     checkKnownKeys('InMemoryCircuitBreakerStore', opts, ['maxKeys'])
     this.#maxKeys = positiveInteger('InMemoryCircuitBreakerStore', opts.maxKeys, 'maxKeys', DEFAULT_CIRCUIT_KEYS)
+    countCalls(this, CIRCUIT_METHODS)
   }
 
   // Runs synchronously, so each update is atomic within the isolate.

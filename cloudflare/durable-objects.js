@@ -4,7 +4,8 @@
 // center. The stores talk to their objects over plain fetch, which needs no
 // `cloudflare:workers` import, so this file loads anywhere.
 
-import { CIRCUIT_OPERATIONS } from '../lib/circuit.js'
+import { CIRCUIT_METHODS, CIRCUIT_OPERATIONS } from '../lib/circuit.js'
+import { countCalls } from '../lib/stats.js'
 import { checkBinding, checkCircuitState, checkKey, checkSeconds } from '../lib/validate.js'
 import { applyCircuitOperation, freshCircuit } from './circuit.js'
 
@@ -84,6 +85,7 @@ export class DurableObjectRateLimitStore {
 
   constructor(namespace) {
     this.#namespace = checkNamespace('DurableObjectRateLimitStore', namespace)
+    countCalls(this, ['increment'])
   }
 
   async increment(key, windowSeconds) {
@@ -156,6 +158,7 @@ export class DurableObjectCircuitBreakerStore {
 
   constructor(namespace) {
     this.#namespace = checkNamespace('DurableObjectCircuitBreakerStore', namespace)
+    countCalls(this, CIRCUIT_METHODS)
   }
 
   async #call(key, path) {

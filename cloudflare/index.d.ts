@@ -5,12 +5,15 @@
 // assignable to them.
 
 import type {
+  AdapterStats,
   CacheStore,
+  CacheStoreStats,
   CircuitBreakerSnapshot,
   CircuitBreakerStore,
   CircuitState,
   GatewayAdapter,
   RateLimitStore,
+  StoreStats,
 } from '../index.js'
 
 export type { CacheStore, CircuitBreakerSnapshot, CircuitBreakerStore, CircuitState, GatewayAdapter, RateLimitStore }
@@ -93,6 +96,8 @@ export interface CloudflareGatewayAdapter extends GatewayAdapter {
    * are the platform's, and the isolate's circuit store is shared by every adapter in the isolate.
    */
   close(): Promise<void>
+  /** What each store did, and what they share (see {@link AdapterStats}). */
+  stats(): AdapterStats
 }
 
 /** A GatewayAdapter built from Cloudflare bindings. */
@@ -102,12 +107,16 @@ export declare function cloudflareAdapter(bindings?: CloudflareAdapterBindings):
 export declare class KVRateLimitStore implements RateLimitStore {
   constructor(kv: KVNamespaceLike)
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
 }
 
 /** Fixed-window counters, one RateLimiterDO per key; exact. */
 export declare class DurableObjectRateLimitStore implements RateLimitStore {
   constructor(namespace: DurableObjectNamespaceLike)
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
 }
 
 /** Circuits, one CircuitBreakerDO per key; consistent across isolates and requests. */
@@ -118,6 +127,8 @@ export declare class DurableObjectCircuitBreakerStore implements CircuitBreakerS
   recordFailure(key: string): Promise<CircuitBreakerSnapshot>
   transition(key: string, to: CircuitState): Promise<CircuitBreakerSnapshot>
   reset(key: string): Promise<void>
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
 }
 
 /** Circuits in this isolate's memory, plain JavaScript, bounded by maxKeys (LRU). */
@@ -133,6 +144,8 @@ export declare class InMemoryCircuitBreakerStore implements CircuitBreakerStore 
   /** Remove every circuit. */
   clear(): void
   destroy(): void
+  /** What this store did (see {@link StoreStats}). */
+  stats(): StoreStats
 }
 
 /** The InMemoryCircuitBreakerStore shared by every adapter in this isolate. */
@@ -145,6 +158,8 @@ export declare class CacheApiCacheStore implements CacheStore {
   get(key: string): Promise<Response | null>
   put(key: string, response: Response, ttlSeconds: number): Promise<void>
   delete(key: string): Promise<boolean>
+  /** What this store did (see {@link CacheStoreStats}). */
+  stats(): CacheStoreStats
 }
 
 /** Durable Object class for DurableObjectRateLimitStore; export it from your Worker. */

@@ -12,6 +12,7 @@ import {
   RateLimiterDO,
 } from './durable-objects.js'
 import { KVRateLimitStore } from './kv.js'
+import { adapterStats } from '../lib/stats.js'
 import { checkBinding, checkKey, checkKnownKeys, optionsObject } from '../lib/validate.js'
 
 export {
@@ -77,6 +78,8 @@ export function cloudflareAdapter(bindings) {
   // the bindings are the platform's, and the isolate's circuit store is
   // shared by every adapter in the isolate, so it must outlive this one.
   adapter.close = () => Promise.resolve()
+  // The isolate's circuit store counts the calls of every adapter sharing it.
+  adapter.stats = () => adapterStats(adapter)
 
   return adapter
 }

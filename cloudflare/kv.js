@@ -1,3 +1,4 @@
+import { countCalls } from '../lib/stats.js'
 import { checkBinding, checkKey, checkSeconds } from '../lib/validate.js'
 
 // KV refuses an expiry less than 60 seconds away.
@@ -17,6 +18,7 @@ export class KVRateLimitStore {
 
   constructor(kv) {
     this.#kv = checkBinding('KVRateLimitStore', kv, 'kv', 'KVNamespace', ['get', 'put'])
+    countCalls(this, ['increment'])
   }
 
   async increment(key, windowSeconds) {

@@ -3,6 +3,7 @@
 
 const { MemoryRateLimitStore, MemoryCircuitBreakerStore, MemoryCacheStore, BOUNDS } = require('./memory.js')
 const { optionsObject, checkKnownKeys, optionalName, describe } = require('./validate.js')
+const { adapterStats } = require('./stats.js')
 
 // The options of TestAdapter, and of memoryAdapter, which also takes waitUntil.
 const TEST_ADAPTER_OPTIONS = ['name', 'rateLimit', 'circuitBreaker', 'cache']
@@ -74,7 +75,7 @@ function denoAdapter(options) {
 /** memoryAdapter under the name of the factory called, which its errors give. */
 function runtimeAdapter(factory, options) {
   const stores = memoryStores(factory, options, MEMORY_ADAPTER_OPTIONS)
-  const adapter = { ...stores, close: () => closeStores(stores) }
+  const adapter = { ...stores, stats: () => adapterStats(stores), close: () => closeStores(stores) }
   const waitUntil = checkWaitUntil(factory, options?.waitUntil)
   if (waitUntil) adapter.waitUntil = waitUntil
   return adapter
@@ -113,6 +114,11 @@ class TestAdapter {
       }
     }
     if (firstFailure) throw firstFailure.reason
+  }
+
+  /** What each store did (see lib/stats.js). */
+  stats() {
+    return adapterStats(this.#stores)
   }
 
   /** Forget pending background work. */

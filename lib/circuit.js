@@ -11,4 +11,7 @@ const CIRCUIT_STATES = ['closed', 'open', 'half-open']
 /** Store operations that answer a snapshot, in the order of their codes. */
 const CIRCUIT_OPERATIONS = ['getState', 'recordSuccess', 'recordFailure', 'transition']
 
-module.exports = { CIRCUIT_STATES, CIRCUIT_OPERATIONS }
+/** Every method of a circuit-breaker store, as stats() counts them. */
+const CIRCUIT_METHODS = [...CIRCUIT_OPERATIONS, 'reset']
+
+module.exports = { CIRCUIT_STATES, CIRCUIT_OPERATIONS, CIRCUIT_METHODS }

@@ -15,6 +15,7 @@
 
 const { MemoryRateLimitStore, MemoryCircuitBreakerStore } = require('./memory.js')
 const { describe } = require('./validate.js')
+const { publishFallback } = require('./diagnostics.js')
 
 /** The `code` of an error for a call the backend did not answer. */
 const UNAVAILABLE = 'STORE_UNAVAILABLE'
@@ -46,15 +47,20 @@ function unrefTimer(callback, ms) {
 
 /**
  * The memory an adapter falls back on, and whether it does now. `probe()`
- * answers a Promise that resolves once the backend answers.
+ * answers a Promise that resolves once `backend` ('redis', 'postgres')
+ * answers.
  */
 class Fallback {
+  #backend
   #probe
   #active = false
   #closed = false
   #timer = null
+  /** How many times calls went to memory. */
+  entered = 0
 
-  constructor(probe) {
+  constructor(backend, probe) {
+    this.#backend = backend
     this.#probe = probe
     this.rateLimit = new MemoryRateLimitStore()
     this.circuitBreaker = new MemoryCircuitBreakerStore()
@@ -68,20 +74,34 @@ class Fallback {
   /**
    * `remote()`'s answer, or `local()`'s while the backend is unavailable
    * or when `remote()` fails because it is. Errors of the call itself (bad
-   * arguments, an error the backend answered) are not caught.
+   * arguments, an error the backend answered) are not caught. `stats` (a
+   * StoreStats) counts the local answers, and the calls `remote()` did not
+   * count itself.
    */
-  run(remote, local) {
-    if (this.#active) return local()
+  run(stats, remote, local) {
+    if (this.#active) {
+      stats.calls++
+      stats.local++
+      return local()
+    }
     return remote().catch((error) => {
       if (error?.code !== UNAVAILABLE || this.#closed) throw error
       this.#enter()
+      stats.local++
       return local()
     })
+  }
+
+  /** `{ active, entered }`, for stats(). */
+  snapshot() {
+    return { active: this.#active, entered: this.entered }
   }
 
   #enter() {
     if (this.#active) return
     this.#active = true
+    this.entered++
+    publishFallback(this.#backend, true)
     this.#schedule()
   }
 
@@ -91,6 +111,7 @@ class Fallback {
         () => {
           this.#active = false
           this.#timer = null
+          if (!this.#closed) publishFallback(this.#backend, false)
         },
         () => {
           if (!this.#closed) this.#schedule()

@@ -19,6 +19,7 @@ const {
 } = require('./validate.js')
 const { CIRCUIT_STATES, CIRCUIT_OPERATIONS } = require('./circuit.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
+const { StoreStats, microsSince } = require('./stats.js')
 
 const DEFAULT_RATE_LIMIT_KEYS = 100_000
 const DEFAULT_CIRCUIT_KEYS = 10_000
@@ -66,6 +67,7 @@ class MemoryRateLimitStore {
   #native
   #increment
   #resetAt
+  #stats = new StoreStats()
 
   constructor(options) {
     const opts =
@@ -81,6 +83,7 @@ class MemoryRateLimitStore {
   }
 
   increment(key, windowSeconds) {
+    const started = this.#stats.sampled() ? performance.now() : -1
     try {
       if (
         typeof key !== 'string' ||
@@ -92,10 +95,17 @@ class MemoryRateLimitStore {
         checkSeconds('MemoryRateLimitStore', windowSeconds, 'windowSeconds')
       }
       const count = this.#increment(key, windowSeconds * 1000)
+      if (started >= 0) this.#stats.latency.record(microsSince(started))
       return Promise.resolve({ count, resetAt: this.#resetAt[0] })
     } catch (error) {
+      this.#stats.failed(false)
       return Promise.reject(error)
     }
+  }
+
+  /** What this store did, and the keys it holds (see lib/stats.js). */
+  stats() {
+    return this.#stats.snapshot({ size: this.#native.size })
   }
 
   /** Number of keys held. */
@@ -140,6 +150,7 @@ class MemoryCircuitBreakerStore {
   #native
   #operate
   #out
+  #stats = new StoreStats()
 
   constructor(options) {
     const opts = storeOptions('MemoryCircuitBreakerStore', options, BOUNDS.circuitBreaker)
@@ -155,9 +166,11 @@ class MemoryCircuitBreakerStore {
   }
 
   #run(op, key, to) {
+    const started = this.#stats.sampled() ? performance.now() : -1
     try {
       if (typeof key !== 'string') checkKey('MemoryCircuitBreakerStore', key)
       this.#operate(op, key, to)
+      if (started >= 0) this.#stats.latency.record(microsSince(started))
       const out = this.#out
       return Promise.resolve({
         state: CIRCUIT_STATES[out[0]],
@@ -167,6 +180,7 @@ class MemoryCircuitBreakerStore {
         lastStateChange: out[4],
       })
     } catch (error) {
+      this.#stats.failed(false)
       return Promise.reject(error)
     }
   }
@@ -188,19 +202,28 @@ class MemoryCircuitBreakerStore {
     try {
       code = circuitStateCode(to)
     } catch (error) {
+      this.#stats.calls++
+      this.#stats.failed(false)
       return Promise.reject(error)
     }
     return this.#run(TRANSITION, key, code)
   }
 
   reset(key) {
+    this.#stats.calls++
     try {
       checkKey('MemoryCircuitBreakerStore', key)
       this.#native.reset(key)
       return Promise.resolve()
     } catch (error) {
+      this.#stats.failed(false)
       return Promise.reject(error)
     }
+  }
+
+  /** What this store did, and the circuits it holds (see lib/stats.js). */
+  stats() {
+    return this.#stats.snapshot({ size: this.#native.size })
   }
 
   /** Number of circuits held. */
@@ -249,6 +272,7 @@ function napiCacheCalls(store) {
 class MemoryCacheStore {
   #native
   #calls
+  #stats = new StoreStats(true)
 
   constructor(options) {
     const opts = storeOptions('MemoryCacheStore', options, BOUNDS.cache)
@@ -260,32 +284,51 @@ class MemoryCacheStore {
   }
 
   get(key) {
+    const stats = this.#stats
+    const started = stats.sampled() ? performance.now() : -1
     try {
       checkKey('MemoryCacheStore', key)
       const hit = this.#calls.get(key)
-      if (hit === null) return Promise.resolve(null)
       // At once: on the FFI road the body is lent until the next get (lib/ffi.js).
-      return Promise.resolve(buildResponse(hit.status, hit.headers, hit.body))
+      const response = hit === null ? null : buildResponse(hit.status, hit.headers, hit.body)
+      if (response === null) stats.misses++
+      else stats.hits++
+      if (started >= 0) stats.latency.record(microsSince(started))
+      return Promise.resolve(response)
     } catch (error) {
+      stats.failed(false)
       return Promise.reject(error)
     }
   }
 
   async put(key, response, ttlSeconds) {
-    checkKey('MemoryCacheStore', key)
-    checkResponse('MemoryCacheStore', response)
-    checkSeconds('MemoryCacheStore', ttlSeconds, 'ttlSeconds')
-    const { status, headers, body } = await responseParts(response)
-    this.#calls.put(key, status, headers, body, ttlSeconds * 1000)
+    this.#stats.calls++
+    try {
+      checkKey('MemoryCacheStore', key)
+      checkResponse('MemoryCacheStore', response)
+      checkSeconds('MemoryCacheStore', ttlSeconds, 'ttlSeconds')
+      const { status, headers, body } = await responseParts(response)
+      this.#calls.put(key, status, headers, body, ttlSeconds * 1000)
+    } catch (error) {
+      this.#stats.failed(false)
+      throw error
+    }
   }
 
   delete(key) {
+    this.#stats.calls++
     try {
       checkKey('MemoryCacheStore', key)
       return Promise.resolve(this.#native.delete(key))
     } catch (error) {
+      this.#stats.failed(false)
       return Promise.reject(error)
     }
+  }
+
+  /** What this store did, and the entries and bytes it holds (see lib/stats.js). */
+  stats() {
+    return this.#stats.snapshot({ size: this.#native.size, bytes: this.#native.bytes })
   }
 
   /** Number of entries held. */

@@ -34,6 +34,8 @@ const {
   CACHE_WHILE_UNAVAILABLE,
   LOCAL_CIRCUIT,
 } = require('./fallback.js')
+const { StoreStats, microsSince, adapterStats } = require('./stats.js')
+const { Health, isTracing, traced } = require('./diagnostics.js')
 
 const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
 const DEFAULT_PREFIX = 'stoma_'
@@ -120,20 +122,39 @@ function withClient(who, opts) {
   return { ...opts, url: fromClient.url, tls: opts.tls ?? fromClient.tls }
 }
 
+// The store whose stats() counts each native operation.
+const STORE_OF = {
+  increment: 'rateLimit',
+  cleanupRateLimits: 'rateLimit',
+  circuitGet: 'circuitBreaker',
+  circuitRecordSuccess: 'circuitBreaker',
+  circuitRecordFailure: 'circuitBreaker',
+  circuitTransition: 'circuitBreaker',
+  circuitReset: 'circuitBreaker',
+  cacheGet: 'cache',
+  cachePut: 'cache',
+  cacheDelete: 'cache',
+  cleanupCache: 'cache',
+}
+
 /**
- * The native pool and, with `whenUnavailable: 'memory'`, the memory that
- * answers while PostgreSQL does not (see lib/fallback.js).
+ * The native pool, what its stores did (stats), whether PostgreSQL answers,
+ * and, with `whenUnavailable: 'memory'`, the memory that answers while it
+ * does not (see lib/fallback.js).
  */
 class Backend {
   #pool
   #fallback
+  #stats = { rateLimit: new StoreStats(), circuitBreaker: new StoreStats(), cache: new StoreStats(true) }
+  #health = new Health('postgres')
 
   constructor(pool, whenUnavailable) {
     this.#pool = pool
     // The probe holds the pool weakly: an adapter dropped during an outage
     // is collected, and its probing stops.
     const weak = new WeakRef(pool)
-    this.#fallback = whenUnavailable === 'memory' ? new Fallback(() => weak.deref()?.ping() ?? Promise.resolve()) : null
+    this.#fallback =
+      whenUnavailable === 'memory' ? new Fallback('postgres', () => weak.deref()?.ping() ?? Promise.resolve()) : null
   }
 
   /**
@@ -141,13 +162,62 @@ class Backend {
    * (with whenUnavailable: 'memory'), `local(fallback)` instead.
    */
   call(local, name, ...args) {
-    const remote = () => unavailableCode(this.#pool[name](...args))
+    if (isTracing()) return traced('postgres', name, args[0], () => this.#call(local, name, args))
+    return this.#call(local, name, args)
+  }
+
+  #call(local, name, args) {
+    const stats = this.#stats[STORE_OF[name]]
+    const remote = () => this.#remote(stats, name, args)
     if (this.#fallback === null) return remote()
-    return this.#fallback.run(remote, () => local(this.#fallback))
+    return this.#fallback.run(stats, remote, () => local(this.#fallback))
+  }
+
+  /** The native call, counted, its error coded STORE_UNAVAILABLE when PostgreSQL did not answer. */
+  #remote(stats, name, args) {
+    stats.calls++
+    const started = performance.now()
+    const health = this.#health
+    return this.#pool[name](...args).then(
+      (value) => {
+        health.answered()
+        stats.latency.record(microsSince(started))
+        if (name === 'cacheGet') {
+          if (value === null) stats.misses++
+          else stats.hits++
+        }
+        return value
+      },
+      (error) => {
+        const unavailable = markUnavailable(error)
+        if (unavailable) health.unavailable(error.message)
+        stats.failed(unavailable)
+        throw error
+      },
+    )
+  }
+
+  /** Counts a call of store `name` refused before it was made (bad arguments, a closed store). */
+  refused(name) {
+    this.#stats[name].calls++
+    this.#stats[name].failed(false)
+  }
+
+  /** What the store `name` did (see lib/stats.js). */
+  stats(name) {
+    return this.#stats[name].snapshot()
+  }
+
+  /** What an adapter's stats() adds: whether PostgreSQL answers, the fallback. */
+  sharedStats() {
+    return { connection: this.#health.snapshot(), fallback: this.#fallback?.snapshot() }
   }
 
   ensureSchema() {
-    return unavailableCode(this.#pool.ensureSchema())
+    return this.#pool.ensureSchema().catch((error) => {
+      markUnavailable(error)
+      throw error
+    })
   }
 
   close() {
@@ -157,14 +227,14 @@ class Backend {
 }
 
 /**
- * `promise`, its error coded STORE_UNAVAILABLE when PostgreSQL did not
- * answer (the native side marks those with napi's 'Cancelled' status).
+ * Gives `error` the code STORE_UNAVAILABLE if PostgreSQL did not answer
+ * (the native side marks those with napi's 'Cancelled' status); answers
+ * whether it did.
  */
-function unavailableCode(promise) {
-  return promise.catch((error) => {
-    if (error?.code === 'Cancelled') error.code = UNAVAILABLE
-    throw error
-  })
+function markUnavailable(error) {
+  if (error?.code !== 'Cancelled') return false
+  error.code = UNAVAILABLE
+  return true
 }
 
 /** Opens the backend described by `opts` (connecting lazily). */
@@ -269,6 +339,16 @@ class Handle {
     return this.#backend.call(local, name, ...args)
   }
 
+  /** The call is refused: counts it, answers `error` rejected. */
+  refused(name, error) {
+    this.#backend.refused(name)
+    return Promise.reject(error)
+  }
+
+  stats(name) {
+    return this.#backend.stats(name)
+  }
+
   /**
    * Later calls reject. A store built directly also closes its connections;
    * one from postgresAdapter() leaves them to the adapter's close().
@@ -311,7 +391,7 @@ class PostgresRateLimitStore {
         windowSeconds * 1000,
       )
     } catch (error) {
-      return Promise.reject(error)
+      return this.#handle.refused('rateLimit', error)
     }
   }
 
@@ -319,8 +399,13 @@ class PostgresRateLimitStore {
     try {
       return this.#handle.call(NOTHING_CLEANED, 'cleanupRateLimits')
     } catch (error) {
-      return Promise.reject(error)
+      return this.#handle.refused('rateLimit', error)
     }
+  }
+
+  /** What this store did (see lib/stats.js). */
+  stats() {
+    return this.#handle.stats('rateLimit')
   }
 
   /** Later calls reject; a store built directly also closes its connections. */
@@ -360,8 +445,13 @@ class PostgresCircuitBreakerStore {
       const local = (fallback) => LOCAL_CIRCUIT[operation](fallback.circuitBreaker, key, to)
       return this.#handle.call(local, operation, ...args)
     } catch (error) {
-      return Promise.reject(error)
+      return this.#handle.refused('circuitBreaker', error)
     }
+  }
+
+  /** What this store did (see lib/stats.js). */
+  stats() {
+    return this.#handle.stats('circuitBreaker')
   }
 
   getState(key) {
@@ -418,15 +508,21 @@ class PostgresCacheStore {
         .call(CACHE_WHILE_UNAVAILABLE.get, 'cacheGet', key)
         .then((hit) => hit && buildResponse(hit.status, hit.headers, hit.body))
     } catch (error) {
-      return Promise.reject(error)
+      return this.#handle.refused('cache', error)
     }
   }
 
   async put(key, response, ttlSeconds) {
-    checkPostgresKey('PostgresCacheStore', key)
-    checkResponse('PostgresCacheStore', response)
-    checkSeconds('PostgresCacheStore', ttlSeconds, 'ttlSeconds')
-    const { status, headers, body } = await responseParts(response)
+    let parts
+    try {
+      checkPostgresKey('PostgresCacheStore', key)
+      checkResponse('PostgresCacheStore', response)
+      checkSeconds('PostgresCacheStore', ttlSeconds, 'ttlSeconds')
+      parts = await responseParts(response)
+    } catch (error) {
+      return this.#handle.refused('cache', error)
+    }
+    const { status, headers, body } = parts
     await this.#handle.call(CACHE_WHILE_UNAVAILABLE.put, 'cachePut', key, status, headers, body, ttlSeconds * 1000)
   }
 
@@ -435,7 +531,7 @@ class PostgresCacheStore {
       checkPostgresKey('PostgresCacheStore', key)
       return this.#handle.call(CACHE_WHILE_UNAVAILABLE.delete, 'cacheDelete', key)
     } catch (error) {
-      return Promise.reject(error)
+      return this.#handle.refused('cache', error)
     }
   }
 
@@ -443,8 +539,13 @@ class PostgresCacheStore {
     try {
       return this.#handle.call(NOTHING_CLEANED, 'cleanupCache')
     } catch (error) {
-      return Promise.reject(error)
+      return this.#handle.refused('cache', error)
     }
+  }
+
+  /** What this store did (see lib/stats.js). */
+  stats() {
+    return this.#handle.stats('cache')
   }
 
   /** Later calls reject; a store built directly also closes its connections. */
@@ -486,6 +587,7 @@ function postgresAdapter(options) {
   if (enabled.cache) adapter.cacheStore = new PostgresCacheStore(shared)
   if (opts.waitUntil) adapter.waitUntil = opts.waitUntil
   adapter.ensureSchema = () => backend.ensureSchema()
+  adapter.stats = () => adapterStats(adapter, backend.sharedStats())
   adapter.close = () => {
     backend.close()
     return Promise.resolve()

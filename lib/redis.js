@@ -30,6 +30,8 @@ const {
   LOCAL_CIRCUIT,
 } = require('./fallback.js')
 const { clientOptions, isClient } = require('./redis-client.js')
+const { StoreStats, adapterStats } = require('./stats.js')
+const { Health, isTracing, traced } = require('./diagnostics.js')
 
 const DEFAULT_URL = 'redis://127.0.0.1:6379'
 const DEFAULT_PREFIX = 'stoma:'
@@ -198,6 +200,19 @@ const OPERATIONS = {
   ping: DONE,
 }
 
+// The store whose stats() counts each operation (ping counts nowhere).
+const STORE_OF = {
+  increment: 'rateLimit',
+  circuitGet: 'circuitBreaker',
+  circuitRecordSuccess: 'circuitBreaker',
+  circuitRecordFailure: 'circuitBreaker',
+  circuitTransition: 'circuitBreaker',
+  circuitReset: 'circuitBreaker',
+  cacheGet: 'cache',
+  cachePut: 'cache',
+  cacheDelete: 'cache',
+}
+
 /**
  * Settles the calls answered in `batch`, as the native side sends them (see
  * `Batch` in src/redis/replies.rs): `batch[0]` is a Float64Array holding each
@@ -206,25 +221,47 @@ const OPERATIONS = {
  * follow in `batch`, in order. A read's followers (calls that asked for the
  * same key while it was in flight) get the same answer, each its own object.
  * Once no call is left, `whenDrained.resolve` (set by close()) is called.
+ * Each call is counted in its store's stats (its latency if it was timed),
+ * and `health` learns whether Redis answered.
  */
-function settle(calls, batch, whenDrained) {
+function settle(calls, batch, whenDrained, health) {
   const numbers = batch[0]
   let other = 1
   let i = 0
+  let now = -1
+  let answered = false
   while (i < numbers.length) {
     const id = numbers[i++]
     const call = calls.get(Math.abs(id))
     calls.delete(Math.abs(id))
-    const followers = call.followers
+    const { followers, stats } = call
     // A write may have replaced this read as the one to join (see READ_AFTER_WRITE).
     if (followers !== undefined && call.reading.get(call.shared) === call) call.reading.delete(call.shared)
     if (id < 0) {
       const error = new Error(batch[other++])
       // Redis did not answer the call (see Reply::Unavailable).
-      if (numbers[i++] === 1) error.code = UNAVAILABLE
+      const unavailable = numbers[i++] === 1
+      if (unavailable) {
+        error.code = UNAVAILABLE
+        health.unavailable(error.message)
+      }
+      stats?.failed(unavailable)
       call.reject(error)
-      if (followers !== undefined) for (const follower of followers) follower.reject(error)
+      if (followers !== undefined) {
+        for (const follower of followers) {
+          stats.failed(unavailable)
+          follower.reject(error)
+        }
+      }
       continue
+    }
+    answered = true
+    if (call.started >= 0) {
+      if (now < 0) now = performance.now()
+      // A follower waited at most as long as the read it joined.
+      const micros = (now - call.started) * 1000
+      stats.latency.record(micros)
+      if (followers !== undefined) for (let f = 0; f < followers.length; f++) stats.latency.record(micros)
     }
     switch (call.kind) {
       case HIT:
@@ -246,6 +283,9 @@ function settle(calls, batch, whenDrained) {
       }
       case CACHED: {
         const status = numbers[i++]
+        const shared = 1 + (followers?.length ?? 0)
+        if (status === 0) stats.misses += shared
+        else stats.hits += shared
         if (status === 0) {
           call.resolve(null)
           if (followers !== undefined) for (const follower of followers) follower.resolve(null)
@@ -267,6 +307,7 @@ function settle(calls, batch, whenDrained) {
         call.resolve(undefined)
     }
   }
+  if (answered) health.answered()
   if (whenDrained.resolve !== null && calls.size === 0) whenDrained.resolve()
 }
 
@@ -297,7 +338,7 @@ const READ_AFTER_WRITE = {
  */
 function fallbackFor(connection) {
   const weak = new WeakRef(connection)
-  return new Fallback(() => weak.deref()?.call('ping') ?? Promise.resolve())
+  return new Fallback('redis', () => weak.deref()?.call('ping') ?? Promise.resolve())
 }
 
 /**
@@ -309,6 +350,9 @@ class Connection {
   #native
   // With whenUnavailable: 'memory', what answers while Redis does not.
   #fallback = null
+  // What stats() answers: each store's counts, and whether Redis answers.
+  #stats = { rateLimit: new StoreStats(), circuitBreaker: new StoreStats(), cache: new StoreStats(true) }
+  #health = new Health('redis')
   #calls = new Map()
   // The shared reads in flight, by operation and key (see SHARED_READS).
   #reading = new Map()
@@ -340,7 +384,7 @@ class Connection {
   #send(defer) {
     if (this.#spins++ === 0) nextTurn(this.#newTurn)
     const answers = this.#native.flush(this.#spins <= SPINS_PER_TURN, defer)
-    if (answers !== null) settle(this.#calls, answers, this.#whenDrained)
+    if (answers !== null) settle(this.#calls, answers, this.#whenDrained, this.#health)
     // Not only while calls wait: with a near cache, the read that follows a
     // circuit write answers nobody, and the invalidations behind it must
     // still be read.
@@ -383,7 +427,8 @@ class Connection {
     // be collected.
     const calls = this.#calls
     const whenDrained = this.#whenDrained
-    const onAnswers = (batch) => settle(calls, batch, whenDrained)
+    const health = this.#health
+    const onAnswers = (batch) => settle(calls, batch, whenDrained, health)
     try {
       this.#native = new native.NativeRedisConnection(
         {
@@ -410,25 +455,43 @@ class Connection {
    * 'memory') answered by `local(fallback)` instead (see lib/fallback.js).
    */
   callOr(local, name, ...args) {
-    if (this.#fallback === null) return this.call(name, ...args)
-    return this.#fallback.run(
+    if (isTracing()) return traced('redis', name, args[0], () => this.#callOr(local, name, args))
+    return this.#callOr(local, name, args)
+  }
+
+  #callOr(local, name, args) {
+    const fallback = this.#fallback
+    if (fallback === null) return this.call(name, ...args)
+    return fallback.run(
+      this.#stats[STORE_OF[name]],
       () => this.call(name, ...args),
-      () => local(this.#fallback),
+      () => local(fallback),
     )
   }
 
   /** Starts native operation `name` with `args`; answers its Promise. */
   call(name, ...args) {
+    const stats = this.#stats[STORE_OF[name]]
     const shared = SHARED_READS.has(name) ? `${name}\0${args[0]}` : undefined
     if (shared !== undefined) {
       const reading = this.#reading.get(shared)
-      if (reading !== undefined) return new Promise((resolve, reject) => reading.followers.push({ resolve, reject }))
+      if (reading !== undefined) {
+        stats.calls++
+        return new Promise((resolve, reject) => reading.followers.push({ resolve, reject }))
+      }
     } else if (this.#reading.size > 0 && name in READ_AFTER_WRITE) {
       this.#reading.delete(`${READ_AFTER_WRITE[name]}\0${args[0]}`)
     }
     const id = ++this.#lastId
     const kind = OPERATIONS[name]
-    const call = { resolve: null, reject: null, kind, followers: undefined, reading: undefined, shared }
+    // Every call is timed: a clock read is little beside a round trip (ping
+    // is neither timed nor counted).
+    let started = -1
+    if (stats !== undefined) {
+      stats.calls++
+      started = performance.now()
+    }
+    const call = { resolve: null, reject: null, kind, followers: undefined, reading: undefined, shared, stats, started }
     const answer = new Promise((resolve, reject) => {
       call.resolve = resolve
       call.reject = reject
@@ -452,9 +515,29 @@ class Connection {
     } else if (++this.#queued === WRITE_EARLY_AFTER) {
       this.#queued = 0
       const answers = this.#native.writeEarly()
-      if (answers !== null) settle(this.#calls, answers, this.#whenDrained)
+      if (answers !== null) settle(this.#calls, answers, this.#whenDrained, this.#health)
     }
     return answer
+  }
+
+  /** Counts a call of store `name` refused before it was made (bad arguments, a destroyed store). */
+  refused(name) {
+    this.#stats[name].calls++
+    this.#stats[name].failed(false)
+  }
+
+  /** What the store `name` ('rateLimit', 'circuitBreaker', 'cache') did (see lib/stats.js). */
+  stats(name) {
+    return this.#stats[name].snapshot()
+  }
+
+  /** What an adapter's stats() adds: whether Redis answers, the near cache, the fallback. */
+  sharedStats() {
+    return {
+      connection: this.#health.snapshot(),
+      nearCache: this.nearCacheSize(),
+      fallback: this.#fallback?.snapshot(),
+    }
   }
 
   /** `{ entries, bytes }` the near cache holds, or undefined without one. */
@@ -554,6 +637,9 @@ function storeConnection(store, options, prefix, setWithTTL) {
 function destroyConnection(store, { redis, owned }) {
   if (owned) redis.close()
   const destroyed = {
+    // What the store did stays readable, and goes on counting.
+    stats: (name) => redis.stats(name),
+    refused: (name) => redis.refused(name),
     call() {
       throw new Error(`${store}: the store was destroyed`)
     },
@@ -589,8 +675,14 @@ class RedisRateLimitStore {
         windowSeconds * 1000,
       )
     } catch (error) {
+      this.#connection.redis.refused('rateLimit')
       return Promise.reject(error)
     }
+  }
+
+  /** What this store did (see lib/stats.js). */
+  stats() {
+    return this.#connection.redis.stats('rateLimit')
   }
 
   /** Release this store (closing its connection if it opened one); later calls reject. */
@@ -622,6 +714,7 @@ class RedisCircuitBreakerStore {
       const local = (fallback) => LOCAL_CIRCUIT[operation](fallback.circuitBreaker, key, to)
       return this.#connection.redis.callOr(local, operation, ...args)
     } catch (error) {
+      this.#connection.redis.refused('circuitBreaker')
       return Promise.reject(error)
     }
   }
@@ -644,6 +737,11 @@ class RedisCircuitBreakerStore {
 
   reset(key) {
     return this.#run('circuitReset', key)
+  }
+
+  /** What this store did (see lib/stats.js). */
+  stats() {
+    return this.#connection.redis.stats('circuitBreaker')
   }
 
   /** Release this store (closing its connection if it opened one); later calls reject. */
@@ -671,15 +769,23 @@ class RedisCacheStore {
       checkKey('RedisCacheStore', key)
       return this.#connection.redis.callOr(CACHE_WHILE_UNAVAILABLE.get, 'cacheGet', key)
     } catch (error) {
+      this.#connection.redis.refused('cache')
       return Promise.reject(error)
     }
   }
 
   async put(key, response, ttlSeconds) {
-    checkKey('RedisCacheStore', key)
-    checkResponse('RedisCacheStore', response)
-    checkSeconds('RedisCacheStore', ttlSeconds, 'ttlSeconds')
-    const { status, headers, body } = await responseParts(response)
+    let parts
+    try {
+      checkKey('RedisCacheStore', key)
+      checkResponse('RedisCacheStore', response)
+      checkSeconds('RedisCacheStore', ttlSeconds, 'ttlSeconds')
+      parts = await responseParts(response)
+    } catch (error) {
+      this.#connection.redis.refused('cache')
+      throw error
+    }
+    const { status, headers, body } = parts
     await this.#connection.redis.callOr(
       CACHE_WHILE_UNAVAILABLE.put,
       'cachePut',
@@ -696,8 +802,14 @@ class RedisCacheStore {
       checkKey('RedisCacheStore', key)
       return this.#connection.redis.callOr(CACHE_WHILE_UNAVAILABLE.delete, 'cacheDelete', key)
     } catch (error) {
+      this.#connection.redis.refused('cache')
       return Promise.reject(error)
     }
+  }
+
+  /** What this store did (see lib/stats.js). */
+  stats() {
+    return this.#connection.redis.stats('cache')
   }
 
   /** Release this store (closing its connection if it opened one); later calls reject. */
@@ -727,6 +839,7 @@ function redisAdapter(options) {
   if (waitUntil) adapter.waitUntil = waitUntil
   adapter.close = () => redis.close()
   adapter.nearCacheSize = () => redis.nearCacheSize()
+  adapter.stats = () => adapterStats(adapter, redis.sharedStats())
   return adapter
 }
 

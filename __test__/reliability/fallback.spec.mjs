@@ -4,6 +4,7 @@
 // failure, and goes back to the server within 2 s of its return. The
 // servers are private: a redis-server and a PostgreSQL cluster these tests
 // start, kill and stop by pid.
+import dc from 'node:diagnostics_channel'
 import { rateLimit, createGateway } from '@homegrower-club/stoma'
 import pg from 'pg'
 import Redis from 'ioredis'
@@ -118,19 +119,37 @@ describe("whenUnavailable: 'memory' on Redis", () => {
   }
 
   it('keeps limiting while Redis is killed, and counts in Redis again within 2 s of its restart', async () => {
-    start()
-    expect((await requests(request, 2)).statuses).toEqual([200, 200])
-    expect(await countInRedis()).toBe(2)
+    const events = []
+    const onConnection = ({ backend, state }) => events.push(`${backend} ${state}`)
+    const onFallback = ({ backend, active }) => events.push(`${backend} fallback ${active ? 'on' : 'off'}`)
+    dc.subscribe('stoma-native:connection', onConnection)
+    dc.subscribe('stoma-native:fallback', onFallback)
+    try {
+      start()
+      expect((await requests(request, 2)).statuses).toEqual([200, 200])
+      expect(await countInRedis()).toBe(2)
 
-    await kill(server)
-    await expectLimitedLocally(request)
-    // A cache call misses rather than failing the request.
-    expect(await adapter.cacheStore.get('anything')).toBeNull()
+      await kill(server)
+      await expectLimitedLocally(request)
+      // A cache call misses rather than failing the request.
+      expect(await adapter.cacheStore.get('anything')).toBeNull()
+      expect(adapter.stats()).toMatchObject({
+        rateLimit: { calls: 8, errors: 1, unavailable: 1, local: 6 },
+        connection: { state: 'down', outages: 1 },
+        fallback: { active: true, entered: 1 },
+      })
 
-    server = await startRedisAt(port)
-    const ms = await msUntilBack(request, async () => (await countInRedis()) > 0)
-    console.log(`Redis restarted: calls reached it again after ${ms} ms`)
-    expect(ms).toBeLessThan(2000)
+      server = await startRedisAt(port)
+      const ms = await msUntilBack(request, async () => (await countInRedis()) > 0)
+      console.log(`Redis restarted: calls reached it again after ${ms} ms`)
+      expect(ms).toBeLessThan(2000)
+      expect(adapter.stats().fallback).toEqual({ active: false, entered: 1 })
+      // Published in the order they happened, on the kill and the restart.
+      expect(events).toEqual(['redis up', 'redis down', 'redis fallback on', 'redis up', 'redis fallback off'])
+    } finally {
+      dc.unsubscribe('stoma-native:connection', onConnection)
+      dc.unsubscribe('stoma-native:fallback', onFallback)
+    }
   })
 
   it('keeps limiting while Redis hangs (SIGSTOP), after one commandTimeoutMs, and recovers after SIGCONT', async () => {
@@ -212,6 +231,11 @@ describe("whenUnavailable: 'memory' on PostgreSQL", () => {
     cluster.stopImmediate()
     await expectLimitedLocally(request)
     expect(await adapter.cacheStore.get('anything')).toBeNull()
+    expect(adapter.stats()).toMatchObject({
+      rateLimit: { calls: 8, errors: 1, unavailable: 1, local: 6 },
+      connection: { state: 'down', outages: 1 },
+      fallback: { active: true, entered: 1 },
+    })
 
     cluster.start()
     // Stopped immediately, the server forgot nothing committed: the count
