@@ -34,7 +34,7 @@ const {
   CACHE_WHILE_UNAVAILABLE,
   LOCAL_CIRCUIT,
 } = require('./fallback.js')
-const { StoreStats, microsSince, adapterStats } = require('./stats.js')
+const { StoresStats, STORE_OF, microsSince, adapterStats } = require('./stats.js')
 const { Health, isTracing, traced } = require('./diagnostics.js')
 
 const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -122,21 +122,6 @@ function withClient(who, opts) {
   return { ...opts, url: fromClient.url, tls: opts.tls ?? fromClient.tls }
 }
 
-// The store whose stats() counts each native operation.
-const STORE_OF = {
-  increment: 'rateLimit',
-  cleanupRateLimits: 'rateLimit',
-  circuitGet: 'circuitBreaker',
-  circuitRecordSuccess: 'circuitBreaker',
-  circuitRecordFailure: 'circuitBreaker',
-  circuitTransition: 'circuitBreaker',
-  circuitReset: 'circuitBreaker',
-  cacheGet: 'cache',
-  cachePut: 'cache',
-  cacheDelete: 'cache',
-  cleanupCache: 'cache',
-}
-
 /**
  * The native pool, what its stores did (stats), whether PostgreSQL answers,
  * and, with `whenUnavailable: 'memory'`, the memory that answers while it
@@ -145,7 +130,7 @@ const STORE_OF = {
 class Backend {
   #pool
   #fallback
-  #stats = { rateLimit: new StoreStats(), circuitBreaker: new StoreStats(), cache: new StoreStats(true) }
+  counts = new StoresStats()
   #health = new Health('postgres')
 
   constructor(pool, whenUnavailable) {
@@ -167,7 +152,7 @@ class Backend {
   }
 
   #call(local, name, args) {
-    const stats = this.#stats[STORE_OF[name]]
+    const stats = this.counts[STORE_OF[name]]
     const remote = () => this.#remote(stats, name, args)
     if (this.#fallback === null) return remote()
     return this.#fallback.run(stats, remote, () => local(this.#fallback))
@@ -195,17 +180,6 @@ class Backend {
         throw error
       },
     )
-  }
-
-  /** Counts a call of store `name` refused before it was made (bad arguments, a closed store). */
-  refused(name) {
-    this.#stats[name].calls++
-    this.#stats[name].failed(false)
-  }
-
-  /** What the store `name` did (see lib/stats.js). */
-  stats(name) {
-    return this.#stats[name].snapshot()
   }
 
   /** What an adapter's stats() adds: whether PostgreSQL answers, the fallback. */
@@ -341,12 +315,13 @@ class Handle {
 
   /** The call is refused: counts it, answers `error` rejected. */
   refused(name, error) {
-    this.#backend.refused(name)
+    this.#backend.counts.refused(name)
     return Promise.reject(error)
   }
 
+  /** What the store `name` did (see lib/stats.js). */
   stats(name) {
-    return this.#backend.stats(name)
+    return this.#backend.counts[name].snapshot()
   }
 
   /**

@@ -30,7 +30,7 @@ const {
   LOCAL_CIRCUIT,
 } = require('./fallback.js')
 const { clientOptions, isClient } = require('./redis-client.js')
-const { StoreStats, adapterStats } = require('./stats.js')
+const { StoresStats, STORE_OF, adapterStats } = require('./stats.js')
 const { Health, isTracing, traced } = require('./diagnostics.js')
 
 const DEFAULT_URL = 'redis://127.0.0.1:6379'
@@ -200,19 +200,6 @@ const OPERATIONS = {
   ping: DONE,
 }
 
-// The store whose stats() counts each operation (ping counts nowhere).
-const STORE_OF = {
-  increment: 'rateLimit',
-  circuitGet: 'circuitBreaker',
-  circuitRecordSuccess: 'circuitBreaker',
-  circuitRecordFailure: 'circuitBreaker',
-  circuitTransition: 'circuitBreaker',
-  circuitReset: 'circuitBreaker',
-  cacheGet: 'cache',
-  cachePut: 'cache',
-  cacheDelete: 'cache',
-}
-
 /**
  * Settles the calls answered in `batch`, as the native side sends them (see
  * `Batch` in src/redis/replies.rs): `batch[0]` is a Float64Array holding each
@@ -351,7 +338,7 @@ class Connection {
   // With whenUnavailable: 'memory', what answers while Redis does not.
   #fallback = null
   // What stats() answers: each store's counts, and whether Redis answers.
-  #stats = { rateLimit: new StoreStats(), circuitBreaker: new StoreStats(), cache: new StoreStats(true) }
+  counts = new StoresStats()
   #health = new Health('redis')
   #calls = new Map()
   // The shared reads in flight, by operation and key (see SHARED_READS).
@@ -463,7 +450,7 @@ class Connection {
     const fallback = this.#fallback
     if (fallback === null) return this.call(name, ...args)
     return fallback.run(
-      this.#stats[STORE_OF[name]],
+      this.counts[STORE_OF[name]],
       () => this.call(name, ...args),
       () => local(fallback),
     )
@@ -471,7 +458,7 @@ class Connection {
 
   /** Starts native operation `name` with `args`; answers its Promise. */
   call(name, ...args) {
-    const stats = this.#stats[STORE_OF[name]]
+    const stats = this.counts[STORE_OF[name]]
     const shared = SHARED_READS.has(name) ? `${name}\0${args[0]}` : undefined
     if (shared !== undefined) {
       const reading = this.#reading.get(shared)
@@ -518,17 +505,6 @@ class Connection {
       if (answers !== null) settle(this.#calls, answers, this.#whenDrained, this.#health)
     }
     return answer
-  }
-
-  /** Counts a call of store `name` refused before it was made (bad arguments, a destroyed store). */
-  refused(name) {
-    this.#stats[name].calls++
-    this.#stats[name].failed(false)
-  }
-
-  /** What the store `name` ('rateLimit', 'circuitBreaker', 'cache') did (see lib/stats.js). */
-  stats(name) {
-    return this.#stats[name].snapshot()
   }
 
   /** What an adapter's stats() adds: whether Redis answers, the near cache, the fallback. */
@@ -638,8 +614,7 @@ function destroyConnection(store, { redis, owned }) {
   if (owned) redis.close()
   const destroyed = {
     // What the store did stays readable, and goes on counting.
-    stats: (name) => redis.stats(name),
-    refused: (name) => redis.refused(name),
+    counts: redis.counts,
     call() {
       throw new Error(`${store}: the store was destroyed`)
     },
@@ -675,14 +650,14 @@ class RedisRateLimitStore {
         windowSeconds * 1000,
       )
     } catch (error) {
-      this.#connection.redis.refused('rateLimit')
+      this.#connection.redis.counts.refused('rateLimit')
       return Promise.reject(error)
     }
   }
 
   /** What this store did (see lib/stats.js). */
   stats() {
-    return this.#connection.redis.stats('rateLimit')
+    return this.#connection.redis.counts.rateLimit.snapshot()
   }
 
   /** Release this store (closing its connection if it opened one); later calls reject. */
@@ -714,7 +689,7 @@ class RedisCircuitBreakerStore {
       const local = (fallback) => LOCAL_CIRCUIT[operation](fallback.circuitBreaker, key, to)
       return this.#connection.redis.callOr(local, operation, ...args)
     } catch (error) {
-      this.#connection.redis.refused('circuitBreaker')
+      this.#connection.redis.counts.refused('circuitBreaker')
       return Promise.reject(error)
     }
   }
@@ -741,7 +716,7 @@ class RedisCircuitBreakerStore {
 
   /** What this store did (see lib/stats.js). */
   stats() {
-    return this.#connection.redis.stats('circuitBreaker')
+    return this.#connection.redis.counts.circuitBreaker.snapshot()
   }
 
   /** Release this store (closing its connection if it opened one); later calls reject. */
@@ -769,7 +744,7 @@ class RedisCacheStore {
       checkKey('RedisCacheStore', key)
       return this.#connection.redis.callOr(CACHE_WHILE_UNAVAILABLE.get, 'cacheGet', key)
     } catch (error) {
-      this.#connection.redis.refused('cache')
+      this.#connection.redis.counts.refused('cache')
       return Promise.reject(error)
     }
   }
@@ -782,7 +757,7 @@ class RedisCacheStore {
       checkSeconds('RedisCacheStore', ttlSeconds, 'ttlSeconds')
       parts = await responseParts(response)
     } catch (error) {
-      this.#connection.redis.refused('cache')
+      this.#connection.redis.counts.refused('cache')
       throw error
     }
     const { status, headers, body } = parts
@@ -802,14 +777,14 @@ class RedisCacheStore {
       checkKey('RedisCacheStore', key)
       return this.#connection.redis.callOr(CACHE_WHILE_UNAVAILABLE.delete, 'cacheDelete', key)
     } catch (error) {
-      this.#connection.redis.refused('cache')
+      this.#connection.redis.counts.refused('cache')
       return Promise.reject(error)
     }
   }
 
   /** What this store did (see lib/stats.js). */
   stats() {
-    return this.#connection.redis.stats('cache')
+    return this.#connection.redis.counts.cache.snapshot()
   }
 
   /** Release this store (closing its connection if it opened one); later calls reject. */

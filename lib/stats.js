@@ -75,13 +75,15 @@ class StoreStats {
   errors = 0
   unavailable = 0
   local = 0
+  // Every store has them, so that every StoreStats has one shape (one
+  // inline cache where the stores count); only a cache's are reported.
+  hits = 0
+  misses = 0
   latency = new Latency()
+  #cache
 
   constructor(cache = false) {
-    if (cache) {
-      this.hits = 0
-      this.misses = 0
-    }
+    this.#cache = cache
   }
 
   /** A call that failed; `unavailable` if the backend did not answer it. */
@@ -97,13 +99,45 @@ class StoreStats {
 
   snapshot(extra) {
     const counts = { calls: this.calls, errors: this.errors, unavailable: this.unavailable, local: this.local }
-    if (this.hits !== undefined) Object.assign(counts, { hits: this.hits, misses: this.misses })
+    if (this.#cache) Object.assign(counts, { hits: this.hits, misses: this.misses })
     return { ...counts, latencyMicros: this.latency.snapshot(), ...extra }
   }
 }
 
 /** Microseconds since `started` (a `performance.now()` reading). */
 const microsSince = (started) => (performance.now() - started) * 1000
+
+/**
+ * The store whose stats() counts each native operation of the network
+ * stores (Redis and PostgreSQL name them alike); a probe (`ping`) counts
+ * nowhere.
+ */
+const STORE_OF = {
+  increment: 'rateLimit',
+  cleanupRateLimits: 'rateLimit',
+  circuitGet: 'circuitBreaker',
+  circuitRecordSuccess: 'circuitBreaker',
+  circuitRecordFailure: 'circuitBreaker',
+  circuitTransition: 'circuitBreaker',
+  circuitReset: 'circuitBreaker',
+  cacheGet: 'cache',
+  cachePut: 'cache',
+  cacheDelete: 'cache',
+  cleanupCache: 'cache',
+}
+
+/** The counts of a network adapter's three stores, which share its connection. */
+class StoresStats {
+  rateLimit = new StoreStats()
+  circuitBreaker = new StoreStats()
+  cache = new StoreStats(true)
+
+  /** Counts a call of store `name` refused before it was made (bad arguments, a closed store). */
+  refused(name) {
+    this[name].calls++
+    this[name].failed(false)
+  }
+}
 
 /**
  * An adapter's `stats()`: each of its stores' (those it has), and `extra`
@@ -157,4 +191,4 @@ function countCalls(store, methods, { cache = false } = {}) {
   store.stats = () => stats.snapshot()
 }
 
-module.exports = { StoreStats, microsSince, adapterStats, countCalls, bucketOf, upperBound }
+module.exports = { StoreStats, StoresStats, STORE_OF, microsSince, adapterStats, countCalls, bucketOf, upperBound }
