@@ -22,6 +22,7 @@ const {
   tlsOption,
   checkCircuitState,
   storeFlags,
+  rateLimitAlgorithm,
   MAX_MS,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
@@ -95,7 +96,7 @@ const STORE_OPTIONS = [
   'synchronousCommit',
   'cleanupIntervalMs',
 ]
-const ADAPTER_OPTIONS = [...STORE_OPTIONS, 'stores', 'waitUntil']
+const ADAPTER_OPTIONS = [...STORE_OPTIONS, 'stores', 'waitUntil', 'rateLimit']
 
 /**
  * The options with a Stoma user's `client` read into where it points (see
@@ -144,6 +145,7 @@ function openPool(who, options, cleans) {
     synchronousCommit,
     cleanupIntervalMs,
     cleanupRateLimits: cleans.rateLimit === true,
+    cleanupSlidingWindows: cleans.slidingWindow === true,
     cleanupCache: cleans.cache === true,
   }
   try {
@@ -161,7 +163,7 @@ function openPool(who, options, cleans) {
  * … }`, unknown keys refused) or Stoma's `(client, table)`, whose full table
  * name ends in the store's own (`stoma_rate_limits` → tablePrefix `stoma_`).
  */
-function storeOptions(store, table, options, tableName) {
+function storeOptions(store, table, options, tableName, known = STORE_OPTIONS) {
   if (isClient(options)) {
     if (tableName === undefined) return { client: options }
     const shape = `new ${store}(client, '${DEFAULT_PREFIX}${table}') or new ${store}({ client, tablePrefix: '${DEFAULT_PREFIX}' })`
@@ -184,7 +186,7 @@ function storeOptions(store, table, options, tableName) {
     )
   }
   const opts = optionsObject(store, options)
-  if (opts[SHARED] === undefined) checkKnownKeys(store, opts, STORE_OPTIONS)
+  if (opts[SHARED] === undefined) checkKnownKeys(store, opts, known)
   return opts
 }
 
@@ -222,28 +224,42 @@ class Handle {
   }
 }
 
+// What each rate-limit algorithm runs natively: a hit, a cleanup, and the
+// background cleanup it asks for.
+const RATE_LIMIT_OPERATIONS = {
+  'fixed-window': { increment: 'increment', cleanup: 'cleanupRateLimits', cleans: { rateLimit: true } },
+  'sliding-window': {
+    increment: 'slidingIncrement',
+    cleanup: 'cleanupSlidingWindows',
+    cleans: { slidingWindow: true },
+  },
+}
+
 /**
- * Fixed-window rate-limit counters in `<tablePrefix>rate_limits`, one
- * atomic upsert per hit. `cleanup()` deletes expired windows (answering how
- * many); with `cleanupIntervalMs` that also happens in the background.
+ * Rate-limit counters, one atomic upsert per hit: fixed windows (the
+ * default) in `<tablePrefix>rate_limits`, Stoma's table; with `algorithm:
+ * 'sliding-window'`, sliding windows in `<tablePrefix>sliding_windows`
+ * (ours; see docs/internals.md). `cleanup()` deletes expired windows
+ * (answering how many); with `cleanupIntervalMs` that also happens in the
+ * background.
  */
 class PostgresRateLimitStore {
   #handle
+  #operations
 
   /** `options`, or Stoma's `(client, '<tablePrefix>rate_limits')`. */
   constructor(options, table) {
-    this.#handle = new Handle(
-      'PostgresRateLimitStore',
-      storeOptions('PostgresRateLimitStore', 'rate_limits', options, table),
-      { rateLimit: true },
-    )
+    const who = 'PostgresRateLimitStore'
+    const opts = storeOptions(who, 'rate_limits', options, table, [...STORE_OPTIONS, 'algorithm'])
+    this.#operations = RATE_LIMIT_OPERATIONS[rateLimitAlgorithm(who, { algorithm: opts.algorithm })]
+    this.#handle = new Handle(who, opts, this.#operations.cleans)
   }
 
   increment(key, windowSeconds) {
     try {
       checkPostgresKey('PostgresRateLimitStore', key)
       checkSeconds('PostgresRateLimitStore', windowSeconds, 'windowSeconds')
-      return this.#handle.pool.increment(key, windowSeconds * 1000)
+      return this.#handle.pool[this.#operations.increment](key, windowSeconds * 1000)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -251,7 +267,7 @@ class PostgresRateLimitStore {
 
   cleanup() {
     try {
-      return this.#handle.pool.cleanupRateLimits()
+      return this.#handle.pool[this.#operations.cleanup]()
     } catch (error) {
       return Promise.reject(error)
     }
@@ -410,11 +426,13 @@ function postgresAdapter(options) {
   const opts = optionsObject(who, options)
   checkKnownKeys(who, opts, ADAPTER_OPTIONS)
   const enabled = storeFlags(who, opts.stores)
+  const algorithm = rateLimitAlgorithm(who, opts.rateLimit)
   checkWaitUntil(who, opts.waitUntil)
-  const pool = openPool(who, opts, enabled)
+  // Background cleanup, if asked for, of the tables the stores use.
+  const pool = openPool(who, opts, { cache: enabled.cache, ...(enabled.rateLimit && RATE_LIMIT_OPERATIONS[algorithm].cleans) })
   const shared = { [SHARED]: pool }
   const adapter = {}
-  if (enabled.rateLimit) adapter.rateLimitStore = new PostgresRateLimitStore(shared)
+  if (enabled.rateLimit) adapter.rateLimitStore = new PostgresRateLimitStore({ ...shared, algorithm })
   if (enabled.circuitBreaker) adapter.circuitBreakerStore = new PostgresCircuitBreakerStore(shared)
   if (enabled.cache) adapter.cacheStore = new PostgresCacheStore(shared)
   if (opts.waitUntil) adapter.waitUntil = opts.waitUntil
