@@ -105,7 +105,10 @@ describe('redis standalone', () => {
       expect(ttl).toBeGreaterThan(0)
       expect(ttl).toBeLessThanOrEqual(start + 20_000 - (start + 2_000))
       at(start + 10_000 + 2_500)
-      expect(await store.increment('k', 10)).toEqual({ count: 1 + Math.floor((2 * 7_500) / 10_000), resetAt: start + 20_000 })
+      expect(await store.increment('k', 10)).toEqual({
+        count: 1 + Math.floor((2 * 7_500) / 10_000),
+        resetAt: start + 20_000,
+      })
       expect(await io.hgetall(`${prefix}rls:k`)).toEqual({ start: String(start + 10_000), hits: '1', previous: '2' })
     })
     expect(await io.exists(`${prefix}rl:k`)).toBe(0)
@@ -205,7 +208,8 @@ describe('redis cluster', () => {
   })
 
   slidingWindowContract('redis cluster', {
-    createStore: () => slidingStore(redisAdapter({ cluster: { nodes: [seed] }, prefix: redisPrefix(), rateLimit: SLIDING })),
+    createStore: () =>
+      slidingStore(redisAdapter({ cluster: { nodes: [seed] }, prefix: redisPrefix(), rateLimit: SLIDING })),
     setClock,
   })
 
@@ -245,7 +249,6 @@ afterAll(async () => {
 })
 
 describe('postgres', () => {
-
   slidingWindowContract('postgres', {
     createStore: () => slidingStore(postgresAdapter({ tablePrefix: tablePrefix('contract'), rateLimit: SLIDING })),
     setClock,

@@ -429,7 +429,10 @@ function postgresAdapter(options) {
   const algorithm = rateLimitAlgorithm(who, opts.rateLimit)
   checkWaitUntil(who, opts.waitUntil)
   // Background cleanup, if asked for, of the tables the stores use.
-  const pool = openPool(who, opts, { cache: enabled.cache, ...(enabled.rateLimit && RATE_LIMIT_OPERATIONS[algorithm].cleans) })
+  const pool = openPool(who, opts, {
+    cache: enabled.cache,
+    ...(enabled.rateLimit && RATE_LIMIT_OPERATIONS[algorithm].cleans),
+  })
   const shared = { [SHARED]: pool }
   const adapter = {}
   if (enabled.rateLimit) adapter.rateLimitStore = new PostgresRateLimitStore({ ...shared, algorithm })

@@ -463,11 +463,7 @@ impl NativeRedisConnection {
         }
         _ => None,
       };
-      let mut setup = vec![
-        RATE_LIMIT.load(),
-        SLIDING_RATE_LIMIT.load(),
-        CIRCUIT.load(),
-      ];
+      let mut setup = vec![RATE_LIMIT.load(), SLIDING_RATE_LIMIT.load(), CIRCUIT.load()];
       if near.is_some() {
         setup.push(READ.load());
       }
