@@ -226,10 +226,14 @@ fn sliding_group(window: Window, now: i64) -> Group {
   }
 }
 
+/// The window and the instant a sliding group was made for.
+fn sliding_instant(group: Group) -> (Window, i64) {
+  let (length, now) = ((group.extra >> 64) as i64, group.extra as u64 as i64);
+  (Window::at(now, length), now)
+}
+
 fn merge_sliding(calls: Vec<Job>) -> Job {
-  let extra = calls[0].group.expect("grouped").extra;
-  let (length, now) = ((extra >> 64) as i64, extra as u64 as i64);
-  let window = Window::at(now, length);
+  let (window, now) = sliding_instant(calls[0].group.expect("grouped"));
   merge_counted(calls, move |answer, ids| {
     sliding_replies(answer, ids, window, now)
   })
@@ -1019,6 +1023,41 @@ mod tests {
       b"-ERR Error running script (call to f_0b1c): @user_script:1: WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
     )));
     assert!(!wrong_type(&error(b"-ERR unknown command\r\n")));
+  }
+
+  #[test]
+  fn merged_sliding_calls_count_one_after_another_at_their_instant() {
+    // 50 ms into a 1 s window: 95% of the previous window's 10 hits count.
+    let (now, window) = (10_050, Window::at(10_050, 1000));
+    let answer = Ok(Value::Array(vec![Value::Int(5), Value::Int(10)]));
+    let Ok(Reply::Many(replies)) = sliding_replies(answer, &[1.0, 2.0, 3.0], window, now) else {
+      panic!("three answers");
+    };
+    let counts: Vec<(f64, f64, f64)> = replies
+      .into_iter()
+      .map(|(id, reply)| match reply {
+        Reply::Hit { count, reset_at } => (id, count, reset_at),
+        _ => panic!("a hit"),
+      })
+      .collect();
+    assert_eq!(
+      counts,
+      [
+        (1.0, 12.0, 11_000.0),
+        (2.0, 13.0, 11_000.0),
+        (3.0, 14.0, 11_000.0)
+      ]
+    );
+  }
+
+  #[test]
+  fn sliding_groups_hold_the_window_length_and_the_instant() {
+    for (now, length) in [(10_050, 1000), (-5, 1), (1 << 52, 1 << 52)] {
+      let window = Window::at(now, length);
+      assert_eq!(sliding_instant(sliding_group(window, now)), (window, now));
+    }
+    let at = |now| sliding_group(Window::at(now, 1000), now).extra;
+    assert_ne!(at(10_050), at(10_051));
   }
 
   #[test]
