@@ -19,6 +19,18 @@ export interface RateLimitStore {
   destroy?(): void
 }
 
+/**
+ * How a rate-limit store counts: `'fixed-window'` (Stoma's, the default) or `'sliding-window'`
+ * (windows aligned to multiples of their length; a count adds the previous window's hits in the share
+ * of it still inside the rolling window, so no boundary lets twice the limit through).
+ */
+export type RateLimitAlgorithm = 'fixed-window' | 'sliding-window'
+
+/** An adapter's `rateLimit` option. */
+export interface RateLimitOptions {
+  algorithm?: RateLimitAlgorithm
+}
+
 export interface CircuitBreakerStore {
   getState(key: string): Promise<CircuitBreakerSnapshot>
   recordSuccess(key: string): Promise<CircuitBreakerSnapshot>
@@ -307,11 +319,17 @@ export interface PostgresStoresOption {
 export type PostgresAdapterOptions<S extends PostgresStoresOption = PostgresStoresOption> = PostgresStoreOptions & {
   stores?: S
   waitUntil?: (promise: Promise<unknown>) => void
+  /** How its rate-limit store counts (default fixed windows, Stoma's). */
+  rateLimit?: RateLimitOptions
 }
 
-/** Fixed-window counters in `<tablePrefix>rate_limits`, one atomic upsert per hit. */
+/**
+ * Counters, one atomic upsert per hit: fixed windows in `<tablePrefix>rate_limits` (Stoma's table), or
+ * with `algorithm: 'sliding-window'` sliding ones in `<tablePrefix>sliding_windows` (ours, made by
+ * `ensureSchema()`).
+ */
 export declare class PostgresRateLimitStore implements RateLimitStore {
-  constructor(options?: PostgresStoreOptions)
+  constructor(options?: PostgresStoreOptions & { algorithm?: RateLimitAlgorithm })
   /**
    * Stoma's shape: its own connections to where `client` points, on `table`, the full table name
    * (default `"stoma_rate_limits"`), which must end in `rate_limits`: what comes before is the table prefix.
@@ -382,7 +400,7 @@ export type PostgresGatewayAdapter<S extends PostgresStoresOption = {}> = Omit<
   rateLimitStore: PostgresStoreIf<PostgresStoreFlag<S, 'rateLimit'>, PostgresRateLimitStore>
   circuitBreakerStore: PostgresStoreIf<PostgresStoreFlag<S, 'circuitBreaker'>, PostgresCircuitBreakerStore>
   cacheStore: PostgresStoreIf<PostgresStoreFlag<S, 'cache'>, PostgresCacheStore>
-  /** Create the three tables and their indexes if they do not exist. */
+  /** Create the tables (Stoma's three and `<tablePrefix>sliding_windows`) and their indexes if they do not exist. */
   ensureSchema(): Promise<void>
   /** Stop background cleanup and close every connection; idempotent. Later calls reject. */
   close(): Promise<void>
@@ -518,10 +536,13 @@ export type RedisConnectionOptions = RedisCommonOptions & {
       }
   )
 
-/** Fixed-window counters under `<prefix>rl:<key>`, shared with Stoma's RedisRateLimitStore. */
+/**
+ * Fixed-window counters under `<prefix>rl:<key>`, shared with Stoma's RedisRateLimitStore, or with
+ * `algorithm: 'sliding-window'` sliding windows, one hash under `<prefix>rls:<key>` each (ours).
+ */
 export declare class RedisRateLimitStore implements RateLimitStore {
   /** Opens a connection of its own; stores from `redisAdapter()` share the adapter's. */
-  constructor(options?: RedisConnectionOptions)
+  constructor(options?: RedisConnectionOptions & { algorithm?: RateLimitAlgorithm })
   /** Stoma's shape: a connection to where `client` points, keys under `prefix` (default `"stoma:"`). */
   constructor(client: RedisClientLike, prefix?: string)
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
@@ -569,6 +590,8 @@ export interface RedisStoreFlags {
 export type RedisAdapterOptions<Stores extends RedisStoreFlags = RedisStoreFlags> = RedisConnectionOptions & {
   stores?: Stores
   waitUntil?: (promise: Promise<unknown>) => void
+  /** How its rate-limit store counts (default fixed windows, Stoma's). */
+  rateLimit?: RateLimitOptions
 }
 
 /** A store slot: absent when its flag is `false`, present when `true` or unset, optional when only known as `boolean`. */

@@ -94,7 +94,10 @@ export declare class NativePostgres {
    * first call.
    */
   constructor(options: NativePostgresOptions)
-  /** Creates the three tables and their indexes if they do not exist. */
+  /**
+   * Creates the tables (Stoma's three and our sliding windows) and their
+   * indexes if they do not exist.
+   */
   ensureSchema(): Promise<void>
   /**
    * Resolves once PostgreSQL answers (`SELECT 1`): whether the server is
@@ -103,6 +106,13 @@ export declare class NativePostgres {
   ping(): Promise<void>
   /** Counts one hit on `key` in a fixed window of `windowMs`. */
   increment(key: string, windowMs: number): Promise<PgRateLimitHit>
+  /**
+   * Counts one hit on `key` in a sliding window of `windowMs` (see
+   * [`crate::sliding_window`]), at our clock's now.
+   */
+  slidingIncrement(key: string, windowMs: number): Promise<PgRateLimitHit>
+  /** Deletes sliding-window rows idle for two windows; answers how many. */
+  cleanupSlidingWindows(): Promise<number>
   /** Deletes expired rate-limit rows; answers how many. */
   cleanupRateLimits(): Promise<number>
   circuitGet(key: string): Promise<PgCircuitSnapshot>
@@ -172,6 +182,12 @@ export declare class NativeRedisConnection {
    * answers `{ count, resetAt }`.
    */
   increment(id: number, key: string, windowMs: number): void
+  /**
+   * Counts one hit on `<prefix>rls:<key>` in a sliding window of
+   * `windowMs` (see [`crate::sliding_window`]), at our clock's now; answers
+   * `{ count, resetAt }`.
+   */
+  slidingIncrement(id: number, key: string, windowMs: number): void
   /** Answers the snapshot of circuit `<prefix>cb:<key>`. */
   circuitGet(id: number, key: string): void
   circuitRecordSuccess(id: number, key: string): void
@@ -240,6 +256,7 @@ export interface NativePostgresOptions {
   /** Delete expired rows this often, on tokio; absent means never. */
   cleanupIntervalMs?: number
   cleanupRateLimits: boolean
+  cleanupSlidingWindows: boolean
   cleanupCache: boolean
 }
 

@@ -22,6 +22,7 @@ const {
   tlsOption,
   checkCircuitState,
   storeFlags,
+  rateLimitAlgorithm,
   MAX_MS,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
@@ -105,7 +106,7 @@ const STORE_OPTIONS = [
   'cleanupIntervalMs',
   'whenUnavailable',
 ]
-const ADAPTER_OPTIONS = [...STORE_OPTIONS, 'stores', 'waitUntil']
+const ADAPTER_OPTIONS = [...STORE_OPTIONS, 'stores', 'waitUntil', 'rateLimit']
 
 /**
  * The options with a Stoma user's `client` read into where it points (see
@@ -244,6 +245,7 @@ function openBackend(who, options, cleans) {
     synchronousCommit,
     cleanupIntervalMs,
     cleanupRateLimits: cleans.rateLimit === true,
+    cleanupSlidingWindows: cleans.slidingWindow === true,
     cleanupCache: cleans.cache === true,
   }
   let pool
@@ -263,7 +265,7 @@ function openBackend(who, options, cleans) {
  * … }`, unknown keys refused) or Stoma's `(client, table)`, whose full table
  * name ends in the store's own (`stoma_rate_limits` → tablePrefix `stoma_`).
  */
-function storeOptions(store, table, options, tableName) {
+function storeOptions(store, table, options, tableName, known = STORE_OPTIONS) {
   if (isClient(options)) {
     if (tableName === undefined) return { client: options }
     const shape = `new ${store}(client, '${DEFAULT_PREFIX}${table}') or new ${store}({ client, tablePrefix: '${DEFAULT_PREFIX}' })`
@@ -286,7 +288,7 @@ function storeOptions(store, table, options, tableName) {
     )
   }
   const opts = optionsObject(store, options)
-  if (opts[SHARED] === undefined) checkKnownKeys(store, opts, STORE_OPTIONS)
+  if (opts[SHARED] === undefined) checkKnownKeys(store, opts, known)
   return opts
 }
 
@@ -338,21 +340,35 @@ class Handle {
 /** What a cleanup answers while PostgreSQL is unavailable: nothing deleted. */
 const NOTHING_CLEANED = () => Promise.resolve(0)
 
+// What each rate-limit algorithm runs natively: a hit, a cleanup, and the
+// background cleanup it asks for.
+const RATE_LIMIT_OPERATIONS = {
+  'fixed-window': { increment: 'increment', cleanup: 'cleanupRateLimits', cleans: { rateLimit: true } },
+  'sliding-window': {
+    increment: 'slidingIncrement',
+    cleanup: 'cleanupSlidingWindows',
+    cleans: { slidingWindow: true },
+  },
+}
+
 /**
- * Fixed-window rate-limit counters in `<tablePrefix>rate_limits`, one
- * atomic upsert per hit. `cleanup()` deletes expired windows (answering how
- * many); with `cleanupIntervalMs` that also happens in the background.
+ * Rate-limit counters, one atomic upsert per hit: fixed windows (the
+ * default) in `<tablePrefix>rate_limits`, Stoma's table; with `algorithm:
+ * 'sliding-window'`, sliding windows in `<tablePrefix>sliding_windows`
+ * (ours; see docs/internals.md). `cleanup()` deletes expired windows
+ * (answering how many); with `cleanupIntervalMs` that also happens in the
+ * background.
  */
 class PostgresRateLimitStore {
   #handle
+  #operations
 
   /** `options`, or Stoma's `(client, '<tablePrefix>rate_limits')`. */
   constructor(options, table) {
-    this.#handle = new Handle(
-      'PostgresRateLimitStore',
-      storeOptions('PostgresRateLimitStore', 'rate_limits', options, table),
-      { rateLimit: true },
-    )
+    const who = 'PostgresRateLimitStore'
+    const opts = storeOptions(who, 'rate_limits', options, table, [...STORE_OPTIONS, 'algorithm'])
+    this.#operations = RATE_LIMIT_OPERATIONS[rateLimitAlgorithm(who, { algorithm: opts.algorithm })]
+    this.#handle = new Handle(who, opts, this.#operations.cleans)
   }
 
   increment(key, windowSeconds) {
@@ -361,7 +377,7 @@ class PostgresRateLimitStore {
       checkSeconds('PostgresRateLimitStore', windowSeconds, 'windowSeconds')
       return this.#handle.call(
         (fallback) => fallback.rateLimit.increment(key, windowSeconds),
-        'increment',
+        this.#operations.increment,
         key,
         windowSeconds * 1000,
       )
@@ -372,7 +388,7 @@ class PostgresRateLimitStore {
 
   cleanup() {
     try {
-      return this.#handle.call(NOTHING_CLEANED, 'cleanupRateLimits')
+      return this.#handle.call(NOTHING_CLEANED, this.#operations.cleanup)
     } catch (error) {
       return this.#handle.refused('rateLimit', error)
     }
@@ -553,11 +569,16 @@ function postgresAdapter(options) {
   const opts = optionsObject(who, options)
   checkKnownKeys(who, opts, ADAPTER_OPTIONS)
   const enabled = storeFlags(who, opts.stores)
+  const algorithm = rateLimitAlgorithm(who, opts.rateLimit)
   checkWaitUntil(who, opts.waitUntil)
-  const backend = openBackend(who, opts, enabled)
+  // Background cleanup, if asked for, of the tables the stores use.
+  const backend = openBackend(who, opts, {
+    cache: enabled.cache,
+    ...(enabled.rateLimit && RATE_LIMIT_OPERATIONS[algorithm].cleans),
+  })
   const shared = { [SHARED]: backend }
   const adapter = {}
-  if (enabled.rateLimit) adapter.rateLimitStore = new PostgresRateLimitStore(shared)
+  if (enabled.rateLimit) adapter.rateLimitStore = new PostgresRateLimitStore({ ...shared, algorithm })
   if (enabled.circuitBreaker) adapter.circuitBreakerStore = new PostgresCircuitBreakerStore(shared)
   if (enabled.cache) adapter.cacheStore = new PostgresCacheStore(shared)
   if (opts.waitUntil) adapter.waitUntil = opts.waitUntil

@@ -17,6 +17,7 @@ const {
   describe,
   tlsOption,
   storeFlags,
+  rateLimitAlgorithm,
   MAX_MS,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
@@ -189,6 +190,7 @@ const DONE = 4 // undefined
 
 const OPERATIONS = {
   increment: HIT,
+  slidingIncrement: HIT,
   circuitGet: SNAPSHOT,
   circuitRecordSuccess: SNAPSHOT,
   circuitRecordFailure: SNAPSHOT,
@@ -590,7 +592,7 @@ function withClient(who, opts) {
  * in Stoma's shape `(client, prefix, setWithTTL)`, one to where `client`
  * points.
  */
-function storeConnection(store, options, prefix, setWithTTL) {
+function storeConnection(store, options, prefix, setWithTTL, known = CONNECTION_OPTIONS) {
   if (isClient(options)) {
     return { redis: new Connection(store, withClient(store, { client: options, prefix, setWithTTL })), owned: true }
   }
@@ -602,7 +604,7 @@ function storeConnection(store, options, prefix, setWithTTL) {
   const opts = optionsObject(store, options)
   const shared = opts[SHARED_CONNECTION]
   if (shared !== undefined) return { redis: shared, owned: false }
-  checkKnownKeys(store, opts, CONNECTION_OPTIONS)
+  checkKnownKeys(store, opts, known)
   return { redis: new Connection(store, withClient(store, opts)), owned: true }
 }
 
@@ -625,18 +627,27 @@ function destroyConnection(store, { redis, owned }) {
   return { redis: destroyed, owned: false }
 }
 
+// The native operation counting a hit, by rate-limit algorithm.
+const INCREMENTS = { 'fixed-window': 'increment', 'sliding-window': 'slidingIncrement' }
+
 /**
- * Fixed-window rate-limit counters in Redis under `<prefix>rl:<key>`, the
- * same integer counters Stoma's RedisRateLimitStore keeps. Each increment is
- * one atomic script run by EVALSHA; windows are kept in milliseconds, so
+ * Rate-limit counters in Redis. Fixed windows (the default) are the same
+ * integer counters Stoma's RedisRateLimitStore keeps, under
+ * `<prefix>rl:<key>`; with `algorithm: 'sliding-window'` each key is a hash
+ * under `<prefix>rls:<key>` (see docs/internals.md). Each increment is one
+ * atomic script run by EVALSHA; windows are kept in milliseconds, so
  * fractional windows work, and anything else found under a key starts a
  * fresh window instead of failing.
  */
 class RedisRateLimitStore {
   #connection
+  #increment
 
   constructor(options, prefix, setWithTTL) {
-    this.#connection = storeConnection('RedisRateLimitStore', options, prefix, setWithTTL)
+    const who = 'RedisRateLimitStore'
+    const algorithm = isClient(options) ? undefined : options?.algorithm
+    this.#increment = INCREMENTS[rateLimitAlgorithm(who, { algorithm })]
+    this.#connection = storeConnection(who, options, prefix, setWithTTL, [...CONNECTION_OPTIONS, 'algorithm'])
   }
 
   increment(key, windowSeconds) {
@@ -645,7 +656,7 @@ class RedisRateLimitStore {
       checkSeconds('RedisRateLimitStore', windowSeconds, 'windowSeconds')
       return this.#connection.redis.callOr(
         (fallback) => fallback.rateLimit.increment(key, windowSeconds),
-        'increment',
+        this.#increment,
         key,
         windowSeconds * 1000,
       )
@@ -802,13 +813,14 @@ class RedisCacheStore {
  */
 function redisAdapter(options) {
   const opts = optionsObject('redisAdapter', options)
-  checkKnownKeys('redisAdapter', opts, [...CONNECTION_OPTIONS, 'stores', 'waitUntil'])
+  checkKnownKeys('redisAdapter', opts, [...CONNECTION_OPTIONS, 'stores', 'waitUntil', 'rateLimit'])
   const stores = storeFlags('redisAdapter', opts.stores)
+  const algorithm = rateLimitAlgorithm('redisAdapter', opts.rateLimit)
   const waitUntil = checkWaitUntil('redisAdapter', opts.waitUntil)
   const redis = new Connection('redisAdapter', withClient('redisAdapter', opts))
   const shared = { [SHARED_CONNECTION]: redis }
   const adapter = {}
-  if (stores.rateLimit) adapter.rateLimitStore = new RedisRateLimitStore(shared)
+  if (stores.rateLimit) adapter.rateLimitStore = new RedisRateLimitStore({ ...shared, algorithm })
   if (stores.circuitBreaker) adapter.circuitBreakerStore = new RedisCircuitBreakerStore(shared)
   if (stores.cache) adapter.cacheStore = new RedisCacheStore(shared)
   if (waitUntil) adapter.waitUntil = waitUntil

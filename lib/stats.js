@@ -114,7 +114,9 @@ const microsSince = (started) => (performance.now() - started) * 1000
  */
 const STORE_OF = {
   increment: 'rateLimit',
+  slidingIncrement: 'rateLimit',
   cleanupRateLimits: 'rateLimit',
+  cleanupSlidingWindows: 'rateLimit',
   circuitGet: 'circuitBreaker',
   circuitRecordSuccess: 'circuitBreaker',
   circuitRecordFailure: 'circuitBreaker',

@@ -21,9 +21,9 @@ export async function deleteRedisKeys(prefix, client) {
   }
 }
 
-/** Drops `<tablePrefix>rate_limits`, `…circuit_breakers` and `…cache`, using `queryable` (pg Pool/Client) or a short-lived client. */
+/** Drops `<tablePrefix>rate_limits`, `…sliding_windows`, `…circuit_breakers` and `…cache`, using `queryable` (pg Pool/Client) or a short-lived client. */
 export async function dropTables(tablePrefix, queryable) {
-  const sql = `DROP TABLE IF EXISTS ${tablePrefix}rate_limits, ${tablePrefix}circuit_breakers, ${tablePrefix}cache`
+  const sql = `DROP TABLE IF EXISTS ${tablePrefix}rate_limits, ${tablePrefix}sliding_windows, ${tablePrefix}circuit_breakers, ${tablePrefix}cache`
   if (queryable) return void (await queryable.query(sql))
   const client = new pg.Client({ connectionString: DATABASE_URL })
   await client.connect()

@@ -53,3 +53,28 @@ export function cacheCase(name, { adapters, bytes, target }) {
     },
   }
 }
+
+/** Sliding may take at most 1.3× fixed's time per call (issue #18): ours/theirs ≥ 1/1.3. */
+const SLIDING_TARGET = 1 / 1.3
+
+/**
+ * Our sliding-window increments ("ours") against our fixed-window ones
+ * ("theirs" here, not Stoma's) on one backend, over 1,000 keys with
+ * `concurrency` callers in flight. `open()` answers `{ sliding, fixed,
+ * teardown }`: two of our adapters on the same server, one per algorithm.
+ */
+export function slidingCase(name, { open, concurrency }) {
+  return {
+    name,
+    target: SLIDING_TARGET,
+    concurrency,
+    async setup() {
+      const { sliding, fixed, teardown } = await open()
+      return {
+        ours: (i) => sliding.rateLimitStore.increment(`client:${i % 1000}`, 60),
+        theirs: (i) => fixed.rateLimitStore.increment(`client:${i % 1000}`, 60),
+        teardown,
+      }
+    },
+  }
+}

@@ -8,7 +8,7 @@ import pg from 'pg'
 import { postgresAdapter, postgresSchemaSql } from 'stoma-native'
 import { dropTables } from '../../scripts/cleanup.mjs'
 import { startPgbouncer } from '../../scripts/pgbouncer.mjs'
-import { cacheCase, incrementCase } from './network.mjs'
+import { cacheCase, incrementCase, slidingCase } from './network.mjs'
 
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 
@@ -52,6 +52,23 @@ async function pooledAdapters(stoma) {
   }
 }
 
+/** Our two rate-limit algorithms on fresh tables of one prefix (made by ensureSchema()). */
+async function slidingAndFixed() {
+  const tablePrefix = `bench_${process.pid}_${Date.now()}_sw_`
+  const sliding = postgresAdapter({ url, tablePrefix, rateLimit: { algorithm: 'sliding-window' } })
+  await sliding.ensureSchema()
+  const fixed = postgresAdapter({ url, tablePrefix })
+  return {
+    sliding,
+    fixed,
+    async teardown() {
+      await sliding.close()
+      await fixed.close()
+      await dropTables(tablePrefix)
+    },
+  }
+}
+
 export default function postgresCases() {
   return [
     incrementCase('postgres: rate-limit increment, sequential', { adapters, concurrency: 1, target: 1.5 }),
@@ -66,6 +83,11 @@ export default function postgresCases() {
       adapters: pooledAdapters,
       concurrency: 64,
       target: 2,
+    }),
+    slidingCase('postgres: sliding vs fixed window (both ours), sequential', { open: slidingAndFixed, concurrency: 1 }),
+    slidingCase('postgres: sliding vs fixed window (both ours), 64 in flight', {
+      open: slidingAndFixed,
+      concurrency: 64,
     }),
   ]
 }

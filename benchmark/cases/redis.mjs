@@ -4,7 +4,7 @@
 // under its own key prefix.
 import Redis from 'ioredis'
 import { redisAdapter } from 'stoma-native'
-import { cacheCase, circuitCase, incrementCase } from './network.mjs'
+import { cacheCase, circuitCase, incrementCase, slidingCase } from './network.mjs'
 import { deleteRedisKeys } from '../../scripts/cleanup.mjs'
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -21,6 +21,22 @@ async function adapters(stoma, options = {}) {
       await ours.close()
       await deleteRedisKeys(prefix, client)
       client.disconnect()
+    },
+  }
+}
+
+/** Our two rate-limit algorithms on one server, under one prefix (their keys differ: rl: and rls:). */
+async function slidingAndFixed() {
+  const prefix = `bench:${process.pid}:${Date.now()}:`
+  const sliding = redisAdapter({ url, prefix, rateLimit: { algorithm: 'sliding-window' } })
+  const fixed = redisAdapter({ url, prefix })
+  return {
+    sliding,
+    fixed,
+    async teardown() {
+      await sliding.close()
+      await fixed.close()
+      await deleteRedisKeys(prefix)
     },
   }
 }
@@ -59,5 +75,7 @@ export default function redisCases() {
       },
     },
     cacheCase('redis: cache put+get 1 MiB', { adapters, bytes: 1024 * 1024, target: 30 }),
+    slidingCase('redis: sliding vs fixed window (both ours), sequential', { open: slidingAndFixed, concurrency: 1 }),
+    slidingCase('redis: sliding vs fixed window (both ours), 64 in flight', { open: slidingAndFixed, concurrency: 64 }),
   ]
 }

@@ -1,6 +1,7 @@
 //! Deleting expired rows, on demand and in the background.
 //!
-//! Expired rate-limit windows and cache entries are never read again (every
+//! Expired rate-limit windows, idle sliding windows and cache entries are
+//! never read again (every
 //! statement checks the time) but stay in the tables until deleted. Stoma
 //! leaves that to the user's cron; we also offer a task on tokio that does
 //! it every `cleanupIntervalMs`, so it never takes time from the JS thread.
@@ -23,6 +24,7 @@ use crate::clock::now_ms;
 #[derive(Clone, Copy)]
 pub struct Targets {
   pub rate_limits: bool,
+  pub sliding_windows: bool,
   pub cache: bool,
 }
 
@@ -50,6 +52,9 @@ pub fn start(pool: &Arc<Pool>, every: Duration, targets: Targets) -> AbortHandle
       // the stores' own calls report them.
       if targets.rate_limits {
         let _ = run(&pool, "PostgresRateLimitStore", Stmt::CleanupRateLimits).await;
+      }
+      if targets.sliding_windows {
+        let _ = run(&pool, "PostgresRateLimitStore", Stmt::CleanupSlidingWindows).await;
       }
       if targets.cache {
         let _ = run(&pool, "PostgresCacheStore", Stmt::CleanupCache).await;

@@ -38,6 +38,7 @@ use crate::fastcall::CopiedBuffer;
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
 use crate::errors::{guard, guard_async, lock, option_error, store_error};
+use crate::sliding_window::Window;
 use batch::{params, Call};
 use pool::{Pool, PoolOptions};
 use sql::{Stmt, Tables};
@@ -82,6 +83,7 @@ pub struct NativePostgresOptions {
   /// Delete expired rows this often, on tokio; absent means never.
   pub cleanup_interval_ms: Option<f64>,
   pub cleanup_rate_limits: bool,
+  pub cleanup_sliding_windows: bool,
   pub cleanup_cache: bool,
 }
 
@@ -162,6 +164,7 @@ impl NativePostgres {
           millis(every),
           cleanup::Targets {
             rate_limits: options.cleanup_rate_limits,
+            sliding_windows: options.cleanup_sliding_windows,
             cache: options.cleanup_cache,
           },
         )),
@@ -174,12 +177,18 @@ impl NativePostgres {
     })
   }
 
-  /// Creates the three tables and their indexes if they do not exist.
+  /// Creates the tables (Stoma's three and our sliding windows) and their
+  /// indexes if they do not exist.
   #[napi]
   pub async fn ensure_schema(&self) -> Result<()> {
     let pool = self.pool.clone();
     guard_async(ADAPTER, async move {
-      let script = format!("{SCHEMA_LOCK}{}", sql::schema_sql(&pool.tables().prefix));
+      let prefix = &pool.tables().prefix;
+      let script = format!(
+        "{SCHEMA_LOCK}{}{}",
+        sql::schema_sql(prefix),
+        sql::sliding_schema_sql(prefix)
+      );
       pool.batch(ADAPTER, &script, SCHEMA_TIMEOUT).await
     })
     .await
@@ -214,6 +223,45 @@ impl NativePostgres {
         count: column::<i32>(RATE_LIMIT, row, 0)? as f64,
         reset_at: column::<i64>(RATE_LIMIT, row, 1)? as f64,
       })
+    })
+    .await
+  }
+
+  /// Counts one hit on `key` in a sliding window of `windowMs` (see
+  /// [`crate::sliding_window`]), at our clock's now.
+  #[napi]
+  pub async fn sliding_increment(&self, key: String, window_ms: f64) -> Result<PgRateLimitHit> {
+    let pool = self.pool.clone();
+    guard_async(RATE_LIMIT, async move {
+      let now = now_ms();
+      let window = Window::at(now, duration_ms(window_ms));
+      let rows = pool
+        .query(
+          RATE_LIMIT,
+          Call::keyed(
+            Stmt::SlidingIncrement,
+            key,
+            params![window.start, window.length],
+          ),
+        )
+        .await?;
+      let row = only_row(RATE_LIMIT, &rows)?;
+      let hits = column::<i64>(RATE_LIMIT, row, 0)?;
+      let previous = column::<i64>(RATE_LIMIT, row, 1)?;
+      Ok(PgRateLimitHit {
+        count: window.count(now, previous, hits) as f64,
+        reset_at: window.end() as f64,
+      })
+    })
+    .await
+  }
+
+  /// Deletes sliding-window rows idle for two windows; answers how many.
+  #[napi]
+  pub async fn cleanup_sliding_windows(&self) -> Result<f64> {
+    let pool = self.pool.clone();
+    guard_async(RATE_LIMIT, async move {
+      cleanup::run(&pool, RATE_LIMIT, Stmt::CleanupSlidingWindows).await
     })
     .await
   }

@@ -238,11 +238,15 @@ impl Pool {
     error: &tokio_postgres::Error,
   ) -> napi::Error {
     if let (Some(stmt), Some(&SqlState::UNDEFINED_TABLE)) = (stmt, error.code()) {
+      let remedy = match stmt.in_stomas_schema() {
+        true => "call ensureSchema() on the adapter, \
+                 or run POSTGRES_SCHEMA_SQL (postgresSchemaSql(tablePrefix) for another prefix) first",
+        false => "call ensureSchema() on the adapter first",
+      };
       return store_error(
         store,
         format!(
-          "table {} does not exist in the database at {}: call ensureSchema() on the adapter, \
-           or run POSTGRES_SCHEMA_SQL (postgresSchemaSql(tablePrefix) for another prefix) first",
+          "table {} does not exist in the database at {}: {remedy}",
           stmt.table(&self.tables),
           self.target
         ),

@@ -65,6 +65,22 @@ CREATE TABLE IF NOT EXISTS {p}cache (
 CREATE INDEX IF NOT EXISTS idx_{p}cache_expires_at ON {p}cache (expires_at);
 ";
 
+/// The table of sliding windows (issue #18), ours alone: not in Stoma's
+/// schema, so created by `ensureSchema()` after it. Per key, the current
+/// window's start and hits, the previous window's hits, and when the row
+/// stops mattering (the end of the next window, whose previous window this
+/// one is), which the cleanup goes by.
+const SLIDING_SCHEMA_TEMPLATE: &str = "
+CREATE TABLE IF NOT EXISTS {p}sliding_windows (
+  key TEXT PRIMARY KEY,
+  window_start BIGINT NOT NULL,
+  hits BIGINT NOT NULL,
+  previous_hits BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_{p}sliding_windows_expires_at ON {p}sliding_windows (expires_at);
+";
+
 /// Longest prefix accepted: with it, `idx_<prefix>rate_limits_reset_at` is
 /// 65 bytes, which PostgreSQL truncates to 63 — still distinct from the
 /// cache index, whose name differs right after the prefix.
@@ -92,11 +108,17 @@ pub fn schema_sql(prefix: &str) -> String {
   SCHEMA_TEMPLATE.replace("{p}", prefix)
 }
 
-/// The three tables a prefix names.
+/// The sliding-window table for `prefix` (assumed checked).
+pub fn sliding_schema_sql(prefix: &str) -> String {
+  SLIDING_SCHEMA_TEMPLATE.replace("{p}", prefix)
+}
+
+/// The tables a prefix names.
 #[derive(Clone, Debug)]
 pub struct Tables {
   pub prefix: String,
   pub rate_limits: String,
+  pub sliding_windows: String,
   pub circuit_breakers: String,
   pub cache: String,
 }
@@ -106,6 +128,7 @@ impl Tables {
     Tables {
       prefix: prefix.to_string(),
       rate_limits: format!("{prefix}rate_limits"),
+      sliding_windows: format!("{prefix}sliding_windows"),
       circuit_breakers: format!("{prefix}circuit_breakers"),
       cache: format!("{prefix}cache"),
     }
@@ -119,6 +142,10 @@ pub enum Stmt {
   Increment,
   /// `($1 now)`, skipping locked rows
   CleanupRateLimits,
+  /// `($1 key, $2 window start, $3 window length) → (hits, previous_hits)`
+  SlidingIncrement,
+  /// `($1 now)`, skipping locked rows
+  CleanupSlidingWindows,
   /// `($1 key) → snapshot row or none`
   CircuitGet,
   /// `($1 key, $2 now) → snapshot row`
@@ -140,12 +167,13 @@ pub enum Stmt {
 }
 
 impl Stmt {
-  pub const COUNT: usize = 11;
+  pub const COUNT: usize = 13;
 
   /// The table the statement works on, for error messages.
   pub fn table(self, tables: &Tables) -> &str {
     match self {
       Stmt::Increment | Stmt::CleanupRateLimits => &tables.rate_limits,
+      Stmt::SlidingIncrement | Stmt::CleanupSlidingWindows => &tables.sliding_windows,
       Stmt::CircuitGet
       | Stmt::CircuitSuccess
       | Stmt::CircuitFailure
@@ -165,7 +193,14 @@ impl Stmt {
       | Stmt::CircuitTransition
       | Stmt::CircuitReset => 1,
       Stmt::CacheGet | Stmt::CachePut | Stmt::CacheDelete | Stmt::CleanupCache => 2,
+      Stmt::SlidingIncrement | Stmt::CleanupSlidingWindows => 3,
     }
+  }
+
+  /// Whether its table is one of Stoma's (`POSTGRES_SCHEMA_SQL` creates
+  /// it); only `ensureSchema()` creates the sliding-window table.
+  pub fn in_stomas_schema(self) -> bool {
+    !matches!(self, Stmt::SlidingIncrement | Stmt::CleanupSlidingWindows)
   }
 
   /// Whether the statement writes exactly the one row under its key (`$1`):
@@ -174,6 +209,7 @@ impl Stmt {
     matches!(
       self,
       Stmt::Increment
+        | Stmt::SlidingIncrement
         | Stmt::CircuitSuccess
         | Stmt::CircuitFailure
         | Stmt::CircuitTransition
@@ -190,8 +226,8 @@ impl Stmt {
     const KEY: &[Type] = &[Type::TEXT];
     const KEY_TIME: &[Type] = &[Type::TEXT, Type::INT8];
     match self {
-      Stmt::Increment => &[Type::TEXT, Type::INT8, Type::INT8],
-      Stmt::CleanupRateLimits | Stmt::CleanupCache => &[Type::INT8],
+      Stmt::Increment | Stmt::SlidingIncrement => &[Type::TEXT, Type::INT8, Type::INT8],
+      Stmt::CleanupRateLimits | Stmt::CleanupSlidingWindows | Stmt::CleanupCache => &[Type::INT8],
       Stmt::CircuitGet | Stmt::CircuitReset | Stmt::CacheDelete => KEY,
       Stmt::CircuitSuccess | Stmt::CircuitFailure | Stmt::CacheGet => KEY_TIME,
       Stmt::CircuitTransition => &[Type::TEXT, Type::TEXT, Type::INT8],
@@ -204,6 +240,7 @@ impl Stmt {
     matches!(
       self,
       Stmt::Increment
+        | Stmt::SlidingIncrement
         | Stmt::CircuitGet
         | Stmt::CircuitSuccess
         | Stmt::CircuitFailure
@@ -232,7 +269,12 @@ pub struct Statements {
 impl Statements {
   /// `durable`: whether writes keep the server's `synchronous_commit`.
   pub fn new(t: &Tables, durable: bool) -> Self {
-    let (rl, cb, cache) = (&t.rate_limits, &t.circuit_breakers, &t.cache);
+    let (rl, sw, cb, cache) = (
+      &t.rate_limits,
+      &t.sliding_windows,
+      &t.circuit_breakers,
+      &t.cache,
+    );
     // The row an upsert inserts, and the condition that picks the row a
     // delete removes; without durable commits both also run ASYNC_COMMIT.
     let row = |values: &str| match durable {
@@ -254,6 +296,22 @@ impl Statements {
         row("$1, 1, $3")
       ),
       format!("DELETE FROM {rl} WHERE key IN (SELECT key FROM {rl} WHERE reset_at <= $1 FOR UPDATE SKIP LOCKED)"),
+      // SlidingIncrement: the window `$2` (of length `$3`) gets one more hit;
+      // a row in an older window moves to this one, its hits becoming the
+      // previous window's if it was the one just before (see
+      // `crate::sliding_window`). SET reads the row as it was.
+      format!(
+        "INSERT INTO {sw} AS s (key, window_start, hits, previous_hits, expires_at) {} \
+         ON CONFLICT (key) DO UPDATE SET \
+           hits = CASE WHEN s.window_start = $2 THEN s.hits + 1 ELSE 1 END, \
+           previous_hits = CASE WHEN s.window_start = $2 THEN s.previous_hits \
+             WHEN s.window_start = $2 - $3 THEN s.hits ELSE 0 END, \
+           window_start = $2, \
+           expires_at = EXCLUDED.expires_at \
+         RETURNING s.hits, s.previous_hits",
+        row("$1, $2, 1, 0, $2 + 2 * $3")
+      ),
+      format!("DELETE FROM {sw} WHERE key IN (SELECT key FROM {sw} WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)"),
       format!("SELECT {SNAPSHOT} FROM {cb} AS c WHERE c.key = $1"),
       format!(
         "INSERT INTO {cb} AS c (key, state, failure_count, success_count, last_failure_time, last_state_change) \
@@ -310,6 +368,8 @@ mod tests {
   const ALL: [Stmt; Stmt::COUNT] = [
     Stmt::Increment,
     Stmt::CleanupRateLimits,
+    Stmt::SlidingIncrement,
+    Stmt::CleanupSlidingWindows,
     Stmt::CircuitGet,
     Stmt::CircuitSuccess,
     Stmt::CircuitFailure,

@@ -63,8 +63,8 @@ pub struct Job {
 pub struct Group {
   /// Makes one call of several of this group, in their order.
   pub merge: fn(Vec<Job>) -> Job,
-  /// What else must be equal (a window's length, an operation).
-  pub extra: u64,
+  /// What else must be equal (a window's length, an operation, an instant).
+  pub extra: u128,
 }
 
 impl Job {
@@ -206,7 +206,7 @@ pub fn coalesce(jobs: Vec<Job>) -> Vec<Job> {
 impl Job {
   /// What makes this call mergeable with others: its group's merge function,
   /// its extra, and its command's first key (`EVALSHA <sha> <numkeys> <key>`).
-  fn group_identity(&self) -> Option<(usize, u64, &[u8])> {
+  fn group_identity(&self) -> Option<(usize, u128, &[u8])> {
     let group = self.group?;
     match self.command.args_iter().nth(3)? {
       ::redis::Arg::Simple(key) => Some((group.merge as usize, group.extra, key)),
@@ -220,7 +220,7 @@ impl Job {
 /// their order, the ids given). The merged call keeps the earliest deadline.
 pub fn merge_counted(
   calls: Vec<Job>,
-  spread: fn(RedisResult<Value>, &[f64]) -> RedisResult<Reply>,
+  spread: impl FnOnce(RedisResult<Value>, &[f64]) -> RedisResult<Reply> + Send + 'static,
 ) -> Job {
   let count = calls.len();
   let deadline = calls

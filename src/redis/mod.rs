@@ -4,6 +4,9 @@
 //! doc), so a fleet can mix Stoma's stores and ours on one server:
 //!
 //! - `<prefix>rl:<key>`    — an integer counter that expires with its window;
+//! - `<prefix>rls:<key>`   — ours alone: a sliding window's hash (`start`,
+//!   `hits`, `previous`), expiring two windows after it last moved
+//!   ([`scripts::SLIDING_RATE_LIMIT`]);
 //! - `<prefix>cb:<key>`    — the circuit's snapshot as JSON, with a 24-hour expiry;
 //! - `<prefix>cache:<key>` — the response envelope ([`StoredResponse`]) with the ttl.
 //!
@@ -67,12 +70,13 @@ use crate::circuit::{CircuitOperation, CircuitState};
 use crate::clock::{duration_ms, now_ms};
 use crate::envelope::StoredResponse;
 use crate::errors::{guard, guard_async};
+use crate::sliding_window::Window;
 use event_loop::EventLoop;
 use job::{merge_counted, Group, Job, Reload};
 use near_cache::{Copy, Lookup, NearCache, Ticket};
 use replies::{Batch, Replies, Reply};
 use route::{Deployment, Login, Route};
-use scripts::{CIRCUIT, RATE_LIMIT, READ};
+use scripts::{CIRCUIT, RATE_LIMIT, READ, SLIDING_RATE_LIMIT};
 use setup::{Greeting, Role, Tls};
 use wire::Settings;
 
@@ -210,6 +214,50 @@ fn merge_increments(calls: Vec<Job>) -> Job {
     });
     Ok(Reply::Many(hits.collect()))
   })
+}
+
+/// Sliding-window increments (see [`scripts::SLIDING_RATE_LIMIT`]) of one
+/// key merge only when made at one instant with one window length: their
+/// counts are then those of hits one after another at that instant.
+fn sliding_group(window: Window, now: i64) -> Group {
+  Group {
+    merge: merge_sliding,
+    extra: (window.length as u128) << 64 | u128::from(now as u64),
+  }
+}
+
+/// The window and the instant a sliding group was made for.
+fn sliding_instant(group: Group) -> (Window, i64) {
+  let (length, now) = ((group.extra >> 64) as i64, group.extra as u64 as i64);
+  (Window::at(now, length), now)
+}
+
+fn merge_sliding(calls: Vec<Job>) -> Job {
+  let (window, now) = sliding_instant(calls[0].group.expect("grouped"));
+  merge_counted(calls, move |answer, ids| {
+    sliding_replies(answer, ids, window, now)
+  })
+}
+
+/// The answers to the sliding-window calls `ids` (one, or several merged,
+/// counted in their order) from the script's `{ hits, previous hits }`.
+fn sliding_replies(
+  answer: RedisResult<Value>,
+  ids: &[f64],
+  window: Window,
+  now: i64,
+) -> RedisResult<Reply> {
+  let (hits, previous): (i64, i64) = FromRedisValue::from_redis_value(answer?)?;
+  let reset_at = window.end() as f64;
+  let first = hits - ids.len() as i64 + 1;
+  let mut replies = ids.iter().enumerate().map(|(i, &id)| {
+    let count = window.count(now, previous, first + i as i64) as f64;
+    (id, Reply::Hit { count, reset_at })
+  });
+  match ids.len() {
+    1 => Ok(replies.next().expect("one call").1),
+    _ => Ok(Reply::Many(replies.collect())),
+  }
 }
 
 /// `recordFailure` / `recordSuccess` calls of one circuit, merged: the script
@@ -419,7 +467,7 @@ impl NativeRedisConnection {
         }
         _ => None,
       };
-      let mut setup = vec![RATE_LIMIT.load(), CIRCUIT.load()];
+      let mut setup = vec![RATE_LIMIT.load(), SLIDING_RATE_LIMIT.load(), CIRCUIT.load()];
       if near.is_some() {
         setup.push(READ.load());
       }
@@ -603,8 +651,37 @@ impl NativeRedisConnection {
       job.reload = Some(&*RATE_LIMIT as &dyn Reload);
       job.group = Some(Group {
         merge: merge_increments,
-        extra: window_ms as u64,
+        extra: u128::from(window_ms as u64),
       });
+      self.send(env, job);
+      Ok(())
+    })
+  }
+
+  /// Counts one hit on `<prefix>rls:<key>` in a sliding window of
+  /// `windowMs` (see [`crate::sliding_window`]), at our clock's now; answers
+  /// `{ count, resetAt }`.
+  #[napi]
+  pub fn sliding_increment(&self, env: &Env, id: f64, key: String, window_ms: f64) -> Result<()> {
+    guard(RATE_LIMIT_STORE, || {
+      let key = self.key("rls", &key);
+      let now = now_ms();
+      let window = Window::at(now, duration_ms(window_ms));
+      // Relative, so a server clock unlike ours still keeps the key as long.
+      let ttl = window.end().saturating_add(window.length) - now;
+      let call = |key| {
+        let mut command = SLIDING_RATE_LIMIT.call(key);
+        command
+          .arg(window.start)
+          .arg(window.start - window.length)
+          .arg(ttl)
+          .arg(1);
+        command
+      };
+      let decode = move |answer| sliding_replies(answer, &[id], window, now);
+      let mut job = self.job(id, RATE_LIMIT_STORE, key, call, decode);
+      job.reload = Some(&*SLIDING_RATE_LIMIT as &dyn Reload);
+      job.group = Some(sliding_group(window, now));
       self.send(env, job);
       Ok(())
     })
@@ -700,11 +777,11 @@ impl NativeRedisConnection {
     job.group = match op {
       "failure" => Some(Group {
         merge: merge_failures,
-        extra: CircuitOperation::RecordFailure as u64,
+        extra: CircuitOperation::RecordFailure as u128,
       }),
       "success" => Some(Group {
         merge: merge_successes,
-        extra: CircuitOperation::RecordSuccess as u64,
+        extra: CircuitOperation::RecordSuccess as u128,
       }),
       _ => None,
     };
@@ -963,6 +1040,41 @@ mod tests {
       b"-ERR Error running script (call to f_0b1c): @user_script:1: WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
     )));
     assert!(!wrong_type(&error(b"-ERR unknown command\r\n")));
+  }
+
+  #[test]
+  fn merged_sliding_calls_count_one_after_another_at_their_instant() {
+    // 50 ms into a 1 s window: 95% of the previous window's 10 hits count.
+    let (now, window) = (10_050, Window::at(10_050, 1000));
+    let answer = Ok(Value::Array(vec![Value::Int(5), Value::Int(10)]));
+    let Ok(Reply::Many(replies)) = sliding_replies(answer, &[1.0, 2.0, 3.0], window, now) else {
+      panic!("three answers");
+    };
+    let counts: Vec<(f64, f64, f64)> = replies
+      .into_iter()
+      .map(|(id, reply)| match reply {
+        Reply::Hit { count, reset_at } => (id, count, reset_at),
+        _ => panic!("a hit"),
+      })
+      .collect();
+    assert_eq!(
+      counts,
+      [
+        (1.0, 12.0, 11_000.0),
+        (2.0, 13.0, 11_000.0),
+        (3.0, 14.0, 11_000.0)
+      ]
+    );
+  }
+
+  #[test]
+  fn sliding_groups_hold_the_window_length_and_the_instant() {
+    for (now, length) in [(10_050, 1000), (-5, 1), (1 << 52, 1 << 52)] {
+      let window = Window::at(now, length);
+      assert_eq!(sliding_instant(sliding_group(window, now)), (window, now));
+    }
+    let at = |now| sliding_group(Window::at(now, 1000), now).extra;
+    assert_ne!(at(10_050), at(10_051));
   }
 
   #[test]

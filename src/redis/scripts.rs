@@ -61,6 +61,8 @@ pub static RATE_LIMIT: LazyLock<Lua> = LazyLock::new(|| {
 pub static CIRCUIT: LazyLock<Lua> =
   LazyLock::new(|| Lua::new(format!("{EXPIRES_AT_LUA}{CIRCUIT_LUA}")));
 pub static READ: LazyLock<Lua> = LazyLock::new(|| Lua::new(format!("{EXPIRES_AT_LUA}{READ_LUA}")));
+pub static SLIDING_RATE_LIMIT: LazyLock<Lua> =
+  LazyLock::new(|| Lua::new(SLIDING_RATE_LIMIT_LUA.to_string()));
 
 /// When a key expires, in epoch ms: PEXPIRETIME's answer (-1: no expiry,
 /// -2: no key), or, on a server without it (Redis < 7), the same computed
@@ -125,6 +127,63 @@ end
 redis.call('SET', key, n, 'PX', window)
 -- After the SET only an error from before is still news.
 return { n, expires_at(key, type(at) == 'table' and at or nil) }
+"#;
+
+/// A sliding-window counter (issue #18, see `crate::sliding_window`): one
+/// hash per key — one key, so one slot in a cluster — holding the current
+/// window's `start` and `hits` and the `previous` window's hits.
+///
+/// The script only keeps the counters. The caller works out the window from
+/// its own clock (so the memory store, PostgreSQL and Redis agree on every
+/// boundary) and the count from the answer (`Window::count`, in integers:
+/// Lua's numbers are doubles). Starts travel as the caller's decimal text and
+/// are compared as text, so no number here goes through a double but the
+/// hit counts, which stay far below 2^53.
+///
+/// Anything under the key that is not such a hash (another type, fields
+/// that are not counts) is replaced by a fresh window rather than failing
+/// every call. `n` hits at once count as n calls at one instant would (calls
+/// of one flush merged into one, see `job::coalesce`). The hit inside the
+/// current window is handled first, with the fewest Lua steps: that path
+/// runs ~1.3× as many calls a second as a version that checked every field
+/// through a helper.
+///
+/// KEYS[1]: the hash. ARGV[1]: the current window's start (epoch ms);
+/// ARGV[2]: the previous window's start; ARGV[3]: ms until the key may go,
+/// the end of the next window (whose previous window this one is); ARGV[4]:
+/// the hits to count (1 if absent). Returns { hits, previous hits }.
+const SLIDING_RATE_LIMIT_LUA: &str = r#"
+local key, start = KEYS[1], ARGV[1]
+
+-- The common case first, with nothing else set up: a hit in the window the
+-- key is in (HINCRBY refuses hits that are not an integer).
+local stored = redis.pcall('HMGET', key, 'start', 'previous')
+if stored[1] == start then
+  local previous = tonumber(stored[2])
+  if previous and previous >= 0 then
+    local hits = redis.pcall('HINCRBY', key, 'hits', ARGV[4] or 1)
+    if type(hits) == 'number' then
+      return { hits, previous }
+    end
+  end
+end
+
+-- A new window (or garbage to replace): the stored window's hits carry over
+-- if it is the one just before.
+local before, ttl, n = ARGV[2], ARGV[3], tonumber(ARGV[4]) or 1
+local previous = 0
+if stored[1] == before then
+  local hits = tonumber(redis.call('HGET', key, 'hits'))
+  if hits and hits >= 0 and hits == math.floor(hits) and hits <= 9007199254740991 then
+    previous = hits
+  end
+elseif stored.err then
+  -- Another Redis type under the key.
+  redis.call('DEL', key)
+end
+redis.call('HSET', key, 'start', start, 'hits', n, 'previous', previous)
+redis.call('PEXPIRE', key, ttl)
+return { n, previous }
 "#;
 
 /// One circuit-breaker operation, read-modify-write on the server.
@@ -214,6 +273,7 @@ mod tests {
     assert_eq!(RATE_LIMIT.sha.len(), 40);
     assert_ne!(RATE_LIMIT.sha, CIRCUIT.sha);
     assert_ne!(READ.sha, CIRCUIT.sha);
+    assert_ne!(SLIDING_RATE_LIMIT.sha, RATE_LIMIT.sha);
   }
 
   #[test]
