@@ -233,7 +233,7 @@ describe('postgres options: misspelt keys are TypeErrors naming the key and list
   it('postgresAdapter, stores and tls', () => {
     expect(() => postgresAdapter({ tablePrefx: 'x_' })).toThrow(TypeError)
     expect(() => postgresAdapter({ tablePrefx: 'x_' })).toThrow(
-      /^postgresAdapter: unknown option tablePrefx; the options are url, client, tls, tablePrefix, poolSize, connectTimeoutMs, statementTimeoutMs, synchronousCommit, cleanupIntervalMs, stores, waitUntil$/,
+      /^postgresAdapter: unknown option tablePrefx; the options are url, client, tls, tablePrefix, poolSize, connectTimeoutMs, statementTimeoutMs, synchronousCommit, cleanupIntervalMs, whenUnavailable, stores, waitUntil, rateLimit$/,
     )
     expect(() => postgresAdapter({ stores: { ratelimit: false } })).toThrow(
       /^postgresAdapter: unknown option stores.ratelimit; the options are rateLimit, circuitBreaker, cache$/,
@@ -249,7 +249,7 @@ describe('postgres options: misspelt keys are TypeErrors naming the key and list
       expect(() => new Store({ tablePrefx: 'x_' })).toThrow(TypeError)
       expect(() => new Store({ tablePrefx: 'x_' })).toThrow(
         new RegExp(
-          `^${Store.name}: unknown option tablePrefx; the options are url, client, tls, tablePrefix, .*, cleanupIntervalMs$`,
+          `^${Store.name}: unknown option tablePrefx; the options are url, client, tls, tablePrefix, .*, cleanupIntervalMs, whenUnavailable${Store === PostgresRateLimitStore ? ', algorithm' : ''}$`,
         ),
       )
       expect(() => new Store({ stores: {} })).toThrow(/unknown option stores/)
