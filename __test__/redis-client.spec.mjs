@@ -158,7 +158,7 @@ describe('redisAdapter({ client }) on a plain server', () => {
 
   it('refuses misspelt options, naming the key and listing the accepted ones', () => {
     expect(() => redisAdapter({ prefx: 'x:' })).toThrow(
-      /^redisAdapter: unknown option prefx; the options are url, cluster, sentinel, client, setWithTTL, .*, stores, waitUntil$/,
+      /^redisAdapter: unknown option prefx; the options are url, cluster, sentinel, client, setWithTTL, .*, whenUnavailable, stores, waitUntil, rateLimit$/,
     )
     expect(() => redisAdapter({ stores: { ratelimit: false } })).toThrow(
       /redisAdapter: unknown option stores.ratelimit; the options are rateLimit, circuitBreaker, cache/,

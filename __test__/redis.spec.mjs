@@ -633,7 +633,7 @@ describe('redis: server down', () => {
 
   it('a server that breaks the protocol after answering one call: that call resolves, the next rejects', async () => {
     // Answers the handshake (CLUSTER MYID as a server without cluster
-    // support does, then both SCRIPT LOADs), then one valid reply followed
+    // support does, then the three SCRIPT LOADs), then one valid reply followed
     // by garbage, in one write.
     const sockets = new Set()
     const broken = net.createServer((socket) => {
@@ -644,7 +644,7 @@ describe('redis: server down', () => {
         socket.write(
           handshaken
             ? '*2\r\n:1\r\n:1000\r\n\x00garbage\r\n'
-            : '-ERR This instance has cluster support disabled\r\n+OK\r\n+OK\r\n',
+            : '-ERR This instance has cluster support disabled\r\n+OK\r\n+OK\r\n+OK\r\n',
         )
         handshaken = true
       })
