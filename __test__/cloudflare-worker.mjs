@@ -22,6 +22,10 @@ async function bindingsFor(profile, env, ctx) {
       return { rateLimitKv: env.RATE_LIMIT_KV }
     case 'both':
       return { rateLimitKv: env.RATE_LIMIT_KV, rateLimitDo: env.RATE_LIMITER }
+    case 'sliding':
+      return { rateLimitDo: env.RATE_LIMITER, rateLimit: { algorithm: 'sliding-window' } }
+    case 'sliding-kv':
+      return { rateLimitKv: env.RATE_LIMIT_KV, rateLimit: { algorithm: 'sliding-window' } }
     default:
       throw new Error(`unknown profile ${profile}`)
   }
@@ -29,8 +33,9 @@ async function bindingsFor(profile, env, ctx) {
 
 async function callStore(request, env, ctx) {
   const { profile, store, method, args } = decode(await request.json())
-  const adapter = cloudflareAdapter(await bindingsFor(profile, env, ctx))
   try {
+    // Inside the try: a refused option comes back as the error it is.
+    const adapter = cloudflareAdapter(await bindingsFor(profile, env, ctx))
     return Response.json({ result: await encode(await adapter[store][method](...args)) })
   } catch (error) {
     return Response.json({ error: await encode(error) })

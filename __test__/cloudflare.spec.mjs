@@ -15,6 +15,7 @@ import {
   cloudflareAdapter,
 } from 'stoma-native/adapters/cloudflare'
 import { decode, encode } from './cloudflare-codec.mjs'
+import { slidingWindowContract, windowAt } from './support/sliding-window.mjs'
 import { storeContract } from './support/store-contract.mjs'
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -238,6 +239,33 @@ describe('cloudflare: rate limits', () => {
     const fromOtherIsolate = await increment({ profile: 'durable', worker: 'gateway-b' }, 'do:count', 60)
     expect(fromOtherIsolate).toEqual({ count: 51, resetAt: results[0].resetAt })
     expect(await (await mf.getKVNamespace('RATE_LIMIT_KV')).get('do:count')).toBeNull()
+  })
+})
+
+// The sliding window on Durable Objects, in real time: workerd's clock is
+// its own (Date.now()), which the native test clock cannot freeze.
+slidingWindowContract('cloudflare (Durable Objects)', {
+  createStore: () => remoteStores({ profile: 'sliding', prefix: 'sliding-do:' }).rateLimitStore,
+  createWithOptions: (rateLimit) =>
+    cloudflareAdapter({ rateLimitDo: { idFromName: () => null, get: () => null }, rateLimit }),
+})
+
+describe('cloudflare: sliding window', () => {
+  const increment = (target, key, windowSeconds) =>
+    callStore(target, 'rateLimitStore', 'increment', [key, windowSeconds])
+
+  it('keeps the fixed window’s data apart: one key counts under both algorithms independently', async () => {
+    const fixed = await increment({ profile: 'durable' }, 'both-algorithms', 3600)
+    const sliding = await increment({ profile: 'sliding' }, 'both-algorithms', 3600)
+    expect(fixed.count).toBe(1)
+    expect(sliding).toEqual({ count: 1, resetAt: windowAt(sliding.resetAt - 1, 3600).end })
+    expect((await increment({ profile: 'durable' }, 'both-algorithms', 3600)).count).toBe(2)
+    expect((await increment({ profile: 'sliding', worker: 'gateway-b' }, 'both-algorithms', 3600)).count).toBe(2)
+  })
+
+  it('KV refuses the sliding window, saying why', async () => {
+    await expect(increment({ profile: 'sliding-kv' }, 'kv:sliding', 60)).rejects.toThrow(RangeError)
+    await expect(increment({ profile: 'sliding-kv' }, 'kv:sliding', 60)).rejects.toThrow(/atomic.*Durable Object/)
   })
 })
 
