@@ -15,6 +15,7 @@ import memoryCases from './cases/memory.mjs'
 import postgresCases from './cases/postgres.mjs'
 import redisClusterCases from './cases/redis-cluster.mjs'
 import redisCases from './cases/redis.mjs'
+import slidingCases from './cases/sliding.mjs'
 import { measure } from './harness.mjs'
 import { RUNTIMES, runtimeCommand, table, writeReport } from './report.mjs'
 
@@ -42,6 +43,7 @@ async function inNode() {
   const context = { stoma }
   const cases = [
     ...memoryCases(context),
+    ...slidingCases(context),
     ...redisCases(context),
     ...redisClusterCases(context),
     ...postgresCases(context),
