@@ -56,7 +56,7 @@ async function inNode() {
       ? await benchCase.run()
       : await measure(benchCase, context, { log: (s) => process.stderr.write(s) })
     process.stderr.write('\n')
-    rows.push({ name: benchCase.name, target: benchCase.target, ...result })
+    rows.push({ name: benchCase.name, target: benchCase.target, detail: benchCase.detail, ...result })
   }
   return rows
 }
@@ -70,7 +70,7 @@ function denoImportMap() {
 
 /** Bun or Deno: the memory cases, in a child process of that runtime. */
 async function inChild(runtime) {
-  if (!memoryCases({}).some((c) => wanted(c.name))) return []
+  if (![...memoryCases({}), ...slidingCases()].some((c) => wanted(c.name))) return []
   const bundle = await bundleStomaMemoryStores()
   const [command, prefix] = runtimeCommand(runtime, root, denoImportMap)
   const child = spawn(command, [...prefix, `${root}benchmark/runtime.mjs`, bundle, ...filters], {

@@ -21,6 +21,7 @@ for (const benchCase of [...memoryCases({ stoma }), ...slidingCases()]) {
   process.stderr.write(`${benchCase.name} `)
   const result = await measure(benchCase, { stoma }, { log: (s) => process.stderr.write(s) })
   process.stderr.write('\n')
-  rows.push({ name: benchCase.name, target: benchCase.runtimeTarget ?? benchCase.target, detail: road, ...result })
+  const detail = [road, benchCase.detail].filter(Boolean).join('; ')
+  rows.push({ name: benchCase.name, target: benchCase.runtimeTarget ?? benchCase.target, detail, ...result })
 }
 console.log(`ROWS ${JSON.stringify(rows)}`)

@@ -2,7 +2,10 @@
 // `algorithm: 'sliding-window'` as "ours" against the same store's fixed
 // window as "theirs" (not Stoma's JS store), so the ratio is sliding's
 // throughput over fixed's. The target 0.77 is the issue's bound: sliding
-// takes at most 1.3× fixed's time per call. Run in Node and, by
+// takes at most 1.3× fixed's time per call. With 60 s and 600 s windows
+// nearly every hit lands in a window with nothing carried into it (the fast
+// path); with 1 s windows most hits carry the previous window's share (a
+// precise clock read and a division). Run in Node and, by
 // benchmark/runtime.mjs, in Bun and Deno.
 import { MemoryRateLimitStore } from 'stoma-native'
 
@@ -15,13 +18,17 @@ for (let i = KEYS - 1, seed = 7; i > 0; i--) {
   ;[keys[i], keys[j]] = [keys[j], keys[i]]
 }
 
-const SLIDING_TARGET = 1 / 1.3
+// 1 / 1.3, rounded up.
+const SLIDING_TARGET = 0.77
+// The table's notes column says what the "Stoma (JS)" column holds for these rows.
+const DETAIL = 'the "Stoma (JS)" column is our fixed window'
 
 export default function slidingCases() {
   return [
     {
       name: 'memory: sliding ÷ fixed window (both native), 1 key',
       target: SLIDING_TARGET,
+      detail: DETAIL,
       setup() {
         const sliding = new MemoryRateLimitStore({ algorithm: 'sliding-window' })
         const fixed = new MemoryRateLimitStore()
@@ -32,8 +39,22 @@ export default function slidingCases() {
       },
     },
     {
+      name: 'memory: sliding ÷ fixed window (both native), 1 key, 1 s windows (carrying over)',
+      target: SLIDING_TARGET,
+      detail: DETAIL,
+      setup() {
+        const sliding = new MemoryRateLimitStore({ algorithm: 'sliding-window' })
+        const fixed = new MemoryRateLimitStore()
+        return {
+          ours: () => sliding.increment('client:1', 1),
+          theirs: () => fixed.increment('client:1', 1),
+        }
+      },
+    },
+    {
       name: 'memory: sliding ÷ fixed window (both native), 100k keys, shuffled',
       target: SLIDING_TARGET,
+      detail: DETAIL,
       async setup() {
         const sliding = new MemoryRateLimitStore({ algorithm: 'sliding-window' })
         const fixed = new MemoryRateLimitStore()

@@ -47,12 +47,24 @@ impl Algorithm for SlidingWindow {
   }
 
   fn hit(entry: &mut Windows, window_ms: i64, now: &Now) -> (Hit, bool) {
-    // Most hits land in the key's window with nothing carried into it: their
-    // count needs neither the precise clock nor a division.
+    // Most hits land in the key's window, found by comparisons rather than
+    // the division that aligns a window; with nothing carried into it, the
+    // count needs not even the precise clock.
     let end = entry.start.saturating_add(entry.length);
-    if entry.previous == 0 && entry.length == window_ms.max(1) && now.is_within(entry.start, end) {
-      entry.current += 1;
-      return (Hit::new(entry.current, end), false);
+    if entry.length == window_ms.max(1) {
+      if entry.previous == 0 && now.is_within(entry.start, end) {
+        entry.current += 1;
+        return (Hit::new(entry.current, end), false);
+      }
+      let ms = now.ms();
+      if entry.start <= ms && ms < end {
+        entry.current += 1;
+        let window = Window {
+          start: entry.start,
+          length: entry.length,
+        };
+        return (Self::answer(window, ms, entry), false);
+      }
     }
     let now = now.ms();
     let window = Window::at(now, window_ms);
