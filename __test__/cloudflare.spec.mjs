@@ -427,7 +427,7 @@ describe('cloudflare: argument checks (in Node)', () => {
     }
     refused(
       () => cloudflareAdapter({ cache, ratelimitKv: kv }),
-      'cloudflareAdapter: unknown option ratelimitKv; the options are rateLimitKv, rateLimitDo, circuitBreakerDo, cache, cacheOrigin, executionCtx, env',
+      'cloudflareAdapter: unknown option ratelimitKv; the options are rateLimitKv, rateLimitDo, circuitBreakerDo, cache, cacheOrigin, executionCtx, env, rateLimit',
     )
     refused(() => cloudflareAdapter({ cache, executionContext: {} }), 'unknown option executionContext')
     refused(
