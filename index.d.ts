@@ -54,7 +54,7 @@ export type RateLimitAlgorithm = 'fixed-window' | 'sliding-window'
 export interface MemoryRateLimitStoreOptions {
   /** Most keys held at once (default 100,000); beyond it new keys fail closed. */
   maxKeys?: number
-  /** 'fixed-window' (default) or 'sliding-window'. */
+  /** 'fixed-window' (default) or 'sliding-window'; a `name` shares counters only between stores of one algorithm. */
   algorithm?: RateLimitAlgorithm
   /**
    * Share one state with every store of this name in the process, worker threads included. A named

@@ -63,8 +63,8 @@ pub trait Algorithm: Send + Sync + 'static {
   /// A new key's entry and the answer to its first hit.
   fn first(window_ms: i64, now: &Now) -> (Self::Entry, Hit);
 
-  /// Counts a hit on a held key; the flag says whether the entry moved to a
-  /// new window (and so to a new expiry).
+  /// Counts a hit on a held key; the flag says whether the entry's expiry
+  /// moved (a new window), so that it is queued again.
   fn hit(entry: &mut Self::Entry, window_ms: i64, now: &Now) -> (Hit, bool);
 
   /// From when the entry counts for nothing, so it may be reclaimed.
