@@ -6,6 +6,8 @@ import { CircuitBreakerDO, RateLimiterDO, cloudflareAdapter } from 'stoma-native
 import { decode, encode } from './cloudflare-codec.mjs'
 
 export { CircuitBreakerDO, RateLimiterDO }
+// Stoma's own class, which counts a fixed window whatever it is asked.
+export { RateLimiterDO as StomaRateLimiterDO } from '@homegrower-club/stoma/adapters/durable-object'
 
 // Named adapter configurations the tests pick from.
 async function bindingsFor(profile, env, ctx) {
@@ -24,6 +26,8 @@ async function bindingsFor(profile, env, ctx) {
       return { rateLimitKv: env.RATE_LIMIT_KV, rateLimitDo: env.RATE_LIMITER }
     case 'sliding':
       return { rateLimitDo: env.RATE_LIMITER, rateLimit: { algorithm: 'sliding-window' } }
+    case 'sliding-on-stoma-do':
+      return { rateLimitDo: env.STOMA_RATE_LIMITER, rateLimit: { algorithm: 'sliding-window' } }
     case 'sliding-kv':
       return { rateLimitKv: env.RATE_LIMIT_KV, rateLimit: { algorithm: 'sliding-window' } }
     default:

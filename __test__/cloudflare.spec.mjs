@@ -38,6 +38,7 @@ async function bundleWorker(file) {
     alias: {
       '@homegrower-club/stoma': `${STOMA_DIST}index.js`,
       '@homegrower-club/stoma/adapters/cloudflare': `${STOMA_DIST}adapters/cloudflare.js`,
+      '@homegrower-club/stoma/adapters/durable-object': `${STOMA_DIST}adapters/durable-object.js`,
     },
     write: false,
     logLevel: 'silent',
@@ -83,7 +84,11 @@ beforeAll(async () => {
   mf = new Miniflare({
     workers: [
       workerOptions('gateway', {
-        durableObjects: { RATE_LIMITER: 'RateLimiterDO', CIRCUITS: 'CircuitBreakerDO' },
+        durableObjects: {
+          RATE_LIMITER: 'RateLimiterDO',
+          CIRCUITS: 'CircuitBreakerDO',
+          STOMA_RATE_LIMITER: 'StomaRateLimiterDO',
+        },
         serviceBindings: { BACKEND: 'backend' },
       }),
       // The same code in a second worker, hence a second isolate, bound to
@@ -261,6 +266,12 @@ describe('cloudflare: sliding window', () => {
     expect(sliding).toEqual({ count: 1, resetAt: windowAt(sliding.resetAt - 1, 3600).end })
     expect((await increment({ profile: 'durable' }, 'both-algorithms', 3600)).count).toBe(2)
     expect((await increment({ profile: 'sliding', worker: 'gateway-b' }, 'both-algorithms', 3600)).count).toBe(2)
+  })
+
+  it("bound to Stoma's RateLimiterDO, which counts a fixed window, the sliding store fails saying what to bind", async () => {
+    await expect(increment({ profile: 'sliding-on-stoma-do' }, 'stoma-class', 60)).rejects.toThrow(
+      /did not count a sliding window; bind stoma-native’s RateLimiterDO/,
+    )
   })
 
   it('KV refuses the sliding window, saying why', async () => {
