@@ -19,13 +19,6 @@ export interface RateLimitStore {
   destroy?(): void
 }
 
-/**
- * How a rate-limit store counts: `'fixed-window'` (Stoma's, the default) or `'sliding-window'`
- * (windows aligned to multiples of their length; a count adds the previous window's hits in the share
- * of it still inside the rolling window, so no boundary lets twice the limit through).
- */
-export type RateLimitAlgorithm = 'fixed-window' | 'sliding-window'
-
 /** An adapter's `rateLimit` option. */
 export interface RateLimitOptions {
   algorithm?: RateLimitAlgorithm
@@ -55,9 +48,19 @@ export interface GatewayAdapter {
   dispatchBinding?: (service: string, request: Request) => Promise<Response>
 }
 
+/**
+ * How a rate-limit store counts (docs/sliding-window.md): 'fixed-window' (the default, Stoma's: a
+ * window opens at a key's first hit) or 'sliding-window' (windows aligned to multiples of their
+ * length; the count adds the previous window's hits scaled by its share still inside the rolling
+ * window, so `max` at the end of one window and `max` at the start of the next cannot both pass).
+ */
+export type RateLimitAlgorithm = 'fixed-window' | 'sliding-window'
+
 export interface MemoryRateLimitStoreOptions {
   /** Most keys held at once (default 100,000); beyond it new keys fail closed. */
   maxKeys?: number
+  /** 'fixed-window' (default) or 'sliding-window'; a `name` shares counters only between stores of one algorithm. */
+  algorithm?: RateLimitAlgorithm
   /**
    * Share one state with every store of this name in the process, worker threads included. A named
    * state lives as long as the process, whatever stores come and go (a worker pool that recycles
@@ -137,7 +140,7 @@ export interface AdapterStats {
   fallback?: { active: boolean; entered: number }
 }
 
-/** Fixed-window counters kept natively, bounded, O(1) at capacity. */
+/** Fixed- or sliding-window counters kept natively, bounded, O(1) at capacity. */
 export declare class MemoryRateLimitStore implements RateLimitStore {
   constructor(options?: MemoryRateLimitStoreOptions | number)
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
@@ -194,7 +197,7 @@ export interface MemoryAdapterOptions {
    * {@link releaseMemoryState}. Its bounds are those of the first adapter or store created under it.
    */
   name?: string
-  rateLimit?: { maxKeys?: number }
+  rateLimit?: { maxKeys?: number; algorithm?: RateLimitAlgorithm }
   circuitBreaker?: { maxKeys?: number }
   cache?: { maxEntries?: number; maxBytes?: number }
   waitUntil?: (promise: Promise<unknown>) => void

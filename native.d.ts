@@ -67,16 +67,21 @@ export declare class NativeMemoryCircuitBreakerStore {
 
 /** The native half of `MemoryRateLimitStore` (see `lib/memory.js`). */
 export declare class NativeMemoryRateLimitStore {
-  /** `name` shares the counters with every store of that name in the process. */
-  constructor(maxKeys: number, name?: string | undefined | null)
+  /**
+   * `algorithm` is "fixed-window" (when absent) or "sliding-window"; `name`
+   * shares the counters with every store of that name and algorithm in the
+   * process.
+   */
+  constructor(maxKeys: number, name?: string | undefined | null, algorithm?: string | undefined | null)
   /**
    * Returns `{ call, out }`: `call(key, windowMs)` counts one hit and
    * returns the count, writing `resetAt` into `out[0]` (see [`bound_call`]).
    */
   bindIncrement(): { call: (key: string, windowMs: number) => number; out: Float64Array }
   /**
-   * Returns `{ handle, memory }`, a lane for `stoma_rate_limit_increment`
-   * with room for a key of `keyBytes` bytes (see [`ffi::lane`]).
+   * Returns `{ handle, memory }`, a lane with room for a key of `keyBytes`
+   * bytes (see [`ffi::lane`]) for `stoma_rate_limit_increment`, or for
+   * `stoma_sliding_rate_limit_increment` if the store slides.
    */
   lane(keyBytes: number): { handle: number; memory: ArrayBuffer }
   /** Number of keys held. */

@@ -27,7 +27,15 @@ const adapter: GatewayAdapter = cloudflareAdapter({
   executionCtx: { waitUntil: () => {} },
   env: {},
 })
-const rateLimits: RateLimitStore[] = [new KVRateLimitStore(kv), new DurableObjectRateLimitStore(namespace)]
+const rateLimits: RateLimitStore[] = [
+  new KVRateLimitStore(kv),
+  new DurableObjectRateLimitStore(namespace),
+  new DurableObjectRateLimitStore(namespace, { algorithm: 'sliding-window' }),
+  cloudflareAdapter({ rateLimitDo: namespace, rateLimit: { algorithm: 'sliding-window' } })
+    .rateLimitStore as RateLimitStore,
+]
+// @ts-expect-error KV cannot count a sliding window (a RangeError at run time too)
+new KVRateLimitStore(kv, { algorithm: 'sliding-window' })
 const circuits: CircuitBreakerStore[] = [
   new DurableObjectCircuitBreakerStore(namespace),
   new InMemoryCircuitBreakerStore({ maxKeys: 5 }),

@@ -6,6 +6,8 @@ import { CircuitBreakerDO, RateLimiterDO, cloudflareAdapter } from 'stoma-native
 import { decode, encode } from './cloudflare-codec.mjs'
 
 export { CircuitBreakerDO, RateLimiterDO }
+// Stoma's own class, which counts a fixed window whatever it is asked.
+export { RateLimiterDO as StomaRateLimiterDO } from '@homegrower-club/stoma/adapters/durable-object'
 
 // Named adapter configurations the tests pick from.
 async function bindingsFor(profile, env, ctx) {
@@ -22,6 +24,12 @@ async function bindingsFor(profile, env, ctx) {
       return { rateLimitKv: env.RATE_LIMIT_KV }
     case 'both':
       return { rateLimitKv: env.RATE_LIMIT_KV, rateLimitDo: env.RATE_LIMITER }
+    case 'sliding':
+      return { rateLimitDo: env.RATE_LIMITER, rateLimit: { algorithm: 'sliding-window' } }
+    case 'sliding-on-stoma-do':
+      return { rateLimitDo: env.STOMA_RATE_LIMITER, rateLimit: { algorithm: 'sliding-window' } }
+    case 'sliding-kv':
+      return { rateLimitKv: env.RATE_LIMIT_KV, rateLimit: { algorithm: 'sliding-window' } }
     default:
       throw new Error(`unknown profile ${profile}`)
   }
@@ -29,8 +37,9 @@ async function bindingsFor(profile, env, ctx) {
 
 async function callStore(request, env, ctx) {
   const { profile, store, method, args } = decode(await request.json())
-  const adapter = cloudflareAdapter(await bindingsFor(profile, env, ctx))
   try {
+    // Inside the try: a refused option comes back as the error it is.
+    const adapter = cloudflareAdapter(await bindingsFor(profile, env, ctx))
     return Response.json({ result: await encode(await adapter[store][method](...args)) })
   } catch (error) {
     return Response.json({ error: await encode(error) })

@@ -15,6 +15,7 @@ import {
   cloudflareAdapter,
 } from 'stoma-native/adapters/cloudflare'
 import { decode, encode } from './cloudflare-codec.mjs'
+import { slidingWindowContract, windowAt } from './support/sliding-window.mjs'
 import { storeContract } from './support/store-contract.mjs'
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -37,6 +38,7 @@ async function bundleWorker(file) {
     alias: {
       '@homegrower-club/stoma': `${STOMA_DIST}index.js`,
       '@homegrower-club/stoma/adapters/cloudflare': `${STOMA_DIST}adapters/cloudflare.js`,
+      '@homegrower-club/stoma/adapters/durable-object': `${STOMA_DIST}adapters/durable-object.js`,
     },
     write: false,
     logLevel: 'silent',
@@ -82,7 +84,11 @@ beforeAll(async () => {
   mf = new Miniflare({
     workers: [
       workerOptions('gateway', {
-        durableObjects: { RATE_LIMITER: 'RateLimiterDO', CIRCUITS: 'CircuitBreakerDO' },
+        durableObjects: {
+          RATE_LIMITER: 'RateLimiterDO',
+          CIRCUITS: 'CircuitBreakerDO',
+          STOMA_RATE_LIMITER: 'StomaRateLimiterDO',
+        },
         serviceBindings: { BACKEND: 'backend' },
       }),
       // The same code in a second worker, hence a second isolate, bound to
@@ -240,6 +246,39 @@ describe('cloudflare: rate limits', () => {
     const fromOtherIsolate = await increment({ profile: 'durable', worker: 'gateway-b' }, 'do:count', 60)
     expect(fromOtherIsolate).toEqual({ count: 51, resetAt: results[0].resetAt })
     expect(await (await mf.getKVNamespace('RATE_LIMIT_KV')).get('do:count')).toBeNull()
+  })
+})
+
+// The sliding window on Durable Objects, in real time: workerd's clock is
+// its own (Date.now()), which the native test clock cannot freeze.
+slidingWindowContract('cloudflare (Durable Objects)', {
+  createStore: () => remoteStores({ profile: 'sliding', prefix: 'sliding-do:' }).rateLimitStore,
+  createWithOptions: (rateLimit) =>
+    cloudflareAdapter({ rateLimitDo: { idFromName: () => null, get: () => null }, rateLimit }),
+})
+
+describe('cloudflare: sliding window', () => {
+  const increment = (target, key, windowSeconds) =>
+    callStore(target, 'rateLimitStore', 'increment', [key, windowSeconds])
+
+  it('keeps the fixed window’s data apart: one key counts under both algorithms independently', async () => {
+    const fixed = await increment({ profile: 'durable' }, 'both-algorithms', 3600)
+    const sliding = await increment({ profile: 'sliding' }, 'both-algorithms', 3600)
+    expect(fixed.count).toBe(1)
+    expect(sliding).toEqual({ count: 1, resetAt: windowAt(sliding.resetAt - 1, 3600).end })
+    expect((await increment({ profile: 'durable' }, 'both-algorithms', 3600)).count).toBe(2)
+    expect((await increment({ profile: 'sliding', worker: 'gateway-b' }, 'both-algorithms', 3600)).count).toBe(2)
+  })
+
+  it("bound to Stoma's RateLimiterDO, which counts a fixed window, the sliding store fails saying what to bind", async () => {
+    await expect(increment({ profile: 'sliding-on-stoma-do' }, 'stoma-class', 60)).rejects.toThrow(
+      /did not count a sliding window; bind stoma-native’s RateLimiterDO/,
+    )
+  })
+
+  it('KV refuses the sliding window, saying why', async () => {
+    await expect(increment({ profile: 'sliding-kv' }, 'kv:sliding', 60)).rejects.toThrow(RangeError)
+    await expect(increment({ profile: 'sliding-kv' }, 'kv:sliding', 60)).rejects.toThrow(/atomic.*Durable Object/)
   })
 })
 
@@ -402,7 +441,7 @@ describe('cloudflare: argument checks (in Node)', () => {
     }
     refused(
       () => cloudflareAdapter({ cache, ratelimitKv: kv }),
-      'cloudflareAdapter: unknown option ratelimitKv; the options are rateLimitKv, rateLimitDo, circuitBreakerDo, cache, cacheOrigin, executionCtx, env',
+      'cloudflareAdapter: unknown option ratelimitKv; the options are rateLimitKv, rateLimitDo, circuitBreakerDo, cache, cacheOrigin, executionCtx, env, rateLimit',
     )
     refused(() => cloudflareAdapter({ cache, executionContext: {} }), 'unknown option executionContext')
     refused(

@@ -2,8 +2,10 @@
 // rateLimit, cache and circuitBreaker policies on this package's stores.
 import { cache, circuitBreaker, createGateway, rateLimit } from '@homegrower-club/stoma'
 import { createPolicyTestHarness } from '@homegrower-club/stoma/sdk'
+import { createRequire } from 'node:module'
 import { describe, expect, it } from 'vitest'
 import { TestAdapter, memoryAdapter } from '../index.mjs'
+import { windowAt } from './support/sliding-window.mjs'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -27,6 +29,54 @@ describe('Stoma gateway on native memory stores', () => {
     const statuses = []
     for (let i = 0; i < 5; i++) statuses.push((await gateway.app.request('/limited')).status)
     expect(statuses).toEqual([200, 200, 200, 429, 429])
+  })
+
+  it('sliding window: a burst at the end of a window still counts after the boundary (429 where fixed allows)', async () => {
+    // The native clock, frozen at chosen instants (src/testing.rs).
+    const native = createRequire(import.meta.url)('../native.js')
+    const hooks = process.env.STOMA_NATIVE_TEST_HOOKS
+    process.env.STOMA_NATIVE_TEST_HOOKS = '1'
+    const windowSeconds = 60
+    const start = windowAt(Date.now() + 3_600_000, windowSeconds).start
+    const end = start + windowSeconds * 1000
+    // One request at the window's start, 9 near its end, 10 just after it.
+    const instants = [start, ...Array.from({ length: 9 }, (_, i) => end - 100 + i)]
+    instants.push(...Array.from({ length: 10 }, (_, i) => end + 1 + i))
+
+    const statuses = async (algorithm: 'fixed-window' | 'sliding-window') => {
+      const adapter = memoryAdapter({ rateLimit: { algorithm } })
+      const gateway = createGateway({
+        adapter,
+        routes: [
+          {
+            path: '/limited',
+            pipeline: {
+              policies: [rateLimit({ max: 10, windowSeconds, store: adapter.rateLimitStore, keyBy: () => 'client-1' })],
+              upstream: { type: 'handler', handler: () => new Response('ok') },
+            },
+          },
+        ],
+      })
+      const seen: number[] = []
+      for (const now of instants) {
+        native.__setTestClock(now)
+        seen.push((await gateway.app.request('/limited')).status)
+      }
+      return seen
+    }
+    try {
+      const sliding = await statuses('sliding-window')
+      const fixed = await statuses('fixed-window')
+      expect(sliding.slice(0, 10)).toEqual(Array(10).fill(200))
+      expect(fixed.slice(0, 10)).toEqual(Array(10).fill(200))
+      // Just after the boundary: 9 of the 10 earlier requests still count, so 1 more passes.
+      expect(sliding.slice(10)).toEqual([200, ...Array(9).fill(429)])
+      expect(fixed.slice(10)).toEqual(Array(10).fill(200))
+    } finally {
+      native.__setTestClock(null)
+      if (hooks === undefined) delete process.env.STOMA_NATIVE_TEST_HOOKS
+      else process.env.STOMA_NATIVE_TEST_HOOKS = hooks
+    }
   })
 
   it('serves x-cache: HIT with the body intact byte for byte', async () => {

@@ -190,7 +190,7 @@ describe('store lifecycle and option checks', () => {
       )
       refused(
         () => factory({ rateLimit: { maxkeys: 5 } }),
-        `${factoryName}: unknown option rateLimit.maxkeys; the options are maxKeys`,
+        `${factoryName}: unknown option rateLimit.maxkeys; the options are maxKeys, algorithm`,
       )
       // name belongs at the top level, where it names all three stores
       refused(() => factory({ circuitBreaker: { name: 'x' } }), 'unknown option circuitBreaker.name')
@@ -205,7 +205,7 @@ describe('store lifecycle and option checks', () => {
     }
     refused(
       () => new MemoryRateLimitStore({ maxKey: 5 }),
-      'MemoryRateLimitStore: unknown option maxKey; the options are maxKeys, name',
+      'MemoryRateLimitStore: unknown option maxKey; the options are maxKeys, algorithm, name',
     )
     refused(
       () => new MemoryCircuitBreakerStore({ maxEntries: 5 }),

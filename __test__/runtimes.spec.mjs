@@ -120,6 +120,7 @@ beforeAll(async () => {
   for (const file of readdirSync(join(root, '__test__', 'runtimes')))
     cpSync(join(root, '__test__', 'runtimes', file), join(project, file))
   cpSync(join(root, '__test__', 'support', 'store-contract.mjs'), join(project, 'store-contract.mjs'))
+  cpSync(join(root, '__test__', 'support', 'sliding-window.mjs'), join(project, 'sliding-window.mjs'))
   writeFileSync(
     join(project, 'deno.json'),
     `${JSON.stringify({ nodeModulesDir: 'manual', imports: { vitest: './vitest-deno-shim.mjs' } }, null, 2)}\n`,
@@ -370,5 +371,48 @@ describe("the memory stores' road in Bun and Deno (ffi.test.mjs)", () => {
       })
       expect(stdout + stderr).toContain(`ok | ${deno} | 0 failed`)
     }, 90_000)
+  }
+})
+
+describe('the sliding-window contract in Bun and Deno (sliding.test.mjs)', () => {
+  // The FFI road, then N-API; the frozen clock needs STOMA_NATIVE_TEST_HOOKS.
+  const roads = [
+    { label: 'bun:ffi and Deno.dlopen', extra: { STOMA_NATIVE_TEST_HOOKS: '1' }, bun: 'bun:ffi', deno: 'Deno.dlopen' },
+    {
+      label: 'N-API with STOMA_NATIVE_FFI=0',
+      extra: { STOMA_NATIVE_TEST_HOOKS: '1', STOMA_NATIVE_FFI: '0' },
+      bun: 'N-API',
+      deno: 'N-API',
+    },
+  ]
+  // 3 suites: the store's 9 cases, the runtime adapter's 8 (no options case), the TestAdapter's 9.
+  const cases = 9 + 8 + 9
+  for (const { label, extra, bun, deno } of roads) {
+    it(`bun test, ${label}`, async () => {
+      const { stdout, stderr } = await run(bin('bun'), ['test', './sliding.test.mjs'], {
+        cwd: project,
+        env: { ...env, ...extra },
+        timeout: 120_000,
+      })
+      const output = stdout + stderr
+      expect(output).toMatch(new RegExp(`\\b${cases} pass\\b`))
+      expect(output).toMatch(/\b0 fail\b/)
+      // The suites are named after the road the stores took.
+      expect(output).toContain(`bun ${bun} MemoryRateLimitStore: sliding-window contract`)
+    }, 150_000)
+
+    it(`deno test, ${label}`, async () => {
+      const { stdout, stderr } = await run(
+        bin('deno'),
+        ['test', '--no-check', ...denoPermissions, 'sliding.test.mjs'],
+        {
+          cwd: project,
+          env: { ...env, ...extra },
+          timeout: 120_000,
+        },
+      )
+      expect(stdout + stderr).toContain(`ok | 3 passed (${cases} steps) | 0 failed`)
+      expect(stdout + stderr).toContain(`deno ${deno} MemoryRateLimitStore: sliding-window contract ... ok`)
+    }, 150_000)
   }
 })

@@ -37,6 +37,13 @@ const adapters: GatewayAdapter[] = [
   redisAdapter(),
 ]
 const rateLimit: RateLimitStore = new MemoryRateLimitStore({ maxKeys: 10 })
+const sliding: RateLimitStore[] = [
+  new MemoryRateLimitStore({ algorithm: 'sliding-window' }),
+  memoryAdapter({ rateLimit: { maxKeys: 10, algorithm: 'sliding-window' } }).rateLimitStore,
+  new TestAdapter({ rateLimit: { algorithm: 'fixed-window' } }).rateLimitStore,
+]
+// @ts-expect-error the algorithms are 'fixed-window' and 'sliding-window'
+new MemoryRateLimitStore({ algorithm: 'sliding' })
 const circuits: CircuitBreakerStore = new MemoryCircuitBreakerStore()
 const cache: CacheStore = new MemoryCacheStore({ maxBytes: 1024 })
 
@@ -151,6 +158,7 @@ export {
   failingOver,
   adapters,
   rateLimit,
+  sliding,
   circuits,
   cache,
   testAdapter,

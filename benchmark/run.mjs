@@ -15,6 +15,7 @@ import memoryCases from './cases/memory.mjs'
 import postgresCases from './cases/postgres.mjs'
 import redisClusterCases from './cases/redis-cluster.mjs'
 import redisCases from './cases/redis.mjs'
+import slidingCases from './cases/sliding.mjs'
 import { measure } from './harness.mjs'
 import { RUNTIMES, runtimeCommand, table, writeReport } from './report.mjs'
 
@@ -42,6 +43,7 @@ async function inNode() {
   const context = { stoma }
   const cases = [
     ...memoryCases(context),
+    ...slidingCases(context),
     ...redisCases(context),
     ...redisClusterCases(context),
     ...postgresCases(context),
@@ -54,7 +56,7 @@ async function inNode() {
       ? await benchCase.run()
       : await measure(benchCase, context, { log: (s) => process.stderr.write(s) })
     process.stderr.write('\n')
-    rows.push({ name: benchCase.name, target: benchCase.target, ...result })
+    rows.push({ name: benchCase.name, target: benchCase.target, detail: benchCase.detail, ...result })
   }
   return rows
 }
@@ -68,7 +70,7 @@ function denoImportMap() {
 
 /** Bun or Deno: the memory cases, in a child process of that runtime. */
 async function inChild(runtime) {
-  if (!memoryCases({}).some((c) => wanted(c.name))) return []
+  if (![...memoryCases({}), ...slidingCases()].some((c) => wanted(c.name))) return []
   const bundle = await bundleStomaMemoryStores()
   const [command, prefix] = runtimeCommand(runtime, root, denoImportMap)
   const child = spawn(command, [...prefix, `${root}benchmark/runtime.mjs`, bundle, ...filters], {

@@ -6,7 +6,7 @@
 
 import { CIRCUIT_METHODS, CIRCUIT_OPERATIONS } from '../lib/circuit.js'
 import { countCalls } from '../lib/stats.js'
-import { checkBinding, checkCircuitState, checkKey, checkSeconds } from '../lib/validate.js'
+import { checkBinding, checkCircuitState, checkKey, checkSeconds, rateLimitAlgorithm } from '../lib/validate.js'
 import { applyCircuitOperation, freshCircuit } from './circuit.js'
 
 const RATE_LIMITER_ORIGIN = 'https://rate-limiter.internal'
@@ -30,11 +30,14 @@ async function callObject(owner, namespace, name, url) {
 }
 
 /**
- * Durable Object holding one fixed-window counter, stored as
- * `{ count, resetAt }` under "counter"; an alarm deletes it once its window
- * is over. It answers `/increment?window=<seconds>` with the new
- * `{ count, resetAt }`, the same protocol and storage as Stoma's
- * RateLimiterDO, so either class can serve either store.
+ * Durable Object holding one key's rate-limit counters. Fixed window (the
+ * default): `{ count, resetAt }` under "counter", answering
+ * `/increment?window=<seconds>` with the new `{ count, resetAt }`, the same
+ * protocol and storage as Stoma's RateLimiterDO, so either class can serve
+ * a fixed-window store. Sliding window (`/increment?window=<s>&algorithm=sliding-window`):
+ * `{ start, current, previous, expiresAt }` under "sliding" (see
+ * slidingHit), answered with `algorithm` echoed, which Stoma's class does
+ * not do. An alarm deletes each entry once it counts for nothing.
  * Export it from your Worker and bind it (see the README).
  */
 export class RateLimiterDO {
@@ -45,54 +48,114 @@ export class RateLimiterDO {
   }
 
   async fetch(request) {
-    const windowSeconds = Number(new URL(request.url).searchParams.get('window'))
+    const params = new URL(request.url).searchParams
+    const windowSeconds = Number(params.get('window'))
     if (!(windowSeconds >= 0) || windowSeconds === Infinity) {
       return new Response('window must be a finite number of seconds >= 0', { status: 400 })
     }
+    const sliding = params.get('algorithm') === SLIDING
     const storage = this.#state.storage
     // No other request enters this object until the update is stored.
     return this.#state.blockConcurrencyWhile(async () => {
       const now = Date.now()
+      if (sliding) {
+        const { entry, hit } = slidingHit(await storage.get('sliding'), now, windowSeconds)
+        await storage.put('sliding', entry)
+        await this.#alarmBy(entry.expiresAt)
+        return Response.json({ ...hit, algorithm: SLIDING })
+      }
       const stored = await storage.get('counter')
       let entry
       if (stored && stored.resetAt > now) {
         entry = { count: stored.count + 1, resetAt: stored.resetAt }
       } else {
         entry = { count: 1, resetAt: now + windowSeconds * 1000 }
-        await storage.setAlarm(entry.resetAt)
+        await this.#alarmBy(entry.resetAt)
       }
       await storage.put('counter', entry)
       return Response.json(entry)
     })
   }
 
+  /** Makes sure an alarm runs by `at` (the one alarm serves both entries). */
+  async #alarmBy(at) {
+    const storage = this.#state.storage
+    const set = await storage.getAlarm()
+    if (set === null || set > at) await storage.setAlarm(at)
+  }
+
   async alarm() {
     const storage = this.#state.storage
-    const stored = await storage.get('counter')
-    // A late alarm must not wipe a window that started after it was set.
-    if (stored && stored.resetAt > Date.now()) await storage.setAlarm(stored.resetAt)
+    const now = Date.now()
+    const counter = await storage.get('counter')
+    const sliding = await storage.get('sliding')
+    // A late alarm must not wipe an entry written after it was set.
+    const live = []
+    if (counter && counter.resetAt > now) live.push(counter.resetAt)
     else await storage.delete('counter')
+    if (sliding && sliding.expiresAt > now) live.push(sliding.expiresAt)
+    else await storage.delete('sliding')
+    if (live.length > 0) await storage.setAlarm(Math.min(...live))
   }
 }
 
+const SLIDING = 'sliding-window'
+
 /**
- * Fixed-window rate-limit counters, one RateLimiterDO per key: exact counts
- * however many isolates hit the same key at once. Pass the Durable Object
- * namespace bound to RateLimiterDO.
+ * One sliding-window hit at `now` on a key's stored entry (or none): the
+ * entry to store and the `{ count, resetAt }` to answer. Windows are aligned
+ * to multiples of their length since the epoch; the count is this window's
+ * hits plus the previous window's scaled by its share still inside the
+ * rolling window, rounded down (docs/sliding-window.md; the same arithmetic
+ * as src/sliding_window.rs, both held to the tests' reference model).
+ */
+function slidingHit(stored, now, windowSeconds) {
+  const length = Math.max(1, Math.ceil(windowSeconds * 1000))
+  const start = now - (now % length)
+  const end = start + length
+  let current = 1
+  let previous = 0
+  if (stored?.start === start) {
+    current = stored.current + 1
+    previous = stored.previous
+  } else if (stored?.start === start - length) {
+    previous = stored.current
+  }
+  // The entry counts for nothing once the window after this one is over.
+  const entry = { start, current, previous, expiresAt: end + length }
+  const remaining = Math.min(length, Math.max(0, end - now))
+  return { entry, hit: { count: current + Math.floor((previous * remaining) / length), resetAt: end } }
+}
+
+/**
+ * Rate-limit counters, one RateLimiterDO per key: exact counts however many
+ * isolates hit the same key at once. Pass the Durable Object namespace bound
+ * to RateLimiterDO, and optionally `{ algorithm }`: 'fixed-window' (the
+ * default) or 'sliding-window', which needs stoma-native's RateLimiterDO.
  */
 export class DurableObjectRateLimitStore {
   #namespace
+  #query
 
-  constructor(namespace) {
+  constructor(namespace, options) {
     this.#namespace = checkNamespace('DurableObjectRateLimitStore', namespace)
+    const algorithm = rateLimitAlgorithm('DurableObjectRateLimitStore', options)
+    this.#query = algorithm === SLIDING ? `&algorithm=${SLIDING}` : ''
     countCalls(this, ['increment'])
   }
 
   async increment(key, windowSeconds) {
     checkKey('DurableObjectRateLimitStore', key)
     checkSeconds('DurableObjectRateLimitStore', windowSeconds, 'windowSeconds')
-    const url = `${RATE_LIMITER_ORIGIN}/increment?window=${windowSeconds}`
-    return callObject('DurableObjectRateLimitStore', this.#namespace, key, url)
+    const url = `${RATE_LIMITER_ORIGIN}/increment?window=${windowSeconds}${this.#query}`
+    const answer = await callObject('DurableObjectRateLimitStore', this.#namespace, key, url)
+    if (this.#query && answer.algorithm !== SLIDING) {
+      // Stoma's own class ignores the algorithm and counts a fixed window.
+      throw new Error(
+        'DurableObjectRateLimitStore: the bound Durable Object class did not count a sliding window; bind stoma-native’s RateLimiterDO',
+      )
+    }
+    return { count: answer.count, resetAt: answer.resetAt }
   }
 }
 

@@ -59,6 +59,7 @@ export interface DurableObjectStateLike {
     put<T>(key: string, value: T): Promise<void>
     delete(key: string): Promise<boolean>
     deleteAll(): Promise<void>
+    getAlarm(): Promise<number | null>
     setAlarm(scheduledTime: number | Date): Promise<void>
     deleteAlarm(): Promise<void>
   }
@@ -80,7 +81,16 @@ export interface CloudflareAdapterBindings {
   executionCtx?: ExecutionContextLike
   /** The Worker's env; enables `dispatchBinding` to its service bindings. */
   env?: object
+  /**
+   * How rate limits count: 'fixed-window' (default) or 'sliding-window' (docs/sliding-window.md).
+   * A sliding window needs rateLimitDo: with rateLimitKv alone it is refused with a RangeError, as
+   * KV has no atomic increment and is eventually consistent.
+   */
+  rateLimit?: { algorithm?: RateLimitAlgorithm }
 }
+
+/** How a rate-limit store counts; see {@link CloudflareAdapterBindings.rateLimit}. */
+export type RateLimitAlgorithm = 'fixed-window' | 'sliding-window'
 
 export interface CloudflareGatewayAdapter extends GatewayAdapter {
   /** Present when rateLimitDo or rateLimitKv is given. */
@@ -103,17 +113,20 @@ export interface CloudflareGatewayAdapter extends GatewayAdapter {
 /** A GatewayAdapter built from Cloudflare bindings. */
 export declare function cloudflareAdapter(bindings?: CloudflareAdapterBindings): CloudflareGatewayAdapter
 
-/** Fixed-window counters in KV as `{ count, resetAt }` JSON; approximate under concurrency. */
+/**
+ * Fixed-window counters in KV as `{ count, resetAt }` JSON; approximate under concurrency.
+ * `algorithm: 'sliding-window'` throws a RangeError (KV cannot count one honestly).
+ */
 export declare class KVRateLimitStore implements RateLimitStore {
-  constructor(kv: KVNamespaceLike)
+  constructor(kv: KVNamespaceLike, options?: { algorithm?: 'fixed-window' })
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
   /** What this store did (see {@link StoreStats}). */
   stats(): StoreStats
 }
 
-/** Fixed-window counters, one RateLimiterDO per key; exact. */
+/** Fixed- or sliding-window counters, one RateLimiterDO per key; exact. */
 export declare class DurableObjectRateLimitStore implements RateLimitStore {
-  constructor(namespace: DurableObjectNamespaceLike)
+  constructor(namespace: DurableObjectNamespaceLike, options?: { algorithm?: RateLimitAlgorithm })
   increment(key: string, windowSeconds: number): Promise<{ count: number; resetAt: number }>
   /** What this store did (see {@link StoreStats}). */
   stats(): StoreStats

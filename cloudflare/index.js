@@ -13,7 +13,7 @@ import {
 } from './durable-objects.js'
 import { KVRateLimitStore } from './kv.js'
 import { adapterStats } from '../lib/stats.js'
-import { checkBinding, checkKey, checkKnownKeys, optionsObject } from '../lib/validate.js'
+import { checkBinding, checkKey, checkKnownKeys, optionsObject, rateLimitAlgorithm } from '../lib/validate.js'
 
 export {
   CacheApiCacheStore,
@@ -37,7 +37,16 @@ export function isolateCircuitBreakerStore() {
 
 const given = (value) => value !== undefined && value !== null
 
-const BINDINGS = ['rateLimitKv', 'rateLimitDo', 'circuitBreakerDo', 'cache', 'cacheOrigin', 'executionCtx', 'env']
+const BINDINGS = [
+  'rateLimitKv',
+  'rateLimitDo',
+  'circuitBreakerDo',
+  'cache',
+  'cacheOrigin',
+  'executionCtx',
+  'env',
+  'rateLimit',
+]
 
 /**
  * A GatewayAdapter from Cloudflare bindings. Rate limits: Durable Objects
@@ -45,16 +54,23 @@ const BINDINGS = ['rateLimitKv', 'rateLimitDo', 'circuitBreakerDo', 'cache', 'ca
  * without either. Circuits: Durable Objects (`circuitBreakerDo`) or this
  * isolate's memory. Cache: the Cache API (`cache`, else `caches.default`).
  * `executionCtx` enables waitUntil; `env` enables dispatchBinding.
+ * `rateLimit: { algorithm }` picks 'fixed-window' (default) or
+ * 'sliding-window' (Durable Objects only; KV refuses it).
  */
 export function cloudflareAdapter(bindings) {
   const opts = optionsObject('cloudflareAdapter', bindings, 'bindings')
   checkKnownKeys('cloudflareAdapter', opts, BINDINGS)
   const adapter = {}
 
+  // Checked even without a rate-limit binding, so a bad option never passes unseen.
+  rateLimitAlgorithm('cloudflareAdapter', opts.rateLimit)
   if (given(opts.rateLimitDo)) {
-    adapter.rateLimitStore = fromBinding('rateLimitDo', () => new DurableObjectRateLimitStore(opts.rateLimitDo))
+    adapter.rateLimitStore = fromBinding(
+      'rateLimitDo',
+      () => new DurableObjectRateLimitStore(opts.rateLimitDo, opts.rateLimit),
+    )
   } else if (given(opts.rateLimitKv)) {
-    adapter.rateLimitStore = fromBinding('rateLimitKv', () => new KVRateLimitStore(opts.rateLimitKv))
+    adapter.rateLimitStore = fromBinding('rateLimitKv', () => new KVRateLimitStore(opts.rateLimitKv, opts.rateLimit))
   }
 
   adapter.circuitBreakerStore = given(opts.circuitBreakerDo)

@@ -1,5 +1,5 @@
 import { countCalls } from '../lib/stats.js'
-import { checkBinding, checkKey, checkSeconds } from '../lib/validate.js'
+import { checkBinding, checkKey, checkSeconds, rateLimitAlgorithm } from '../lib/validate.js'
 
 // KV refuses an expiry less than 60 seconds away.
 const KV_MIN_TTL_SECONDS = 60
@@ -12,12 +12,24 @@ const KV_MIN_TTL_SECONDS = 60
  * Object store where exact counts matter. Unlike a naive expirationTtl of
  * the remaining window, entries expire no sooner than KV's 60-second
  * minimum; `resetAt` inside the value decides when a window is over.
+ *
+ * `{ algorithm: 'sliding-window' }` is refused (docs/sliding-window.md): a
+ * sliding count is only as good as the counts it carries over, and KV can
+ * neither increment atomically nor show a write to other locations for up
+ * to 60 s, so it would undercount exactly the bursts it exists to stop.
  */
 export class KVRateLimitStore {
   #kv
 
-  constructor(kv) {
+  constructor(kv, options) {
     this.#kv = checkBinding('KVRateLimitStore', kv, 'kv', 'KVNamespace', ['get', 'put'])
+    if (rateLimitAlgorithm('KVRateLimitStore', options) !== 'fixed-window') {
+      throw new RangeError(
+        'KVRateLimitStore: rateLimit.algorithm "sliding-window" needs atomic, consistent counts, which Workers KV ' +
+          'does not give (no atomic increment; writes reach other locations up to 60 s later); use the Durable ' +
+          'Object store (rateLimitDo) for a sliding window',
+      )
+    }
     countCalls(this, ['increment'])
   }
 

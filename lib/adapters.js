@@ -2,7 +2,7 @@
 // GatewayAdapter factories and the TestAdapter, built from the stores.
 
 const { MemoryRateLimitStore, MemoryCircuitBreakerStore, MemoryCacheStore, BOUNDS } = require('./memory.js')
-const { optionsObject, checkKnownKeys, optionalName, describe } = require('./validate.js')
+const { optionsObject, checkKnownKeys, optionalName, describe, rateLimitAlgorithm } = require('./validate.js')
 const { adapterStats } = require('./stats.js')
 
 // The options of TestAdapter, and of memoryAdapter, which also takes waitUntil.
@@ -29,6 +29,8 @@ function memoryStores(factory, options, known) {
     checkKnownKeys(factory, given, BOUNDS[kind], kind)
     return { ...given, name }
   }
+  // Checked here so that a bad algorithm is named as the factory's option.
+  rateLimitAlgorithm(factory, opts.rateLimit, BOUNDS.rateLimit)
   return {
     rateLimitStore: new MemoryRateLimitStore(bounds('rateLimit')),
     circuitBreakerStore: new MemoryCircuitBreakerStore(bounds('circuitBreaker')),

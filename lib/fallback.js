@@ -56,14 +56,21 @@ class Fallback {
   #active = false
   #closed = false
   #timer = null
+  // By algorithm: a sliding store's calls are answered by a sliding memory store.
+  #rateLimits = {}
   /** How many times calls went to memory. */
   entered = 0
 
   constructor(backend, probe) {
     this.#backend = backend
     this.#probe = probe
-    this.rateLimit = new MemoryRateLimitStore()
     this.circuitBreaker = new MemoryCircuitBreakerStore()
+  }
+
+  /** The memory rate-limit store counting with `algorithm`, made on first use. */
+  rateLimit(algorithm) {
+    this.#rateLimits[algorithm] ??= new MemoryRateLimitStore({ algorithm })
+    return this.#rateLimits[algorithm]
   }
 
   /** Whether calls are answered locally now. */
@@ -125,7 +132,7 @@ class Fallback {
     this.#closed = true
     this.#active = false
     if (this.#timer !== null) clearTimeout(this.#timer)
-    this.rateLimit.destroy()
+    for (const store of Object.values(this.#rateLimits)) store.destroy()
     this.circuitBreaker.destroy()
   }
 }

@@ -33,6 +33,7 @@ const LOOP_UNITS = 64
 // Every symbol: parameter types and result, in Deno's names.
 const SYMBOLS = {
   stoma_rate_limit_increment: [['pointer', 'u32', 'f64'], 'f64'],
+  stoma_sliding_rate_limit_increment: [['pointer', 'u32', 'f64'], 'f64'],
   stoma_circuit_operate: [['pointer', 'u32', 'u32', 'u32'], 'f64'],
   stoma_cache_put: [['pointer', 'u32', 'u32', 'u32', 'buffer', 'f64', 'f64'], 'f64'],
   stoma_cache_get: [['pointer', 'u32'], 'f64'],
@@ -158,13 +159,17 @@ function laneOf(store, bytes) {
 
 /**
  * The rate-limit store's `{ call(key, windowMs) → count, out }` (out[0] is
- * resetAt), as `bound` (its N-API bound call) answers, through a lane.
+ * resetAt), as `bound` (its N-API bound call) answers, through a lane, with
+ * the symbol of the store's `algorithm` (a lane serves only its own).
  */
-function rateLimitCall(store, bound) {
+function rateLimitCall(store, bound, algorithm) {
   const lane = laneOf(store, KEY_BYTES)
   if (lane === null) return bound
   const { handle, slots } = lane
-  const increment = road.symbols.stoma_rate_limit_increment
+  const increment =
+    algorithm === 'sliding-window'
+      ? road.symbols.stoma_sliding_rate_limit_increment
+      : road.symbols.stoma_rate_limit_increment
   return {
     call(key, windowMs) {
       const length = lane.writeKey(key)

@@ -16,6 +16,7 @@ const {
   checkName,
   optionalName,
   checkCircuitState,
+  rateLimitAlgorithm,
 } = require('./validate.js')
 const { CIRCUIT_STATES, CIRCUIT_OPERATIONS } = require('./circuit.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
@@ -26,10 +27,10 @@ const DEFAULT_CIRCUIT_KEYS = 10_000
 const DEFAULT_CACHE_ENTRIES = 10_000
 const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
-// The bounds each store takes besides `name`; memoryAdapter's nested
+// The options each store takes besides `name`; memoryAdapter's nested
 // options accept exactly these.
 const BOUNDS = {
-  rateLimit: ['maxKeys'],
+  rateLimit: ['maxKeys', 'algorithm'],
   circuitBreaker: ['maxKeys'],
   cache: ['maxEntries', 'maxBytes'],
 }
@@ -57,11 +58,12 @@ function destroyedError(store) {
 }
 
 /**
- * Fixed-window rate-limit counters, bounded by `maxKeys` (100,000). When
- * full of live windows a new key fails closed (`count` is
- * `Number.MAX_SAFE_INTEGER`); expired keys are reclaimed at O(1) cost.
- * Stores built with the same `name` share one state across worker threads,
- * until releaseMemoryState(name).
+ * Rate-limit counters, bounded by `maxKeys` (100,000), counting with
+ * `algorithm`: 'fixed-window' (the default, Stoma's) or 'sliding-window'
+ * (docs/sliding-window.md). When full of live windows a new key fails
+ * closed (`count` is `Number.MAX_SAFE_INTEGER`); expired keys are reclaimed
+ * at O(1) cost. Stores built with the same `name` and algorithm share one
+ * state across worker threads, until releaseMemoryState(name).
  */
 class MemoryRateLimitStore {
   #native
@@ -75,9 +77,14 @@ class MemoryRateLimitStore {
         ? { maxKeys: options }
         : storeOptions('MemoryRateLimitStore', options, BOUNDS.rateLimit)
     const maxKeys = positiveInteger('MemoryRateLimitStore', opts.maxKeys, 'maxKeys', DEFAULT_RATE_LIMIT_KEYS)
-    this.#native = new native.NativeMemoryRateLimitStore(maxKeys, optionalName('MemoryRateLimitStore', opts.name))
+    const algorithm = rateLimitAlgorithm('MemoryRateLimitStore', { algorithm: opts.algorithm })
+    this.#native = new native.NativeMemoryRateLimitStore(
+      maxKeys,
+      optionalName('MemoryRateLimitStore', opts.name),
+      algorithm,
+    )
     const bound = this.#native.bindIncrement()
-    const { call, out } = ffi ? ffi.rateLimitCall(this.#native, bound) : bound
+    const { call, out } = ffi ? ffi.rateLimitCall(this.#native, bound, algorithm) : bound
     this.#increment = call
     this.#resetAt = out
   }

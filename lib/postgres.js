@@ -361,13 +361,15 @@ const RATE_LIMIT_OPERATIONS = {
  */
 class PostgresRateLimitStore {
   #handle
+  #algorithm
   #operations
 
   /** `options`, or Stoma's `(client, '<tablePrefix>rate_limits')`. */
   constructor(options, table) {
     const who = 'PostgresRateLimitStore'
     const opts = storeOptions(who, 'rate_limits', options, table, [...STORE_OPTIONS, 'algorithm'])
-    this.#operations = RATE_LIMIT_OPERATIONS[rateLimitAlgorithm(who, { algorithm: opts.algorithm })]
+    this.#algorithm = rateLimitAlgorithm(who, { algorithm: opts.algorithm })
+    this.#operations = RATE_LIMIT_OPERATIONS[this.#algorithm]
     this.#handle = new Handle(who, opts, this.#operations.cleans)
   }
 
@@ -376,7 +378,7 @@ class PostgresRateLimitStore {
       checkPostgresKey('PostgresRateLimitStore', key)
       checkSeconds('PostgresRateLimitStore', windowSeconds, 'windowSeconds')
       return this.#handle.call(
-        (fallback) => fallback.rateLimit.increment(key, windowSeconds),
+        (fallback) => fallback.rateLimit(this.#algorithm).increment(key, windowSeconds),
         this.#operations.increment,
         key,
         windowSeconds * 1000,

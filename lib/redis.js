@@ -641,12 +641,14 @@ const INCREMENTS = { 'fixed-window': 'increment', 'sliding-window': 'slidingIncr
  */
 class RedisRateLimitStore {
   #connection
+  #algorithm
   #increment
 
   constructor(options, prefix, setWithTTL) {
     const who = 'RedisRateLimitStore'
     const algorithm = isClient(options) ? undefined : options?.algorithm
-    this.#increment = INCREMENTS[rateLimitAlgorithm(who, { algorithm })]
+    this.#algorithm = rateLimitAlgorithm(who, { algorithm })
+    this.#increment = INCREMENTS[this.#algorithm]
     this.#connection = storeConnection(who, options, prefix, setWithTTL, [...CONNECTION_OPTIONS, 'algorithm'])
   }
 
@@ -655,7 +657,7 @@ class RedisRateLimitStore {
       checkKey('RedisRateLimitStore', key)
       checkSeconds('RedisRateLimitStore', windowSeconds, 'windowSeconds')
       return this.#connection.redis.callOr(
-        (fallback) => fallback.rateLimit.increment(key, windowSeconds),
+        (fallback) => fallback.rateLimit(this.#algorithm).increment(key, windowSeconds),
         this.#increment,
         key,
         windowSeconds * 1000,

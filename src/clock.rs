@@ -126,6 +126,19 @@ impl Now {
     }
     self.ms() < instant
   }
+
+  /// Whether `start <= now < end`, without a precise read when the coarse
+  /// time is comfortably inside (the precise time is never before it).
+  pub fn is_within(&self, start: i64, end: i64) -> bool {
+    if self.precise.get().is_none() {
+      let coarse = self.coarse();
+      if start <= coarse && coarse + COARSE_SLACK_MS < end {
+        return true;
+      }
+    }
+    let ms = self.ms();
+    start <= ms && ms < end
+  }
 }
 
 /// The longest duration kept: 2^52 ms, about 142,700 years. Any instant
@@ -180,6 +193,9 @@ mod tests {
     let precise = now_ms();
     assert!(now.is_before(precise + 60_000));
     assert!(!now.is_before(now.ms()));
+    assert!(now.is_within(precise - 1, precise + 60_000));
+    assert!(!now.is_within(now.ms() + 1, now.ms() + 60_000));
+    assert!(!now.is_within(0, now.ms()));
     assert!(now.ms() <= precise + 1);
   }
 }

@@ -48,8 +48,12 @@ impl Window {
   /// window still inside the rolling window, rounded down.
   pub fn count(&self, now: i64, previous: i64, current: i64) -> i64 {
     let remaining = (self.end() - now).clamp(0, self.length);
-    let carried = i128::from(previous) * i128::from(remaining) / i128::from(self.length);
-    current.saturating_add(carried as i64)
+    // i128 only when the product overflows: its division costs several times i64's.
+    let carried = match previous.checked_mul(remaining) {
+      Some(product) => product / self.length,
+      None => (i128::from(previous) * i128::from(remaining) / i128::from(self.length)) as i64,
+    };
+    current.saturating_add(carried)
   }
 }
 

@@ -175,6 +175,13 @@ if (ffi) {
       expect(symbols.stoma_cache_get(handle, 0)).toBe(FAILED_TYPE)
       expect(symbols.stoma_rate_limit_increment(null, 0, 1000)).toBe(FAILED)
       expect(limiter.size).toBe(0)
+      // A fixed-window lane and a sliding-window one each refuse the other algorithm's symbol.
+      expect(symbols.stoma_sliding_rate_limit_increment(handle, 0, 1000)).toBe(FAILED_TYPE)
+      const sliding = new native.NativeMemoryRateLimitStore(10, null, 'sliding-window')
+      const slidingLane = lane(sliding, 16).handle
+      expect(symbols.stoma_rate_limit_increment(slidingLane, 0, 1000)).toBe(FAILED_TYPE)
+      expect(symbols.stoma_sliding_rate_limit_increment(slidingLane, 0, 1000)).toBe(1)
+      expect([limiter.size, sliding.size]).toEqual([0, 1])
     })
 
     it('unknown operation and state codes are refused', () => {

@@ -78,7 +78,7 @@ pub fn release_memory_state(name: String) -> Result<bool> {
   guard("releaseMemoryState", || {
     // `|`, not `||`: every kind is released.
     Ok(
-      rate_limit::NAMED.release(&name)
+      rate_limit::release(&name)
         | circuit_breaker::NAMED.release(&name)
         | cache::NAMED.release(&name),
     )

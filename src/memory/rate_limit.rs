@@ -1,16 +1,18 @@
-//! Fixed-window rate-limit counters, bounded by a key count.
-//!
-//! Same semantics as Stoma's `InMemoryRateLimitStore`: a key's first hit
-//! opens a window of `windowMs`; later hits inside it add one; the first hit
-//! at or after `resetAt` opens a new window at count 1. When `maxKeys` keys
-//! are held and none has expired, a new key fails closed with
+//! Rate-limit counters, bounded by a key count, under either algorithm:
+//! [`fixed::FixedWindow`] (Stoma's semantics, the default) or
+//! [`sliding::SlidingWindow`] (issue #18). When `maxKeys` keys are held and
+//! none has expired, a new key fails closed with
 //! `count = Number.MAX_SAFE_INTEGER`.
 //!
 //! Unlike Stoma's store, which scans the whole map for expired keys whenever
 //! it is full (~810 µs a call at 100k keys), expired keys are found through
-//! expiry queues: one FIFO per window length, in which windows necessarily
-//! expire in the order they opened. Each window opened pushes one entry and
-//! each entry is popped once, so reclaiming is O(1) amortized per call.
+//! expiry queues: one FIFO per window length, in which entries necessarily
+//! expire in the order they were written. Each window opened pushes one
+//! entry and each entry is popped once, so reclaiming is O(1) amortized per
+//! call.
+
+mod fixed;
+mod sliding;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,9 +26,11 @@ use napi_derive::napi;
 use super::ordered_map::OrderedMap;
 use super::{bound, Held, Registry};
 use crate::clock::{duration_ms, Now};
-use crate::errors::{guard, lock};
-use crate::fastcall::{bound_call, Answer};
+use crate::errors::{guard, lock, store_error};
+use crate::fastcall::{bound_call, Answer, Args, Bound, CallError};
 use crate::ffi::{self, Lane};
+use fixed::FixedWindow;
+use sliding::SlidingWindow;
 
 /// `Number.MAX_SAFE_INTEGER`: the count reported when the store is full.
 pub const FAIL_CLOSED_COUNT: f64 = 9_007_199_254_740_991.0;
@@ -35,16 +39,42 @@ pub const FAIL_CLOSED_COUNT: f64 = 9_007_199_254_740_991.0;
 /// window keeps the queues draining faster than they fill.
 const RECLAIM_PER_CALL: usize = 2;
 
-#[derive(Clone, Copy, Debug)]
-struct Window {
-  count: u64,
-  reset_at: i64,
+/// What [`Counters::increment`] answers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hit {
+  pub count: f64,
+  pub reset_at: i64,
 }
 
-/// One expiry queue entry: `key`'s window that ends at `reset_at`. It is stale
-/// (and skipped) if the key has since opened a newer window.
+impl Hit {
+  fn new(count: u64, reset_at: i64) -> Self {
+    Hit {
+      count: count as f64,
+      reset_at,
+    }
+  }
+}
+
+/// How a key's hits are counted: what it keeps per key, and when that
+/// entry may be forgotten.
+pub trait Algorithm: Send + Sync + 'static {
+  type Entry: Copy + Send;
+
+  /// A new key's entry and the answer to its first hit.
+  fn first(window_ms: i64, now: &Now) -> (Self::Entry, Hit);
+
+  /// Counts a hit on a held key; the flag says whether the entry's expiry
+  /// moved (a new window), so that it is queued again.
+  fn hit(entry: &mut Self::Entry, window_ms: i64, now: &Now) -> (Hit, bool);
+
+  /// From when the entry counts for nothing, so it may be reclaimed.
+  fn expires_at(entry: &Self::Entry) -> i64;
+}
+
+/// One expiry queue entry: `key`'s entry that expires at `expires_at`. It is
+/// stale (and skipped) if the key has since moved to a newer window.
 struct Expiry {
-  reset_at: i64,
+  expires_at: i64,
   key: CompactString,
 }
 
@@ -65,7 +95,7 @@ impl ExpiryQueues {
   /// Pops up to `limit` entries that have expired by `now`.
   fn pop_expired(&mut self, now: i64, limit: usize, out: &mut Vec<Expiry>) {
     for (_, queue) in &mut self.by_window {
-      while out.len() < limit && queue.front().is_some_and(|e| e.reset_at <= now) {
+      while out.len() < limit && queue.front().is_some_and(|e| e.expires_at <= now) {
         out.extend(queue.pop_front());
       }
     }
@@ -74,28 +104,21 @@ impl ExpiryQueues {
 }
 
 /// The counters of one store (or of every store sharing a `name`).
-pub struct FixedWindowCounters {
+pub struct Counters<A: Algorithm> {
   /// Keys up to 24 bytes (IPs, user ids) are stored inline in the entry,
   /// saving a pointer chase (a cache miss at 100k keys) per lookup.
-  windows: OrderedMap<Window>,
-  /// Number of keys in `windows`, kept separately because counting them
+  entries: OrderedMap<A::Entry>,
+  /// Number of keys in `entries`, kept separately because counting them
   /// locks every shard.
   len: AtomicUsize,
   max_keys: usize,
   expiries: Mutex<ExpiryQueues>,
 }
 
-/// What [`FixedWindowCounters::increment`] answers.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Hit {
-  pub count: f64,
-  pub reset_at: i64,
-}
-
-impl FixedWindowCounters {
+impl<A: Algorithm> Counters<A> {
   pub fn new(max_keys: usize) -> Self {
-    FixedWindowCounters {
-      windows: OrderedMap::new(),
+    Counters {
+      entries: OrderedMap::new(),
       len: AtomicUsize::new(0),
       max_keys: max_keys.max(1),
       expiries: Mutex::new(ExpiryQueues::default()),
@@ -110,57 +133,45 @@ impl FixedWindowCounters {
   pub fn increment(&self, key: &str, window_ms: i64, now: &Now) -> Hit {
     // Fast path: the key exists. The shard's lock is released before the
     // expiry queues are locked, so the two locks are never held together.
-    let known = self.windows.with_mut(key, |window| {
-      if now.is_before(window.reset_at) {
-        window.count += 1;
-        return Ok(Hit {
-          count: window.count as f64,
-          reset_at: window.reset_at,
-        });
-      }
-      *window = Window {
-        count: 1,
-        reset_at: now.ms() + window_ms,
-      };
-      Err(window.reset_at)
+    let known = self.entries.with_mut(key, |entry| {
+      let (hit, moved) = A::hit(entry, window_ms, now);
+      (hit, moved.then(|| A::expires_at(entry)))
     });
     match known {
-      Some(Ok(hit)) => hit,
-      Some(Err(reset_at)) => {
-        self.opened(CompactString::from(key), window_ms, reset_at, now.ms());
-        Hit {
-          count: 1.0,
-          reset_at,
-        }
+      Some((hit, None)) => hit,
+      Some((hit, Some(expires_at))) => {
+        self.opened(CompactString::from(key), window_ms, expires_at, now.ms());
+        hit
       }
       None => self.insert_new(key, window_ms, now),
     }
   }
 
   fn insert_new(&self, key: &str, window_ms: i64, now: &Now) -> Hit {
-    let now_ms = now.ms();
-    let reset_at = now_ms + window_ms;
-    if !self.reserve_slot(now_ms) {
+    let (entry, hit) = A::first(window_ms, now);
+    if !self.reserve_slot(now.ms()) {
       return Hit {
         count: FAIL_CLOSED_COUNT,
-        reset_at,
+        ..hit
       };
     }
-    if !self.windows.insert_new(key, Window { count: 1, reset_at }) {
+    if !self.entries.insert_new(key, entry) {
       // Another thread inserted the key meanwhile: give the slot back and
-      // count the hit on its window.
+      // count the hit on its entry.
       self.len.fetch_sub(1, Ordering::Relaxed);
       return self.increment(key, window_ms, now);
     }
-    self.opened(CompactString::from(key), window_ms, reset_at, now_ms);
-    Hit {
-      count: 1.0,
-      reset_at,
-    }
+    self.opened(
+      CompactString::from(key),
+      window_ms,
+      A::expires_at(&entry),
+      now.ms(),
+    );
+    hit
   }
 
   /// Claims room for one more key, reclaiming expired keys if the store is
-  /// full. Returns false if it is full of live windows.
+  /// full. Returns false if it is full of live entries.
   fn reserve_slot(&self, now: i64) -> bool {
     loop {
       let len = self.len.load(Ordering::Relaxed);
@@ -180,9 +191,9 @@ impl FixedWindowCounters {
     }
   }
 
-  /// Records a newly opened window and reclaims a few expired ones.
-  fn opened(&self, key: CompactString, window_ms: i64, reset_at: i64, now: i64) {
-    lock(&self.expiries).push(window_ms, Expiry { reset_at, key });
+  /// Records an entry written for a new window and reclaims a few expired ones.
+  fn opened(&self, key: CompactString, window_ms: i64, expires_at: i64, now: i64) {
+    lock(&self.expiries).push(window_ms, Expiry { expires_at, key });
     self.reclaim(now, RECLAIM_PER_CALL);
   }
 
@@ -193,9 +204,9 @@ impl FixedWindowCounters {
     let mut expired = Vec::new();
     lock(&self.expiries).pop_expired(now, limit, &mut expired);
     let mut removed = 0;
-    for Expiry { reset_at, key } in expired {
-      let is_current = |w: &Window| w.reset_at == reset_at && w.reset_at <= now;
-      if self.windows.remove_if(&key, is_current) {
+    for Expiry { expires_at, key } in expired {
+      let is_current = |e: &A::Entry| A::expires_at(e) == expires_at && expires_at <= now;
+      if self.entries.remove_if(&key, is_current) {
         self.len.fetch_sub(1, Ordering::Relaxed);
         removed += 1;
       }
@@ -206,24 +217,28 @@ impl FixedWindowCounters {
   /// Forgets every key.
   pub fn clear(&self) {
     let mut expiries = lock(&self.expiries);
-    self.windows.clear();
+    self.entries.clear();
     expiries.by_window.clear();
-    self.len.store(self.windows.len(), Ordering::Relaxed);
+    self.len.store(self.entries.len(), Ordering::Relaxed);
   }
 }
 
-pub(super) static NAMED: Registry<FixedWindowCounters> = Registry::new();
+static NAMED_FIXED: Registry<Counters<FixedWindow>> = Registry::new();
+static NAMED_SLIDING: Registry<Counters<SlidingWindow>> = Registry::new();
+
+/// Forgets the counters of both algorithms registered under `name`.
+pub(super) fn release(name: &str) -> bool {
+  NAMED_FIXED.release(name) | NAMED_SLIDING.release(name)
+}
+
 const STORE: &str = "MemoryRateLimitStore";
 
-/// `stoma_rate_limit_increment(lane, keyLength, windowMs)`: the C-ABI form
-/// of the bound `increment` (see [`ffi`]), for a key JS wrote into the lane.
+/// Counts one hit through a lane (see [`ffi`]), for a key JS wrote into it.
 ///
 /// # Safety
-/// `lane` must be a lane from `NativeMemoryRateLimitStore#lane` that JS still
-/// holds, called on the thread that holds it (see [`ffi::enter`]).
-#[no_mangle]
-pub unsafe extern "C" fn stoma_rate_limit_increment(
-  lane: *const Lane<Arc<FixedWindowCounters>>,
+/// As for the symbols below.
+unsafe fn lane_increment<A: Algorithm>(
+  lane: *const Lane<Arc<Counters<A>>>,
   key_len: u32,
   window_ms: f64,
 ) -> f64 {
@@ -239,24 +254,83 @@ pub unsafe extern "C" fn stoma_rate_limit_increment(
   }
 }
 
+/// `stoma_rate_limit_increment(lane, keyLength, windowMs)`: the C-ABI form
+/// of the bound `increment` of a fixed-window store.
+///
+/// # Safety
+/// `lane` must be a lane from `NativeMemoryRateLimitStore#lane` that JS still
+/// holds, called on the thread that holds it (see [`ffi::enter`]).
+#[no_mangle]
+pub unsafe extern "C" fn stoma_rate_limit_increment(
+  lane: *const Lane<Arc<Counters<FixedWindow>>>,
+  key_len: u32,
+  window_ms: f64,
+) -> f64 {
+  // SAFETY: the caller's promise.
+  unsafe { lane_increment(lane, key_len, window_ms) }
+}
+
+/// `stoma_sliding_rate_limit_increment(lane, keyLength, windowMs)`: the same
+/// for a sliding-window store (a lane of the other kind is refused).
+///
+/// # Safety
+/// As for [`stoma_rate_limit_increment`].
+#[no_mangle]
+pub unsafe extern "C" fn stoma_sliding_rate_limit_increment(
+  lane: *const Lane<Arc<Counters<SlidingWindow>>>,
+  key_len: u32,
+  window_ms: f64,
+) -> f64 {
+  // SAFETY: the caller's promise.
+  unsafe { lane_increment(lane, key_len, window_ms) }
+}
+
+/// The bound `increment(key, windowMs)` of either algorithm (see [`bound_call`]).
+fn bound_increment<A: Algorithm>(
+  bound: &Bound<Counters<A>>,
+  args: &Args,
+) -> std::result::Result<Answer, CallError> {
+  let window_ms = duration_ms(args.number(1, "windowMs")?);
+  let now = Now::read();
+  let hit = args.with_str(0, "key", |key| bound.state.increment(key, window_ms, &now))?;
+  bound.out.set(0, hit.reset_at as f64);
+  Ok(Answer::Number(hit.count))
+}
+
+/// A store's counters, of the algorithm it was built with.
+enum Kind {
+  Fixed(Held<Counters<FixedWindow>>),
+  Sliding(Held<Counters<SlidingWindow>>),
+}
+
 /// The native half of `MemoryRateLimitStore` (see `lib/memory.js`).
 #[napi]
 pub struct NativeMemoryRateLimitStore {
-  counters: Held<FixedWindowCounters>,
+  counters: Kind,
 }
 
 #[napi]
 impl NativeMemoryRateLimitStore {
-  /// `name` shares the counters with every store of that name in the process.
+  /// `algorithm` is "fixed-window" (when absent) or "sliding-window"; `name`
+  /// shares the counters with every store of that name and algorithm in the
+  /// process.
   #[napi(constructor)]
-  pub fn new(max_keys: f64, name: Option<String>) -> Result<Self> {
+  pub fn new(max_keys: f64, name: Option<String>, algorithm: Option<String>) -> Result<Self> {
     guard(STORE, || {
-      let counters = NAMED.get_or_create(name.as_deref(), || {
-        FixedWindowCounters::new(bound(max_keys))
-      });
-      Ok(NativeMemoryRateLimitStore {
-        counters: Held::new(STORE, counters),
-      })
+      let name = name.as_deref();
+      let max_keys = bound(max_keys);
+      let counters = match algorithm.as_deref().unwrap_or("fixed-window") {
+        "fixed-window" => Kind::Fixed(Held::new(
+          STORE,
+          NAMED_FIXED.get_or_create(name, || Counters::new(max_keys)),
+        )),
+        "sliding-window" => Kind::Sliding(Held::new(
+          STORE,
+          NAMED_SLIDING.get_or_create(name, || Counters::new(max_keys)),
+        )),
+        other => return Err(store_error(STORE, format!("unknown algorithm {other:?}"))),
+      };
+      Ok(NativeMemoryRateLimitStore { counters })
     })
   }
 
@@ -264,38 +338,41 @@ impl NativeMemoryRateLimitStore {
   /// returns the count, writing `resetAt` into `out[0]` (see [`bound_call`]).
   #[napi(ts_return_type = "{ call: (key: string, windowMs: number) => number; out: Float64Array }")]
   pub fn bind_increment(&self, env: &Env) -> Result<Object<'static>> {
-    guard(STORE, || {
-      let counters = self.counters.get()?;
-      bound_call(env, c"increment", counters.clone(), 1, |bound, args| {
-        let window_ms = duration_ms(args.number(1, "windowMs")?);
-        let now = Now::read();
-        let hit = args.with_str(0, "key", |key| bound.state.increment(key, window_ms, &now))?;
-        bound.out.set(0, hit.reset_at as f64);
-        Ok(Answer::Number(hit.count))
-      })
+    guard(STORE, || match &self.counters {
+      Kind::Fixed(held) => bound_call(env, c"increment", held.get()?.clone(), 1, bound_increment),
+      Kind::Sliding(held) => bound_call(env, c"increment", held.get()?.clone(), 1, bound_increment),
     })
   }
 
-  /// Returns `{ handle, memory }`, a lane for `stoma_rate_limit_increment`
-  /// with room for a key of `keyBytes` bytes (see [`ffi::lane`]).
+  /// Returns `{ handle, memory }`, a lane with room for a key of `keyBytes`
+  /// bytes (see [`ffi::lane`]) for `stoma_rate_limit_increment`, or for
+  /// `stoma_sliding_rate_limit_increment` if the store slides.
   #[napi(ts_return_type = "{ handle: number; memory: ArrayBuffer }")]
   pub fn lane(&self, env: &Env, key_bytes: u32) -> Result<Object<'static>> {
-    guard(STORE, || {
-      ffi::lane(env, self.counters.get()?.clone(), key_bytes as usize)
+    let bytes = key_bytes as usize;
+    guard(STORE, || match &self.counters {
+      Kind::Fixed(held) => ffi::lane(env, held.get()?.clone(), bytes),
+      Kind::Sliding(held) => ffi::lane(env, held.get()?.clone(), bytes),
     })
   }
 
   /// Number of keys held.
   #[napi(getter)]
   pub fn size(&self) -> Result<f64> {
-    guard(STORE, || Ok(self.counters.get()?.len() as f64))
+    guard(STORE, || match &self.counters {
+      Kind::Fixed(held) => Ok(held.get()?.len() as f64),
+      Kind::Sliding(held) => Ok(held.get()?.len() as f64),
+    })
   }
 
   /// Forgets every key (shared by every store of the same name).
   #[napi]
   pub fn reset(&self) -> Result<()> {
     guard(STORE, || {
-      self.counters.get()?.clear();
+      match &self.counters {
+        Kind::Fixed(held) => held.get()?.clear(),
+        Kind::Sliding(held) => held.get()?.clear(),
+      }
       Ok(())
     })
   }
@@ -304,7 +381,10 @@ impl NativeMemoryRateLimitStore {
   #[napi]
   pub fn destroy(&mut self) -> Result<()> {
     guard(STORE, || {
-      self.counters.release();
+      match &mut self.counters {
+        Kind::Fixed(held) => held.release(),
+        Kind::Sliding(held) => held.release(),
+      }
       Ok(())
     })
   }
@@ -316,7 +396,7 @@ mod tests {
 
   #[test]
   fn counts_within_a_window_and_reopens_after_it() {
-    let c = FixedWindowCounters::new(10);
+    let c = Counters::<FixedWindow>::new(10);
     assert_eq!(
       c.increment("a", 1000, &Now::at(0)),
       Hit {
@@ -342,7 +422,7 @@ mod tests {
 
   #[test]
   fn fails_closed_when_full_and_reclaims_expired_keys() {
-    let c = FixedWindowCounters::new(2);
+    let c = Counters::<FixedWindow>::new(2);
     c.increment("a", 100, &Now::at(0));
     c.increment("b", 500, &Now::at(0));
     assert_eq!(c.increment("c", 100, &Now::at(50)).count, FAIL_CLOSED_COUNT);
@@ -355,7 +435,7 @@ mod tests {
 
   #[test]
   fn a_reopened_window_is_not_reclaimed_by_its_stale_expiry() {
-    let c = FixedWindowCounters::new(1);
+    let c = Counters::<FixedWindow>::new(1);
     c.increment("a", 100, &Now::at(0));
     c.increment("a", 100, &Now::at(100)); // reopens until 200; the entry for 100 is stale
     assert_eq!(
@@ -367,7 +447,7 @@ mod tests {
 
   #[test]
   fn queues_stay_bounded_under_key_churn() {
-    let c = FixedWindowCounters::new(1_000);
+    let c = Counters::<FixedWindow>::new(1_000);
     for i in 0..100_000i64 {
       c.increment(&format!("k{i}"), 10, &Now::at(i));
     }
@@ -419,7 +499,7 @@ mod tests {
 
       #[test]
       fn matches_the_fixed_window_model(max_keys in 1usize..6, steps in prop::collection::vec(step(), 1..120)) {
-        let counters = FixedWindowCounters::new(max_keys);
+        let counters = Counters::<FixedWindow>::new(max_keys);
         let mut model: HashMap<String, (u64, i64)> = HashMap::new();
         let mut now = 1_700_000_000_000i64;
         for Step { key, window_ms, advance_ms } in steps {
@@ -443,7 +523,7 @@ mod tests {
           };
           prop_assert_eq!(hit, expected, "key {:?} at {}", key, now);
           prop_assert!(counters.len() <= max_keys);
-          prop_assert_eq!(counters.len(), counters.windows.len());
+          prop_assert_eq!(counters.len(), counters.entries.len());
         }
       }
     }
