@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PostgresRateLimitStore, RedisRateLimitStore, postgresAdapter, redisAdapter } from '../index.mjs'
 import { deleteRedisKeys, dropTables } from '../scripts/cleanup.mjs'
 import { startPgbouncer } from '../scripts/pgbouncer.mjs'
-import { startCluster } from './support/redis-servers.mjs'
+import { sparePort, startCluster } from './support/redis-servers.mjs'
 import { SlidingWindowModel, slidingWindowContract, windowAt } from './support/sliding-window.mjs'
 
 const native = createRequire(import.meta.url)('../native.js')
@@ -342,5 +342,32 @@ describe('postgres through pgbouncer (transaction pooling)', () => {
     createStore: () =>
       slidingStore(postgresAdapter({ url: bouncer.url, tablePrefix: tablePrefix('bouncer'), rateLimit: SLIDING })),
     setClock,
+  })
+})
+
+describe("sliding-window: whenUnavailable: 'memory' keeps the algorithm", () => {
+  it('a sliding store whose server is away is answered by a sliding memory store', async () => {
+    const closed = await sparePort()
+    const options = { whenUnavailable: 'memory', rateLimit: SLIDING, connectTimeoutMs: 300 }
+    const adapters = [
+      redisAdapter({ url: `redis://127.0.0.1:${closed}`, ...options }),
+      postgresAdapter({ url: `postgres://postgres@127.0.0.1:${closed}/postgres`, ...options }),
+    ]
+    const start = windowAt(Date.now(), 1).start + 10_000
+    for (const adapter of adapters) {
+      try {
+        await frozenAt(start, async (at) => {
+          expect((await adapter.rateLimitStore.increment('k', 1)).count).toBe(1)
+          at(start + 900)
+          for (let i = 0; i < 9; i++) await adapter.rateLimitStore.increment('k', 1)
+          at(start + 1050)
+          // Sliding: 1 + ⌊10 × 0.95⌋; a fixed window would have started again at 1.
+          expect((await adapter.rateLimitStore.increment('k', 1)).count).toBe(10)
+        })
+        expect(adapter.stats().fallback).toMatchObject({ active: true })
+      } finally {
+        await adapter.close()
+      }
+    }
   })
 })
