@@ -138,7 +138,7 @@ describe('memory: fixed and sliding side by side', () => {
 
   it('a store built with an unknown algorithm is refused before anything native is made', () => {
     expect(() => new MemoryRateLimitStore({ algorithm: 'sliding' })).toThrow(
-      /^MemoryRateLimitStore: rateLimit\.algorithm must be "fixed-window" or "sliding-window", got "sliding"$/,
+      /^MemoryRateLimitStore: algorithm must be "fixed-window" or "sliding-window", got "sliding"$/,
     )
     expect(() => memoryAdapter({ rateLimit: { maxKeys: 5, algorithm: null } })).toThrow(TypeError)
     expect(() => new native.NativeMemoryRateLimitStore(10, null, 'other')).toThrow()

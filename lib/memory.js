@@ -16,7 +16,7 @@ const {
   checkName,
   optionalName,
   checkCircuitState,
-  rateLimitAlgorithm,
+  checkAlgorithm,
 } = require('./validate.js')
 const { CIRCUIT_STATES, CIRCUIT_OPERATIONS } = require('./circuit.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
@@ -77,7 +77,7 @@ class MemoryRateLimitStore {
         ? { maxKeys: options }
         : storeOptions('MemoryRateLimitStore', options, BOUNDS.rateLimit)
     const maxKeys = positiveInteger('MemoryRateLimitStore', opts.maxKeys, 'maxKeys', DEFAULT_RATE_LIMIT_KEYS)
-    const algorithm = rateLimitAlgorithm('MemoryRateLimitStore', { algorithm: opts.algorithm })
+    const algorithm = checkAlgorithm('MemoryRateLimitStore', opts.algorithm)
     this.#native = new native.NativeMemoryRateLimitStore(
       maxKeys,
       optionalName('MemoryRateLimitStore', opts.name),

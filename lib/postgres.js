@@ -23,6 +23,7 @@ const {
   checkCircuitState,
   storeFlags,
   rateLimitAlgorithm,
+  checkAlgorithm,
   MAX_MS,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
@@ -368,7 +369,7 @@ class PostgresRateLimitStore {
   constructor(options, table) {
     const who = 'PostgresRateLimitStore'
     const opts = storeOptions(who, 'rate_limits', options, table, [...STORE_OPTIONS, 'algorithm'])
-    this.#algorithm = rateLimitAlgorithm(who, { algorithm: opts.algorithm })
+    this.#algorithm = checkAlgorithm(who, opts.algorithm)
     this.#operations = RATE_LIMIT_OPERATIONS[this.#algorithm]
     this.#handle = new Handle(who, opts, this.#operations.cleans)
   }

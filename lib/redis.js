@@ -18,6 +18,7 @@ const {
   tlsOption,
   storeFlags,
   rateLimitAlgorithm,
+  checkAlgorithm,
   MAX_MS,
 } = require('./validate.js')
 const { checkResponse, responseParts, buildResponse } = require('./response.js')
@@ -647,7 +648,7 @@ class RedisRateLimitStore {
   constructor(options, prefix, setWithTTL) {
     const who = 'RedisRateLimitStore'
     const algorithm = isClient(options) ? undefined : options?.algorithm
-    this.#algorithm = rateLimitAlgorithm(who, { algorithm })
+    this.#algorithm = checkAlgorithm(who, algorithm)
     this.#increment = INCREMENTS[this.#algorithm]
     this.#connection = storeConnection(who, options, prefix, setWithTTL, [...CONNECTION_OPTIONS, 'algorithm'])
   }

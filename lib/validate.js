@@ -153,13 +153,20 @@ const RATE_LIMIT_ALGORITHMS = ['fixed-window', 'sliding-window']
 function rateLimitAlgorithm(who, value, known = ['algorithm']) {
   const options = optionsObject(who, value, 'rateLimit')
   checkKnownKeys(who, options, known, 'rateLimit')
-  const { algorithm = RATE_LIMIT_ALGORITHMS[0] } = options
+  return checkAlgorithm(who, options.algorithm, 'rateLimit.algorithm')
+}
+
+/**
+ * A rate-limit algorithm given as option `name` (a store class's
+ * `algorithm`, an adapter's `rateLimit.algorithm`); absent, the default.
+ */
+function checkAlgorithm(who, algorithm = RATE_LIMIT_ALGORITHMS[0], name = 'algorithm') {
   if (typeof algorithm !== 'string') {
-    throw new TypeError(`${who}: rateLimit.algorithm must be a string, got ${describe(algorithm)}`)
+    throw new TypeError(`${who}: ${name} must be a string, got ${describe(algorithm)}`)
   }
   if (!RATE_LIMIT_ALGORITHMS.includes(algorithm)) {
-    const choices = RATE_LIMIT_ALGORITHMS.map((name) => `"${name}"`).join(' or ')
-    throw new RangeError(`${who}: rateLimit.algorithm must be ${choices}, got ${describe(algorithm)}`)
+    const choices = RATE_LIMIT_ALGORITHMS.map((choice) => `"${choice}"`).join(' or ')
+    throw new RangeError(`${who}: ${name} must be ${choices}, got ${describe(algorithm)}`)
   }
   return algorithm
 }
@@ -221,4 +228,5 @@ module.exports = {
   storeFlags,
   RATE_LIMIT_ALGORITHMS,
   rateLimitAlgorithm,
+  checkAlgorithm,
 }
