@@ -84,8 +84,8 @@ export default function postgresCases() {
       concurrency: 64,
       target: 2,
     }),
-    slidingCase('postgres: sliding vs fixed window (both ours), sequential', { open: slidingAndFixed, concurrency: 1 }),
-    slidingCase('postgres: sliding vs fixed window (both ours), 64 in flight', {
+    slidingCase('postgres: sliding ÷ fixed window (both ours), sequential', { open: slidingAndFixed, concurrency: 1 }),
+    slidingCase('postgres: sliding ÷ fixed window (both ours), 64 in flight', {
       open: slidingAndFixed,
       concurrency: 64,
     }),

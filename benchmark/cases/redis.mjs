@@ -75,7 +75,7 @@ export default function redisCases() {
       },
     },
     cacheCase('redis: cache put+get 1 MiB', { adapters, bytes: 1024 * 1024, target: 30 }),
-    slidingCase('redis: sliding vs fixed window (both ours), sequential', { open: slidingAndFixed, concurrency: 1 }),
-    slidingCase('redis: sliding vs fixed window (both ours), 64 in flight', { open: slidingAndFixed, concurrency: 64 }),
+    slidingCase('redis: sliding ÷ fixed window (both ours), sequential', { open: slidingAndFixed, concurrency: 1 }),
+    slidingCase('redis: sliding ÷ fixed window (both ours), 64 in flight', { open: slidingAndFixed, concurrency: 64 }),
   ]
 }

@@ -8,6 +8,7 @@
 // precise clock read and a division). Run in Node and, by
 // benchmark/runtime.mjs, in Bun and Deno.
 import { MemoryRateLimitStore } from 'stoma-native'
+import { SLIDING_DETAIL as DETAIL, SLIDING_TARGET } from '../harness.mjs'
 
 const KEYS = 100_000
 // Shuffled like memory.mjs's 100k-key case, so neither store reads its keys in insertion order.
@@ -17,11 +18,6 @@ for (let i = KEYS - 1, seed = 7; i > 0; i--) {
   const j = seed % (i + 1)
   ;[keys[i], keys[j]] = [keys[j], keys[i]]
 }
-
-// 1 / 1.3, rounded up.
-const SLIDING_TARGET = 0.77
-// The table's notes column says what the "Stoma (JS)" column holds for these rows.
-const DETAIL = 'the "Stoma (JS)" column is our fixed window'
 
 export default function slidingCases() {
   return [
