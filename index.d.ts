@@ -107,6 +107,8 @@ export interface StoreStats {
   errors: number
   /** Of the errors, those the server did not answer (refused, lost, timed out): code `STORE_UNAVAILABLE`. */
   unavailable: number
+  /** Of those, the ones that waited out a timeout (`commandTimeoutMs`, `statementTimeoutMs`, `connectTimeoutMs`). */
+  timeouts: number
   /** Calls answered from memory while the server was unavailable (`whenUnavailable: 'memory'`). */
   local: number
   /**
@@ -119,6 +121,8 @@ export interface StoreStats {
   size?: number
   /** Memory cache store: bytes charged against maxBytes. */
   bytes?: number
+  /** Memory cache and circuit stores: entries or circuits removed to make room (of the state, shared under a name). */
+  evictions?: number
 }
 
 /** A cache store's stats: also the hits and misses of `get`. */
@@ -134,8 +138,8 @@ export interface AdapterStats {
   cache?: CacheStoreStats
   /** Network adapters: whether the server answers, as the calls find it, and how often it stopped. */
   connection?: { state: 'unknown' | 'up' | 'down'; outages: number }
-  /** Redis with `nearCache`: the copies held. */
-  nearCache?: { entries: number; bytes: number }
+  /** Redis with `nearCache`: the copies held, and the reads answered from one. */
+  nearCache?: { entries: number; bytes: number; hits: number }
   /** With `whenUnavailable: 'memory'`: whether memory answers now, and how many times it took over. */
   fallback?: { active: boolean; entered: number }
 }

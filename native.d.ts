@@ -40,6 +40,8 @@ export declare class NativeMemoryCacheStore {
    * per-entry overhead).
    */
   get bytes(): number
+  /** Entries removed to make room (of the state, shared under a name). */
+  get evictions(): number
   destroy(): void
 }
 
@@ -62,6 +64,8 @@ export declare class NativeMemoryCircuitBreakerStore {
   reset(key: string): void
   clear(): void
   get size(): number
+  /** Circuits forgotten to make room (of the state, shared under a name). */
+  get evictions(): number
   destroy(): void
 }
 
@@ -231,10 +235,10 @@ export declare class NativeRedisConnection {
   close(): void
   get closed(): boolean
   /**
-   * The near cache's copies and the bytes charged for them, or `null`
-   * without one.
+   * The near cache's copies, the bytes charged for them and the reads
+   * answered from a copy, or `null` without one.
    */
-  get nearCacheSize(): [number, number] | null
+  get nearCacheSize(): [number, number, number] | null
 }
 
 /** Options from `lib/postgres.js`, already validated there. */

@@ -93,6 +93,31 @@ describe('stats(): what else each backend reports', () => {
     cache.destroy()
   })
 
+  it('memory stores count what they evicted to make room', async () => {
+    const cache = new MemoryCacheStore({ maxEntries: 2 })
+    for (let i = 0; i < 5; i++) await cache.put(`k${i}`, new Response('x'), 60)
+    expect(cache.stats()).toMatchObject({ calls: 5, size: 2, evictions: 3 })
+    const circuits = memoryAdapter({ circuitBreaker: { maxKeys: 2 } })
+    for (let i = 0; i < 5; i++) await circuits.circuitBreakerStore.recordFailure(`c${i}`)
+    expect(circuits.stats().circuitBreaker).toMatchObject({ calls: 5, size: 2, evictions: 3 })
+    cache.destroy()
+    await circuits.close()
+  })
+
+  it("Redis's near cache counts the reads it answered", async () => {
+    const adapter = redisAdapter({ url: REDIS_URL, prefix: `${RUN}:`, nearCache: true })
+    try {
+      await adapter.cacheStore.put('near', new Response('x'), 60)
+      await adapter.cacheStore.get('near') // the copy is kept from here on
+      const before = adapter.stats().nearCache.hits
+      for (let i = 0; i < 3; i++) await adapter.cacheStore.get('near')
+      expect(adapter.stats().nearCache).toMatchObject({ entries: 1, hits: before + 3 })
+      expect(adapter.stats().cache).toMatchObject({ calls: 5, hits: 4 })
+    } finally {
+      await adapter.close()
+    }
+  })
+
   it('a network adapter whose server is down counts the calls as unavailable, and says so', async () => {
     const closed = await sparePort()
     const adapters = [
@@ -105,7 +130,8 @@ describe('stats(): what else each backend reports', () => {
         await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' })
         await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' })
         const stats = adapter.stats()
-        expect(stats.rateLimit).toMatchObject({ calls: 2, errors: 2, unavailable: 2 })
+        // Refused at once: no timeout.
+        expect(stats.rateLimit).toMatchObject({ calls: 2, errors: 2, unavailable: 2, timeouts: 0 })
         expect(stats.connection).toEqual({ state: 'down', outages: 1 })
       } finally {
         await adapter.close()

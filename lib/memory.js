@@ -230,7 +230,7 @@ class MemoryCircuitBreakerStore {
 
   /** What this store did, and the circuits it holds (see lib/stats.js). */
   stats() {
-    return this.#stats.snapshot({ size: this.#native.size })
+    return this.#stats.snapshot({ size: this.#native.size, evictions: this.#native.evictions })
   }
 
   /** Number of circuits held. */
@@ -335,7 +335,11 @@ class MemoryCacheStore {
 
   /** What this store did, and the entries and bytes it holds (see lib/stats.js). */
   stats() {
-    return this.#stats.snapshot({ size: this.#native.size, bytes: this.#native.bytes })
+    return this.#stats.snapshot({
+      size: this.#native.size,
+      bytes: this.#native.bytes,
+      evictions: this.#native.evictions,
+    })
   }
 
   /** Number of entries held. */

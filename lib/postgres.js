@@ -178,7 +178,7 @@ class Backend {
       (error) => {
         const unavailable = markUnavailable(error)
         if (unavailable) health.unavailable(error.message)
-        stats.failed(unavailable)
+        stats.failed(unavailable, error.message)
         throw error
       },
     )

@@ -235,11 +235,11 @@ function settle(calls, batch, whenDrained, health) {
         error.code = UNAVAILABLE
         health.unavailable(error.message)
       }
-      stats?.failed(unavailable)
+      stats?.failed(unavailable, error.message)
       call.reject(error)
       if (followers !== undefined) {
         for (const follower of followers) {
-          stats.failed(unavailable)
+          stats.failed(unavailable, error.message)
           follower.reject(error)
         }
       }
@@ -514,9 +514,15 @@ class Connection {
   sharedStats() {
     return {
       connection: this.#health.snapshot(),
-      nearCache: this.nearCacheSize(),
+      nearCache: this.#nearCacheStats(),
       fallback: this.#fallback?.snapshot(),
     }
+  }
+
+  /** The near cache's `{ entries, bytes, hits }`, or undefined without one. */
+  #nearCacheStats() {
+    const size = this.#native.nearCacheSize
+    return size === null ? undefined : { entries: size[0], bytes: size[1], hits: size[2] }
   }
 
   /** `{ entries, bytes }` the near cache holds, or undefined without one. */

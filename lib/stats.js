@@ -66,14 +66,23 @@ class Latency {
  * One store's counts. `calls`: every call made (bad arguments included);
  * `errors`: calls that rejected, or, with whenUnavailable: 'memory', that
  * the backend failed before memory answered; `unavailable`: those of the
- * errors that were the backend not answering (refused, lost, timed out);
+ * errors that were the backend not answering (refused, lost, timed out),
+ * `timeouts` the timed-out ones among them;
  * `local`: calls memory answered while the backend was unavailable. A cache
  * store also counts `hits` and `misses` of `get`.
  */
+/**
+ * An unavailable call's message when it waited out a bound of ours (no
+ * answer, or no connection, within commandTimeoutMs, statementTimeoutMs or
+ * connectTimeoutMs), as the native side words every such bound.
+ */
+const TIMED_OUT = /\bwithin \d+ ms\b/
+
 class StoreStats {
   calls = 0
   errors = 0
   unavailable = 0
+  timeouts = 0
   local = 0
   // Every store has them, so that every StoreStats has one shape (one
   // inline cache where the stores count); only a cache's are reported.
@@ -86,10 +95,15 @@ class StoreStats {
     this.#cache = cache
   }
 
-  /** A call that failed; `unavailable` if the backend did not answer it. */
-  failed(unavailable) {
+  /**
+   * A call that failed; `unavailable` if the backend did not answer it,
+   * `message` saying whether it timed out.
+   */
+  failed(unavailable, message) {
     this.errors++
-    if (unavailable) this.unavailable++
+    if (!unavailable) return
+    this.unavailable++
+    if (TIMED_OUT.test(message)) this.timeouts++
   }
 
   /** Whether to time this memory-store call (one in SAMPLE_EVERY); counts it. */
@@ -98,7 +112,8 @@ class StoreStats {
   }
 
   snapshot(extra) {
-    const counts = { calls: this.calls, errors: this.errors, unavailable: this.unavailable, local: this.local }
+    const { calls, errors, unavailable, timeouts, local } = this
+    const counts = { calls, errors, unavailable, timeouts, local }
     if (this.#cache) Object.assign(counts, { hits: this.hits, misses: this.misses })
     return { ...counts, latencyMicros: this.latency.snapshot(), ...extra }
   }

@@ -159,6 +159,8 @@ describe("whenUnavailable: 'memory' on Redis", () => {
     server.kill('SIGSTOP')
     try {
       await expectLimitedLocally(request)
+      // The first call of the outage waited out commandTimeoutMs.
+      expect(adapter.stats().rateLimit).toMatchObject({ unavailable: 1, timeouts: 1, local: 6 })
     } finally {
       server.kill('SIGCONT')
     }

@@ -51,6 +51,8 @@ impl CachedResponse {
 struct LruState {
   entries: LruCache<Box<str>, CachedResponse>,
   bytes: usize,
+  /// Live entries removed to make room, for `stats()`.
+  evictions: u64,
 }
 
 impl LruState {
@@ -89,6 +91,7 @@ impl ResponseLru {
       state: Mutex::new(LruState {
         entries: LruCache::unbounded(),
         bytes: 0,
+        evictions: 0,
       }),
       spare: Mutex::new(None),
       max_entries: max_entries.max(1),
@@ -121,6 +124,7 @@ impl ResponseLru {
       match state.entries.pop_lru() {
         Some((old_key, old)) => {
           state.bytes -= old.charge(&old_key);
+          state.evictions += 1;
           self.set_aside(Some(old.data));
         }
         None => break,
@@ -186,6 +190,11 @@ impl ResponseLru {
   pub fn usage(&self) -> (usize, usize) {
     let state = lock(&self.state);
     (state.entries.len(), state.bytes)
+  }
+
+  /// Entries removed to make room since the state was made.
+  pub fn evictions(&self) -> u64 {
+    lock(&self.state).evictions
   }
 }
 
@@ -379,6 +388,12 @@ impl NativeMemoryCacheStore {
   #[napi(getter)]
   pub fn bytes(&self) -> Result<f64> {
     guard(STORE, || Ok(self.lru.get()?.usage().1 as f64))
+  }
+
+  /// Entries removed to make room (of the state, shared under a name).
+  #[napi(getter)]
+  pub fn evictions(&self) -> Result<f64> {
+    guard(STORE, || Ok(self.lru.get()?.evictions() as f64))
   }
 
   #[napi]

@@ -8,6 +8,7 @@
 //! (a forgotten circuit reads as a fresh closed circuit). Reading an unknown
 //! key stores nothing, so a flood of reads cannot fill it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::Object;
@@ -73,6 +74,8 @@ impl Snapshot {
 pub struct CircuitTable {
   circuits: Mutex<LruMap<Snapshot>>,
   max_keys: usize,
+  /// Circuits forgotten to make room, for `stats()`; counted under the lock.
+  evictions: AtomicU64,
 }
 
 impl CircuitTable {
@@ -80,6 +83,7 @@ impl CircuitTable {
     CircuitTable {
       circuits: Mutex::new(LruMap::new()),
       max_keys: max_keys.max(1),
+      evictions: AtomicU64::new(0),
     }
   }
 
@@ -105,6 +109,7 @@ impl CircuitTable {
     change(&mut snapshot);
     while circuits.len() >= self.max_keys {
       circuits.remove_oldest();
+      self.evictions.fetch_add(1, Ordering::Relaxed);
     }
     circuits.insert_new(key, snapshot);
     snapshot
@@ -149,6 +154,11 @@ impl CircuitTable {
 
   pub fn len(&self) -> usize {
     lock(&self.circuits).len()
+  }
+
+  /// Circuits forgotten to make room since the table was made.
+  pub fn evictions(&self) -> u64 {
+    self.evictions.load(Ordering::Relaxed)
   }
 }
 
@@ -258,6 +268,12 @@ impl NativeMemoryCircuitBreakerStore {
   #[napi(getter)]
   pub fn size(&self) -> Result<f64> {
     guard(STORE, || Ok(self.table.get()?.len() as f64))
+  }
+
+  /// Circuits forgotten to make room (of the state, shared under a name).
+  #[napi(getter)]
+  pub fn evictions(&self) -> Result<f64> {
+    guard(STORE, || Ok(self.table.get()?.evictions() as f64))
   }
 
   #[napi]

@@ -1009,12 +1009,12 @@ impl NativeRedisConnection {
     self.route.is_closed()
   }
 
-  /// The near cache's copies and the bytes charged for them, or `null`
-  /// without one.
-  #[napi(getter, ts_return_type = "[number, number] | null")]
-  pub fn near_cache_size(&self) -> Option<Vec<u32>> {
-    let (entries, bytes) = self.near.as_ref()?.size();
-    Some(vec![entries as u32, bytes.min(u32::MAX as usize) as u32])
+  /// The near cache's copies, the bytes charged for them and the reads
+  /// answered from a copy, or `null` without one.
+  #[napi(getter, ts_return_type = "[number, number, number] | null")]
+  pub fn near_cache_size(&self) -> Option<Vec<f64>> {
+    let (entries, bytes, hits) = self.near.as_ref()?.size();
+    Some(vec![entries as f64, bytes as f64, hits as f64])
   }
 }
 

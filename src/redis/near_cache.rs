@@ -69,6 +69,8 @@ pub struct NearCache {
 struct Inner {
   entries: LruCache<Box<[u8]>, Entry>,
   bytes: usize,
+  /// Reads answered from a copy, for `stats()`.
+  hits: u64,
   /// The latest ticket taken for each key read or written now.
   tickets: HashMap<Box<[u8]>, u64>,
   next_ticket: u64,
@@ -100,6 +102,7 @@ impl NearCache {
       inner: Mutex::new(Inner {
         entries: LruCache::unbounded(),
         bytes: 0,
+        hits: 0,
         tickets: HashMap::new(),
         next_ticket: 1,
         max_tickets: max_entries.saturating_mul(2).max(1024),
@@ -114,7 +117,9 @@ impl NearCache {
     let mut inner = lock(&self.inner);
     if let Some(entry) = inner.entries.get(key) {
       if entry.expires_at.is_none_or(|at| at > now) {
-        return Lookup::Hit(entry.copy.clone());
+        let copy = entry.copy.clone();
+        inner.hits += 1;
+        return Lookup::Hit(copy);
       }
       inner.remove(key);
     }
@@ -203,9 +208,10 @@ impl NearCache {
   }
 
   /// Copies held, and the bytes charged for them.
-  pub fn size(&self) -> (usize, usize) {
+  /// Copies held, their bytes, and the reads answered from one so far.
+  pub fn size(&self) -> (usize, usize, u64) {
     let inner = lock(&self.inner);
-    (inner.entries.len(), inner.bytes)
+    (inner.entries.len(), inner.bytes, inner.hits)
   }
 }
 
@@ -312,7 +318,8 @@ mod tests {
       let read = ticket(&small, key);
       small.keep(key, read, Copy::Response(Arc::clone(&body)), None);
     }
-    assert_eq!(small.size(), (3, 3 * (1000 + 1 + ENTRY_OVERHEAD)));
+    assert_eq!(small.size().0, 3);
+    assert_eq!(small.size().1, 3 * (1000 + 1 + ENTRY_OVERHEAD));
   }
 
   #[test]
