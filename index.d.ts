@@ -138,6 +138,8 @@ export interface AdapterStats {
   cache?: CacheStoreStats
   /** Network adapters: whether the server answers, as the calls find it, and how often it stopped. */
   connection?: { state: 'unknown' | 'up' | 'down'; outages: number }
+  /** PostgreSQL: connections it may open, those open now, whether a pooler in transaction mode was found. */
+  pool?: { size: number; open: number; behindPooler: boolean }
   /** Redis with `nearCache`: the copies held, and the reads answered from one. */
   nearCache?: { entries: number; bytes: number; hits: number }
   /** With `whenUnavailable: 'memory'`: whether memory answers now, and how many times it took over. */

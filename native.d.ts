@@ -151,6 +151,11 @@ export declare class NativePostgres {
    * reject. Idempotent.
    */
   close(): void
+  /**
+   * `[poolSize, open connections, 1 if behind a pooler in transaction
+   * mode (statements unnamed) else 0]`, for `stats()`.
+   */
+  get poolUsage(): [number, number, number]
   get closed(): boolean
 }
 

@@ -118,6 +118,20 @@ describe('stats(): what else each backend reports', () => {
     }
   })
 
+  it('PostgreSQL reports its pool: the connections it may open and those open', async () => {
+    const adapter = postgresAdapter({ url: DATABASE_URL, tablePrefix: `${RUN}_`, poolSize: 3 })
+    try {
+      expect(adapter.stats().pool).toEqual({ size: 3, open: 0, behindPooler: false })
+      await adapter.ensureSchema()
+      await Promise.all(Array.from({ length: 50 }, (_, i) => adapter.rateLimitStore.increment(`p${i}`, 60)))
+      const { open } = adapter.stats().pool
+      expect(open).toBeGreaterThanOrEqual(1)
+      expect(open).toBeLessThanOrEqual(3)
+    } finally {
+      await adapter.close()
+    }
+  })
+
   it('a network adapter whose server is down counts the calls as unavailable, and says so', async () => {
     const closed = await sparePort()
     const adapters = [

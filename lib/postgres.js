@@ -184,9 +184,14 @@ class Backend {
     )
   }
 
-  /** What an adapter's stats() adds: whether PostgreSQL answers, the fallback. */
+  /** What an adapter's stats() adds: whether PostgreSQL answers, the pool, the fallback. */
   sharedStats() {
-    return { connection: this.#health.snapshot(), fallback: this.#fallback?.snapshot() }
+    const [size, open, pooler] = this.#pool.poolUsage
+    return {
+      connection: this.#health.snapshot(),
+      pool: { size, open, behindPooler: pooler === 1 },
+      fallback: this.#fallback?.snapshot(),
+    }
   }
 
   ensureSchema() {

@@ -465,6 +465,14 @@ impl NativePostgres {
     self.pool.close();
   }
 
+  /// `[poolSize, open connections, 1 if behind a pooler in transaction
+  /// mode (statements unnamed) else 0]`, for `stats()`.
+  #[napi(getter, ts_return_type = "[number, number, number]")]
+  pub fn pool_usage(&self) -> Vec<f64> {
+    let (size, open, pooled) = self.pool.usage();
+    vec![size as f64, open as f64, if pooled { 1.0 } else { 0.0 }]
+  }
+
   #[napi(getter)]
   pub fn closed(&self) -> bool {
     self.pool.is_closed()

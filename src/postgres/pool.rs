@@ -151,6 +151,17 @@ impl Pool {
     self.closed.load(Ordering::Acquire)
   }
 
+  /// For `stats()`: the connections the pool may open, those open now, and
+  /// whether a pooler in transaction mode was found (statements unnamed).
+  pub fn usage(&self) -> (usize, usize, bool) {
+    let open = self
+      .slots
+      .iter()
+      .filter(|slot| slot.live().is_some())
+      .count();
+    (self.slots.len(), open, self.naming.is_unnamed())
+  }
+
   /// Stops serving calls and drops every connection. Calls already running
   /// keep their connection until they finish; each connection closes when
   /// its last call is done.
