@@ -19,34 +19,27 @@ for (let i = KEYS - 1, seed = 7; i > 0; i--) {
   ;[keys[i], keys[j]] = [keys[j], keys[i]]
 }
 
+/** Both algorithms counting one key in windows of `windowSeconds`. */
+function oneKey(name, windowSeconds) {
+  return {
+    name,
+    target: SLIDING_TARGET,
+    detail: DETAIL,
+    setup() {
+      const sliding = new MemoryRateLimitStore({ algorithm: 'sliding-window' })
+      const fixed = new MemoryRateLimitStore()
+      return {
+        ours: () => sliding.increment('client:1', windowSeconds),
+        theirs: () => fixed.increment('client:1', windowSeconds),
+      }
+    },
+  }
+}
+
 export default function slidingCases() {
   return [
-    {
-      name: 'memory: sliding ÷ fixed window (both native), 1 key',
-      target: SLIDING_TARGET,
-      detail: DETAIL,
-      setup() {
-        const sliding = new MemoryRateLimitStore({ algorithm: 'sliding-window' })
-        const fixed = new MemoryRateLimitStore()
-        return {
-          ours: () => sliding.increment('client:1', 60),
-          theirs: () => fixed.increment('client:1', 60),
-        }
-      },
-    },
-    {
-      name: 'memory: sliding ÷ fixed window (both native), 1 key, 1 s windows (carrying over)',
-      target: SLIDING_TARGET,
-      detail: DETAIL,
-      setup() {
-        const sliding = new MemoryRateLimitStore({ algorithm: 'sliding-window' })
-        const fixed = new MemoryRateLimitStore()
-        return {
-          ours: () => sliding.increment('client:1', 1),
-          theirs: () => fixed.increment('client:1', 1),
-        }
-      },
-    },
+    oneKey('memory: sliding ÷ fixed window (both native), 1 key', 60),
+    oneKey('memory: sliding ÷ fixed window (both native), 1 key, 1 s windows (carrying over)', 1),
     {
       name: 'memory: sliding ÷ fixed window (both native), 100k keys, shuffled',
       target: SLIDING_TARGET,
