@@ -136,8 +136,8 @@ export interface AdapterStats {
   rateLimit?: StoreStats
   circuitBreaker?: StoreStats
   cache?: CacheStoreStats
-  /** Network adapters: whether the server answers, as the calls find it, and how often it stopped. */
-  connection?: { state: 'unknown' | 'up' | 'down'; outages: number }
+  /** Network adapters: whether the server answers, as the calls find it, how often it stopped, and (Sentinel) how often the primary moved. */
+  connection?: { state: 'unknown' | 'up' | 'down'; outages: number; failovers: number }
   /** PostgreSQL: connections it may open, those open now, whether a pooler in transaction mode was found. */
   pool?: { size: number; open: number; behindPooler: boolean }
   /** Redis with `nearCache`: the copies held, and the reads answered from one. */

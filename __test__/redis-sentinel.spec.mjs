@@ -5,6 +5,7 @@
 // failover that leaves the old primary running (left at the announcement:
 // nothing is written to it 200 ms after), and passwords on both the
 // sentinels and the data servers.
+import dc from 'node:diagnostics_channel'
 import Redis from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { redisAdapter } from '../index.mjs'
@@ -69,6 +70,12 @@ describe('redis sentinel', () => {
     const leader = new Redis({ host: '127.0.0.1', port: deployment.watchers.at(-1).port })
     const announced = new Promise((resolve) => leader.on('message', () => resolve(Date.now())))
     await leader.subscribe('+failover-state-send-slaveof-noone')
+    // The adapter tells operators the primary moved (stoma-native:connection).
+    const moves = []
+    const onConnection = (message) => {
+      if (message.state === 'failover') moves.push(message.cause)
+    }
+    dc.subscribe('stoma-native:connection', onConnection)
     try {
       const before = await deployment.primaryPort()
       const work = load(() => adapter.rateLimitStore.increment('switch', 120), { workers: 16 })
@@ -123,7 +130,13 @@ describe('redis sentinel', () => {
       const stored = Number((await deployment.cli(after, ['GET', `${prefix}rl:switch`])).trim())
       expect(succeeded.at(-1).value.count).toBeLessThanOrEqual(stored)
       expect(succeeded.slice(-16).some((o) => o.value.count === stored)).toBe(true)
+      expect(moves.length).toBeGreaterThanOrEqual(1)
+      expect(moves.at(-1)).toMatch(
+        new RegExp(`^Redis at 127\\.0\\.0\\.1:${before}: the primary moved to 127\\.0\\.0\\.1:${after}$`),
+      )
+      expect(adapter.stats().connection.failovers).toBe(moves.length)
     } finally {
+      dc.unsubscribe('stoma-native:connection', onConnection)
       leader.disconnect()
       await adapter.close()
     }

@@ -140,13 +140,13 @@ describe('stats(): what else each backend reports', () => {
     ]
     for (const adapter of adapters) {
       try {
-        expect(adapter.stats().connection).toEqual({ state: 'unknown', outages: 0 })
+        expect(adapter.stats().connection).toEqual({ state: 'unknown', outages: 0, failovers: 0 })
         await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' })
         await expect(adapter.rateLimitStore.increment('k', 60)).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' })
         const stats = adapter.stats()
         // Refused at once: no timeout.
         expect(stats.rateLimit).toMatchObject({ calls: 2, errors: 2, unavailable: 2, timeouts: 0 })
-        expect(stats.connection).toEqual({ state: 'down', outages: 1 })
+        expect(stats.connection).toEqual({ state: 'down', outages: 1, failovers: 0 })
       } finally {
         await adapter.close()
       }

@@ -4,7 +4,9 @@
 // `node-redis:<what>`; docs/operations.md lists the messages.
 //
 // - `stoma-native:connection`: the backend as the calls see it, published
-//   when that changes: `{ backend, state: 'up' | 'down', cause? }`;
+//   when that changes: `{ backend, state: 'up' | 'down', cause? }`, and
+//   `{ backend: 'redis', state: 'failover', cause }` when Sentinel moves
+//   the primary;
 // - `stoma-native:fallback`: `{ backend, active }` when
 //   `whenUnavailable: 'memory'` starts or stops answering from memory;
 // - `stoma-native:call:start` / `stoma-native:call:end`: every call, with
@@ -40,6 +42,7 @@ class Health {
   #backend
   state = 'unknown'
   outages = 0
+  failovers = 0
 
   constructor(backend) {
     this.#backend = backend
@@ -51,6 +54,12 @@ class Health {
     publish(channels?.connection, { backend: this.#backend, state: 'up' })
   }
 
+  /** The primary moved (Sentinel): published as state 'failover'. */
+  failover(cause) {
+    this.failovers++
+    publish(channels?.connection, { backend: this.#backend, state: 'failover', cause })
+  }
+
   unavailable(cause) {
     if (this.state === 'down') return
     this.state = 'down'
@@ -59,7 +68,7 @@ class Health {
   }
 
   snapshot() {
-    return { state: this.state, outages: this.outages }
+    return { state: this.state, outages: this.outages, failovers: this.failovers }
   }
 }
 

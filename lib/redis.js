@@ -222,6 +222,11 @@ function settle(calls, batch, whenDrained, health) {
   let answered = false
   while (i < numbers.length) {
     const id = numbers[i++]
+    if (id === 0) {
+      // Not an answer: the primary moved (see Reply::Event).
+      health.failover(batch[other++])
+      continue
+    }
     const call = calls.get(Math.abs(id))
     calls.delete(Math.abs(id))
     const { followers, stats } = call

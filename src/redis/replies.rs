@@ -48,6 +48,9 @@ pub enum Reply {
   Later(Box<dyn FnOnce() -> Reply + Send>),
   /// The answers of calls merged into one (see `job::coalesce`).
   Many(Vec<(f64, Reply)>),
+  /// Not an answer: news for the JS layer (the primary moved in a
+  /// failover), sent under id 0, which no call has.
+  Event(String),
 }
 
 /// A batch of answers as the JS layer receives it: an array whose first
@@ -58,7 +61,8 @@ pub enum Reply {
 /// `count, resetAt` for a hit; `stateCode, failureCount, successCount,
 /// lastFailureTime, lastStateChange` for a snapshot; `status` for a cache
 /// hit (its headers and body are the next two other values) and `0` for a
-/// miss; `1`/`0` for a removal; `0` for the rest. A failed call has `-id`
+/// miss; `1`/`0` for a removal; `0` for the rest; an event is id `0`, its
+/// message the next other value. A failed call has `-id`
 /// then `1` if the server did not answer it ([`Reply::Unavailable`]), `0`
 /// otherwise, and its error message is the next other value. The JS side knows each
 /// call's kind and builds the objects itself: V8 makes an object literal
@@ -101,6 +105,8 @@ impl ToNapiValue for Batch {
         }
         Reply::Removed(removed) => numbers.push(if removed { 1.0 } else { 0.0 }),
         Reply::Done => numbers.push(0.0),
+        // SAFETY: as above, on the JS thread with its env.
+        Reply::Event(message) => others.push(unsafe { <&str>::to_napi_value(env, &message)? }),
         Reply::Failed(_) | Reply::Unavailable(_) | Reply::Later(_) | Reply::Many(_) => {
           unreachable!("handled above, or finished or spread before delivery")
         }

@@ -490,7 +490,9 @@ impl Wire {
         || "it is not the primary any more".to_owned(),
         |to| format!("the primary moved to {to}"),
       );
-      state.drop_link(&format!("Redis at {address}: {moved} (failover)"))
+      let mut failed = state.drop_link(&format!("Redis at {address}: {moved} (failover)"));
+      failed.push((0.0, Reply::Event(format!("Redis at {address}: {moved}"))));
+      failed
     };
     self.replies.send_all(failed);
   }
