@@ -14,7 +14,7 @@
 // the backend's windows went on without them.
 
 const { MemoryRateLimitStore, MemoryCircuitBreakerStore } = require('./memory.js')
-const { describe } = require('./validate.js')
+const { checkChoice } = require('./validate.js')
 const { publishFallback } = require('./diagnostics.js')
 
 /** The `code` of an error for a call the backend did not answer. */
@@ -23,18 +23,9 @@ const UNAVAILABLE = 'STORE_UNAVAILABLE'
 /** How often an unavailable backend is asked whether it is back. */
 const PROBE_INTERVAL_MS = 250
 
-const CHOICES = ['reject', 'memory']
-
 /** The `whenUnavailable` option: 'reject' (the default) or 'memory'. */
-function whenUnavailableOption(who, value) {
-  if (value === undefined) return 'reject'
-  if (typeof value !== 'string') {
-    throw new TypeError(`${who}: whenUnavailable must be 'reject' or 'memory', got ${describe(value)}`)
-  }
-  if (!CHOICES.includes(value)) {
-    throw new RangeError(`${who}: whenUnavailable must be 'reject' or 'memory', got ${describe(value)}`)
-  }
-  return value
+function whenUnavailableOption(who, value = 'reject') {
+  return checkChoice(who, value, 'whenUnavailable', ['reject', 'memory'])
 }
 
 /** A timer that does not keep the process alive, in Node, Bun and Deno. */
@@ -58,8 +49,8 @@ class Fallback {
   #timer = null
   // By algorithm: a sliding store's calls are answered by a sliding memory store.
   #rateLimits = {}
-  /** How many times calls went to memory. */
-  entered = 0
+  // How many times calls went to memory.
+  #entered = 0
 
   constructor(backend, probe) {
     this.#backend = backend
@@ -71,11 +62,6 @@ class Fallback {
   rateLimit(algorithm) {
     this.#rateLimits[algorithm] ??= new MemoryRateLimitStore({ algorithm })
     return this.#rateLimits[algorithm]
-  }
-
-  /** Whether calls are answered locally now. */
-  get active() {
-    return this.#active
   }
 
   /**
@@ -101,13 +87,13 @@ class Fallback {
 
   /** `{ active, entered }`, for stats(). */
   snapshot() {
-    return { active: this.#active, entered: this.entered }
+    return { active: this.#active, entered: this.#entered }
   }
 
   #enter() {
     if (this.#active) return
     this.#active = true
-    this.entered++
+    this.#entered++
     publishFallback(this.#backend, true)
     this.#schedule()
   }

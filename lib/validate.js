@@ -108,18 +108,26 @@ function optionalName(store, value) {
   return value === undefined ? undefined : checkName(store, value)
 }
 
-// The states as the messages list them: "closed", "open" or "half-open".
-const quotedStates = CIRCUIT_STATES.map((state) => `"${state}"`)
-const STATE_CHOICES = `${quotedStates.slice(0, -1).join(', ')} or ${quotedStates.at(-1)}`
+/**
+ * `value`, argument or option `name`, when it is one of the strings
+ * `choices`: a TypeError if it is not a string, a RangeError if it is
+ * another, each listing them ("a", "b" or "c").
+ */
+function checkChoice(who, value, name, choices) {
+  const quoted = choices.map((choice) => `"${choice}"`)
+  const listed = `${quoted.slice(0, -1).join(', ')} or ${quoted.at(-1)}`
+  if (typeof value !== 'string') {
+    throw new TypeError(`${who}: ${name} must be a string (${listed}), got ${describe(value)}`)
+  }
+  if (!choices.includes(value)) {
+    throw new RangeError(`${who}: ${name} must be ${listed}, got ${describe(value)}`)
+  }
+  return value
+}
 
 /** A circuit state for `transition(key, to)`. */
 function checkCircuitState(store, to) {
-  if (typeof to !== 'string') {
-    throw new TypeError(`${store}: to must be a string (${STATE_CHOICES}), got ${describe(to)}`)
-  }
-  if (!CIRCUIT_STATES.includes(to)) {
-    throw new RangeError(`${store}: to must be ${STATE_CHOICES}, got ${describe(to)}`)
-  }
+  checkChoice(store, to, 'to', CIRCUIT_STATES)
 }
 
 /**
@@ -161,14 +169,7 @@ function rateLimitAlgorithm(who, value, known = ['algorithm']) {
  * `algorithm`, an adapter's `rateLimit.algorithm`); absent, the default.
  */
 function checkAlgorithm(who, algorithm = RATE_LIMIT_ALGORITHMS[0], name = 'algorithm') {
-  if (typeof algorithm !== 'string') {
-    throw new TypeError(`${who}: ${name} must be a string, got ${describe(algorithm)}`)
-  }
-  if (!RATE_LIMIT_ALGORITHMS.includes(algorithm)) {
-    const choices = RATE_LIMIT_ALGORITHMS.map((choice) => `"${choice}"`).join(' or ')
-    throw new RangeError(`${who}: ${name} must be ${choices}, got ${describe(algorithm)}`)
-  }
-  return algorithm
+  return checkChoice(who, algorithm, name, RATE_LIMIT_ALGORITHMS)
 }
 
 /** PEM text given as a string, bytes, or an array of those (as Node's `tls` takes it), as bytes. */
@@ -224,6 +225,7 @@ module.exports = {
   optionsObject,
   checkName,
   optionalName,
+  checkChoice,
   checkCircuitState,
   storeFlags,
   RATE_LIMIT_ALGORITHMS,
