@@ -19,7 +19,7 @@ const {
   checkAlgorithm,
 } = require('./validate.js')
 const { CIRCUIT_STATES, CIRCUIT_OPERATIONS } = require('./circuit.js')
-const { checkResponse, responseParts, buildResponse } = require('./response.js')
+const { putParts, buildResponse } = require('./response.js')
 const { StoreStats, microsSince } = require('./stats.js')
 
 const DEFAULT_RATE_LIMIT_KEYS = 100_000
@@ -312,9 +312,7 @@ class MemoryCacheStore {
     this.#stats.calls++
     try {
       checkKey('MemoryCacheStore', key)
-      checkResponse('MemoryCacheStore', response)
-      checkSeconds('MemoryCacheStore', ttlSeconds, 'ttlSeconds')
-      const { status, headers, body } = await responseParts(response)
+      const { status, headers, body } = await putParts('MemoryCacheStore', response, ttlSeconds)
       this.#calls.put(key, status, headers, body, ttlSeconds * 1000)
     } catch (error) {
       this.#stats.failed(false)

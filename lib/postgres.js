@@ -26,7 +26,7 @@ const {
   checkAlgorithm,
   MAX_MS,
 } = require('./validate.js')
-const { checkResponse, responseParts, buildResponse } = require('./response.js')
+const { putParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
 const { clientOptions, isClient } = require('./postgres-client.js')
 const {
@@ -515,9 +515,7 @@ class PostgresCacheStore {
     let parts
     try {
       checkPostgresKey('PostgresCacheStore', key)
-      checkResponse('PostgresCacheStore', response)
-      checkSeconds('PostgresCacheStore', ttlSeconds, 'ttlSeconds')
-      parts = await responseParts(response)
+      parts = await putParts('PostgresCacheStore', response, ttlSeconds)
     } catch (error) {
       return this.#handle.refused('cache', error)
     }

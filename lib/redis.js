@@ -21,7 +21,7 @@ const {
   checkAlgorithm,
   MAX_MS,
 } = require('./validate.js')
-const { checkResponse, responseParts, buildResponse } = require('./response.js')
+const { putParts, buildResponse } = require('./response.js')
 const { checkWaitUntil } = require('./adapters.js')
 const { CIRCUIT_STATES } = require('./circuit.js')
 const {
@@ -778,9 +778,7 @@ class RedisCacheStore {
     let parts
     try {
       checkKey('RedisCacheStore', key)
-      checkResponse('RedisCacheStore', response)
-      checkSeconds('RedisCacheStore', ttlSeconds, 'ttlSeconds')
-      parts = await responseParts(response)
+      parts = await putParts('RedisCacheStore', response, ttlSeconds)
     } catch (error) {
       this.#connection.redis.counts.refused('cache')
       throw error

@@ -3,7 +3,7 @@
 // Headers cross as one string, `name\0value\0name\0value…` (NUL cannot occur
 // in a header name or value), in the order `Headers#forEach` yields them.
 
-const { describe } = require('./validate.js')
+const { checkSeconds, describe } = require('./validate.js')
 
 // Statuses whose Response must not carry a body.
 const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304])
@@ -93,8 +93,14 @@ const readBody =
     ? readChunks
     : readWhole
 
-/** Reads a Response into `{ status, headers, body }` for a native store. */
-async function responseParts(response) {
+/**
+ * A cache put's `response` and `ttlSeconds`, checked (errors naming them
+ * and `store`), and the response read into `{ status, headers, body }` for
+ * a native store.
+ */
+async function putParts(store, response, ttlSeconds) {
+  checkResponse(store, response)
+  checkSeconds(store, ttlSeconds, 'ttlSeconds')
   const body = await readBody(response)
   return { status: response.status, headers: joinHeaders(response.headers), body }
 }
@@ -107,4 +113,4 @@ function buildResponse(status, joinedHeaders, body) {
   })
 }
 
-module.exports = { checkResponse, responseParts, buildResponse, joinHeaders, splitHeaders }
+module.exports = { putParts, buildResponse, joinHeaders, splitHeaders }
