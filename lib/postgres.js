@@ -155,9 +155,12 @@ class Backend {
 
   #call(local, name, args) {
     const stats = this.counts[STORE_OF[name]]
-    const remote = () => this.#remote(stats, name, args)
-    if (this.#fallback === null) return remote()
-    return this.#fallback.run(stats, remote, () => local(this.#fallback))
+    if (this.#fallback === null) return this.#remote(stats, name, args)
+    return this.#fallback.run(
+      stats,
+      () => this.#remote(stats, name, args),
+      () => local(this.#fallback),
+    )
   }
 
   /** The native call, counted, its error coded STORE_UNAVAILABLE when PostgreSQL did not answer. */
