@@ -6,6 +6,7 @@
 // store constructor shapes, misspelt options, and TLS with a client
 // certificate and a server name on a private cluster that asks for one.
 import { rmSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import postgres from 'postgres'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -48,10 +49,20 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const client of ended) await client.end()
   await second?.end()
+  // pg's Pool.end() resolves before its connections have closed, and one
+  // that DROP … WITH (FORCE) terminates then throws an error nobody can
+  // listen to: wait (up to 5 s) until the server has seen them go.
+  for (let i = 0; admin && i < 250 && (await connectionsTo(SECOND)) > 0; i++) await sleep(20)
   await admin?.query(`DROP DATABASE IF EXISTS ${SECOND} WITH (FORCE)`)
   await admin?.end()
   rmSync(certificates.dir, { recursive: true, force: true })
 })
+
+/** How many connections the server has to database `name`. */
+async function connectionsTo(name) {
+  const { rows } = await admin.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1', [name])
+  return rows[0].n
+}
 
 /** Where `prefix`'s rate-limit table is in `pool`'s database: its schema, or null. */
 async function schemaOf(pool, prefix) {
