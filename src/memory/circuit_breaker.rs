@@ -9,17 +9,18 @@
 //! key stores nothing, so a flood of reads cannot fill it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use napi::bindgen_prelude::Object;
 use napi::{Env, Result};
 use napi_derive::napi;
 
 use super::lru_map::LruMap;
+use super::short_lock::ShortLock;
 use super::{bound, Held, Registry};
 use crate::circuit::{CircuitOperation, CircuitState};
 use crate::clock::Now;
-use crate::errors::{guard, lock};
+use crate::errors::guard;
 use crate::fastcall::{bound_call, Answer, CallError};
 use crate::ffi::{self, Lane};
 
@@ -72,7 +73,7 @@ impl Snapshot {
 
 /// The circuits of one store (or of every store sharing a `name`).
 pub struct CircuitTable {
-  circuits: Mutex<LruMap<Snapshot>>,
+  circuits: ShortLock<LruMap<Snapshot>>,
   max_keys: usize,
   /// Circuits forgotten to make room, for `stats()`; counted under the lock.
   evictions: AtomicU64,
@@ -81,7 +82,7 @@ pub struct CircuitTable {
 impl CircuitTable {
   pub fn new(max_keys: usize) -> Self {
     CircuitTable {
-      circuits: Mutex::new(LruMap::new()),
+      circuits: ShortLock::new(LruMap::new()),
       max_keys: max_keys.max(1),
       evictions: AtomicU64::new(0),
     }
@@ -90,7 +91,9 @@ impl CircuitTable {
   /// The key's circuit, marking it recently used (an open circuit is read on
   /// every request, so it must not be the first forgotten).
   pub fn get(&self, key: &str, now: &Now) -> Snapshot {
-    lock(&self.circuits)
+    self
+      .circuits
+      .lock()
       .get_mut(key)
       .map(|snapshot| *snapshot)
       .unwrap_or_else(|| Snapshot::fresh(now.ms()))
@@ -100,7 +103,7 @@ impl CircuitTable {
   /// returns the result, all under one lock so concurrent updates from
   /// several worker threads are never lost.
   pub fn update(&self, key: &str, now: &Now, change: impl FnOnce(&mut Snapshot)) -> Snapshot {
-    let mut circuits = lock(&self.circuits);
+    let mut circuits = self.circuits.lock();
     if let Some(stored) = circuits.get_mut(key) {
       // Changed in a copy and written back whole: reading the snapshot
       // back right after one field's store stalls the CPU (a failed store
@@ -150,15 +153,15 @@ impl CircuitTable {
   }
 
   pub fn remove(&self, key: &str) {
-    lock(&self.circuits).remove(key);
+    self.circuits.lock().remove(key);
   }
 
   pub fn clear(&self) {
-    lock(&self.circuits).clear();
+    self.circuits.lock().clear();
   }
 
   pub fn len(&self) -> usize {
-    lock(&self.circuits).len()
+    self.circuits.lock().len()
   }
 
   /// Circuits forgotten to make room since the table was made.
@@ -308,6 +311,26 @@ mod tests {
     );
     let s = t.update("k", &Now::at(4), |s| s.transition(CircuitState::Closed, 4));
     assert_eq!((s.failure_count, s.success_count), (0, 0));
+  }
+
+  #[test]
+  fn concurrent_updates_from_many_threads_are_never_lost() {
+    // More threads than cores here, so lock holders are preempted and the
+    // others wait by yielding (see short_lock).
+    let t = CircuitTable::new(10);
+    std::thread::scope(|scope| {
+      for _ in 0..8 {
+        scope.spawn(|| {
+          for i in 0..20_000 {
+            t.update(if i % 2 == 0 { "a" } else { "b" }, &Now::at(0), |s| {
+              s.failure_count += 1
+            });
+          }
+        });
+      }
+    });
+    assert_eq!(t.get("a", &Now::at(0)).failure_count, 80_000);
+    assert_eq!(t.get("b", &Now::at(0)).failure_count, 80_000);
   }
 
   #[test]

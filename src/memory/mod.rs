@@ -14,6 +14,7 @@ mod circuit_breaker;
 mod lru_map;
 mod ordered_map;
 mod rate_limit;
+mod short_lock;
 
 pub use cache::NativeMemoryCacheStore;
 pub use circuit_breaker::NativeMemoryCircuitBreakerStore;

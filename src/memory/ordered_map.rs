@@ -11,13 +11,12 @@
 //! order a lookup costs one miss, as before (docs/runtimes-speed.md).
 
 use std::hash::BuildHasher;
-use std::sync::Mutex;
 
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
-use crate::errors::lock;
+use super::short_lock::{ShortLock, ShortLockGuard};
 
 /// How many shards, each with its own lock: two per core (at least 4, at
 /// most 256), so worker threads rarely wait on each other, and no more, as
@@ -45,7 +44,7 @@ struct Shard<V> {
 /// A shard alone on its cache lines, so that two threads locking
 /// neighbouring shards do not contend for one line.
 #[repr(align(128))]
-struct Padded<V>(Mutex<Shard<V>>);
+struct Padded<V>(ShortLock<Shard<V>>);
 
 pub struct OrderedMap<V> {
   shards: Box<[Padded<V>]>,
@@ -61,7 +60,7 @@ impl<V> OrderedMap<V> {
       mask: count as u64 - 1,
       shards: (0..count)
         .map(|_| {
-          Padded(Mutex::new(Shard {
+          Padded(ShortLock::new(Shard {
             index: HashTable::new(),
             slab: Vec::new(),
             free: Vec::new(),
@@ -73,12 +72,12 @@ impl<V> OrderedMap<V> {
   }
 
   /// The key's hash and its shard, locked.
-  fn shard(&self, key: &str) -> (u64, std::sync::MutexGuard<'_, Shard<V>>) {
+  fn shard(&self, key: &str) -> (u64, ShortLockGuard<'_, Shard<V>>) {
     let hash = self.hasher.hash_one(key);
     // The table uses the hash's low bits and its top seven; the shard (a
     // power of two of them) bits from 32 up.
     let shard = ((hash >> 32) & self.mask) as usize;
-    (hash, lock(&self.shards[shard].0))
+    (hash, self.shards[shard].0.lock())
   }
 
   /// Runs `f` on the key's value, if the key is present, under its shard's lock.
@@ -142,7 +141,7 @@ impl<V> OrderedMap<V> {
   /// Removes every entry.
   pub fn clear(&self) {
     for shard in self.shards.iter() {
-      let mut shard = lock(&shard.0);
+      let mut shard = shard.0.lock();
       shard.index.clear();
       shard.slab.clear();
       shard.free.clear();
@@ -154,7 +153,7 @@ impl<V> OrderedMap<V> {
     self
       .shards
       .iter()
-      .map(|shard| lock(&shard.0).index.len())
+      .map(|shard| shard.0.lock().index.len())
       .sum()
   }
 }
@@ -196,7 +195,7 @@ mod tests {
         assert!(map.remove_if(&format!("key:{i}"), |_| true));
       }
     }
-    let slabs: usize = map.shards.iter().map(|s| lock(&s.0).slab.len()).sum();
+    let slabs: usize = map.shards.iter().map(|s| s.0.lock().slab.len()).sum();
     assert_eq!(
       slabs, 10_000,
       "the slabs did not grow past the most keys held"

@@ -421,6 +421,29 @@ mod tests {
   }
 
   #[test]
+  fn concurrent_increments_from_many_threads_hand_out_each_count_once() {
+    let c = Counters::<FixedWindow>::new(10);
+    let mut counts: Vec<f64> = std::thread::scope(|scope| {
+      let threads: Vec<_> = (0..8)
+        .map(|_| {
+          scope.spawn(|| {
+            (0..20_000)
+              .map(|_| c.increment("a", 60_000, &Now::at(0)).count)
+              .collect::<Vec<_>>()
+          })
+        })
+        .collect();
+      threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+    });
+    counts.sort_by(f64::total_cmp);
+    let expected: Vec<f64> = (1..=160_000).map(f64::from).collect();
+    assert_eq!(counts, expected);
+  }
+
+  #[test]
   fn fails_closed_when_full_and_reclaims_expired_keys() {
     let c = Counters::<FixedWindow>::new(2);
     c.increment("a", 100, &Now::at(0));
