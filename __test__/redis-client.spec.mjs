@@ -8,7 +8,7 @@
 import { rmSync } from 'node:fs'
 import { redisAdapter as stomaRedisAdapter } from '@homegrower-club/stoma/adapters/redis'
 import Redis from 'ioredis'
-import { createClient as createClient6, createCluster as createCluster6 } from 'redis'
+import { createClient as createClient6, createCluster as createCluster6, createSentinel } from 'redis'
 import { createClient as createClient4, createCluster as createCluster4 } from 'redis4'
 import { createClient as createClient5, createCluster as createCluster5 } from 'redis5'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -146,6 +146,11 @@ describe('redisAdapter({ client }) on a plain server', () => {
     )
     expect(() => redisAdapter({ client: createCluster4({ rootNodes: [{ url }] }) })).toThrow(
       /node-redis v4 cluster .* before it is connected; await client.connect\(\) first, or pass cluster: \{ nodes/,
+    )
+    const sentinel = createSentinel({ name: 'primary', sentinelRootNodes: [{ host: '127.0.0.1', port: 26379 }] })
+    expect(() => redisAdapter({ client: sentinel })).toThrow(TypeError)
+    expect(() => redisAdapter({ client: sentinel })).toThrow(
+      /^redisAdapter: a node-redis sentinel client \(createSentinel\) keeps its settings private.*; pass sentinel: \{ name, nodes: \['redis:\/\/host:26379', …\] \} instead of client$/,
     )
     const client = new Redis(url, { lazyConnect: true })
     expect(() => redisAdapter({ client, url })).toThrow(/client already says where Redis is; pass either client or url/)

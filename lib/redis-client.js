@@ -1,7 +1,8 @@
 'use strict'
 // Where a Redis client from npm points, as redisAdapter options: ioredis
 // `Redis` (one server, or sentinels) and `Redis.Cluster`, node-redis
-// `createClient` and `createCluster` (v4 to v6), connected or not. A Stoma
+// `createClient` and `createCluster` (v4 to v6), connected or not (not
+// node-redis `createSentinel`, whose settings are private). A Stoma
 // user passes `redisAdapter({ client })`; we open our own connections to the
 // same place with the same credentials, database and TLS settings, and never
 // send a command through the client itself.
@@ -156,6 +157,13 @@ function clientOptions(who, client, { readTls = true } = {}) {
     }
     if ('masters' in client && 'nodeByAddress' in client) {
       return nodeRedisClusterOptions(read, client)
+    }
+    if (typeof client.getSentinelNode === 'function' && typeof client.getMasterNode === 'function') {
+      // node-redis v5+ `createSentinel` keeps its name and nodes in private fields.
+      throw new TypeError(
+        `${who}: a node-redis sentinel client (createSentinel) keeps its settings private, so where it points ` +
+          `cannot be read; pass sentinel: { name, nodes: ['redis://host:26379', …] } instead of client`,
+      )
     }
     if (
       client.options &&
