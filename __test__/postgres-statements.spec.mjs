@@ -80,6 +80,7 @@ describe.skipIf(!PG_BIN)('postgres statements: named straight to the server, unn
     // Unnamed, every call is planned: 500.
     expect(plans).toBeLessThanOrEqual(4 * 6)
     expect(refusals()).toBe(0)
+    expect(adapter.stats().pool.behindPooler).toBe(false)
   })
 
   describe('through PgBouncer 1.18 in transaction mode', () => {
@@ -123,6 +124,8 @@ describe.skipIf(!PG_BIN)('postgres statements: named straight to the server, unn
       const later = await increments(tablePrefix)
       expect(later.calls - after.calls).toBe(50)
       expect(later.plans - after.plans).toBe(50)
+      // …and stats() tells the operator why.
+      expect(adapter.stats().pool.behindPooler).toBe(true)
     })
 
     it('a group whose named statement is gone is rolled back, and each of its writes sent again on its own, once', async () => {
