@@ -58,9 +58,12 @@ afterAll(async () => {
   rmSync(certificates.dir, { recursive: true, force: true })
 })
 
-/** How many connections the server has to database `name`. */
+/** How many client connections the server has to database `name` (autovacuum workers aside). */
 async function connectionsTo(name) {
-  const { rows } = await admin.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1', [name])
+  const { rows } = await admin.query(
+    "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+    [name],
+  )
   return rows[0].n
 }
 
