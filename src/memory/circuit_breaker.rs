@@ -91,12 +91,10 @@ impl CircuitTable {
   /// The key's circuit, marking it recently used (an open circuit is read on
   /// every request, so it must not be the first forgotten).
   pub fn get(&self, key: &str, now: &Now) -> Snapshot {
-    self
-      .circuits
-      .lock()
-      .get_mut(key)
-      .map(|snapshot| *snapshot)
-      .unwrap_or_else(|| Snapshot::fresh(now.ms()))
+    // Looked up first, so that an unknown key's clock read is not made
+    // under the lock.
+    let found = self.circuits.lock().get_mut(key).map(|snapshot| *snapshot);
+    found.unwrap_or_else(|| Snapshot::fresh(now.ms()))
   }
 
   /// Applies `change` to the key's circuit (creating it if needed) and
