@@ -293,6 +293,7 @@ impl NativeMemoryCircuitBreakerStore {
 
 #[cfg(test)]
 mod tests {
+  use super::super::short_lock::contending_threads;
   use super::*;
 
   #[test]
@@ -313,11 +314,9 @@ mod tests {
 
   #[test]
   fn concurrent_updates_from_many_threads_are_never_lost() {
-    // More threads than cores here, so lock holders are preempted and the
-    // others wait by yielding (see short_lock).
     let t = CircuitTable::new(10);
     std::thread::scope(|scope| {
-      for _ in 0..8 {
+      for _ in 0..contending_threads() {
         scope.spawn(|| {
           for i in 0..20_000 {
             t.update(if i % 2 == 0 { "a" } else { "b" }, &Now::at(0), |s| {
@@ -327,8 +326,9 @@ mod tests {
         });
       }
     });
-    assert_eq!(t.get("a", &Now::at(0)).failure_count, 80_000);
-    assert_eq!(t.get("b", &Now::at(0)).failure_count, 80_000);
+    let each = contending_threads() as u64 * 10_000;
+    assert_eq!(t.get("a", &Now::at(0)).failure_count, each);
+    assert_eq!(t.get("b", &Now::at(0)).failure_count, each);
   }
 
   #[test]

@@ -392,6 +392,7 @@ impl NativeMemoryRateLimitStore {
 
 #[cfg(test)]
 mod tests {
+  use super::super::short_lock::contending_threads;
   use super::*;
 
   #[test]
@@ -424,7 +425,7 @@ mod tests {
   fn concurrent_increments_from_many_threads_hand_out_each_count_once() {
     let c = Counters::<FixedWindow>::new(10);
     let mut counts: Vec<f64> = std::thread::scope(|scope| {
-      let threads: Vec<_> = (0..8)
+      let threads: Vec<_> = (0..contending_threads())
         .map(|_| {
           scope.spawn(|| {
             (0..20_000)
@@ -439,7 +440,8 @@ mod tests {
         .collect()
     });
     counts.sort_by(f64::total_cmp);
-    let expected: Vec<f64> = (1..=160_000).map(f64::from).collect();
+    let total = contending_threads() as u32 * 20_000;
+    let expected: Vec<f64> = (1..=total).map(f64::from).collect();
     assert_eq!(counts, expected);
   }
 
