@@ -63,6 +63,13 @@ class Latency {
 }
 
 /**
+ * An unavailable call's message when it waited out a bound of ours (no
+ * answer, or no connection, within commandTimeoutMs, statementTimeoutMs or
+ * connectTimeoutMs), as the native side words every such bound.
+ */
+const TIMED_OUT = /\bwithin \d+ ms\b/
+
+/**
  * One store's counts. `calls`: every call made (bad arguments included);
  * `errors`: calls that rejected, or, with whenUnavailable: 'memory', that
  * the backend failed before memory answered; `unavailable`: those of the
@@ -71,13 +78,6 @@ class Latency {
  * `local`: calls memory answered while the backend was unavailable. A cache
  * store also counts `hits` and `misses` of `get`.
  */
-/**
- * An unavailable call's message when it waited out a bound of ours (no
- * answer, or no connection, within commandTimeoutMs, statementTimeoutMs or
- * connectTimeoutMs), as the native side words every such bound.
- */
-const TIMED_OUT = /\bwithin \d+ ms\b/
-
 class StoreStats {
   calls = 0
   errors = 0
