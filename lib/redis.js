@@ -532,8 +532,8 @@ class Connection {
 
   /** `{ entries, bytes }` the near cache holds, or undefined without one. */
   nearCacheSize() {
-    const size = this.#native.nearCacheSize
-    return size === null ? undefined : { entries: size[0], bytes: size[1] }
+    const stats = this.#nearCacheStats()
+    return stats && { entries: stats.entries, bytes: stats.bytes }
   }
 
   /** Refuses later calls; resolves once the calls in flight are answered. */
