@@ -207,8 +207,8 @@ impl NearCache {
     }
   }
 
-  /// Copies held, and the bytes charged for them.
-  /// Copies held, their bytes, and the reads answered from one so far.
+  /// Copies held, the bytes charged for them, and the reads answered from
+  /// one so far.
   pub fn size(&self) -> (usize, usize, u64) {
     let inner = lock(&self.inner);
     (inner.entries.len(), inner.bytes, inner.hits)
@@ -318,8 +318,8 @@ mod tests {
       let read = ticket(&small, key);
       small.keep(key, read, Copy::Response(Arc::clone(&body)), None);
     }
-    assert_eq!(small.size().0, 3);
-    assert_eq!(small.size().1, 3 * (1000 + 1 + ENTRY_OVERHEAD));
+    let (entries, bytes, _) = small.size();
+    assert_eq!((entries, bytes), (3, 3 * (1000 + 1 + ENTRY_OVERHEAD)));
   }
 
   #[test]
